@@ -1,0 +1,30 @@
+"""The credits service: credit ledger (grants, spends, expiry, reversal).
+
+Its consumers and API arrive with its own features; the process, schema,
+broker connection and health endpoints are in place so it deploys and is
+watched like every other service.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from services.credits.settings import CreditsSettings
+from shared import runtime
+
+SCHEMA = "credits"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_app(settings: CreditsSettings) -> web.Application:
+    app = runtime.base_app(settings)
+    app.cleanup_ctx.extend(
+        [
+            runtime.postgres(settings, SCHEMA, MIGRATIONS),
+            runtime.broker(settings, "credits"),
+        ]
+    )
+    runtime.add_standard_routes(app)
+    return app

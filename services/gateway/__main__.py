@@ -1,0 +1,19 @@
+"""``python -m services.gateway``"""
+
+from services.gateway.app import create_app
+from services.gateway.settings import GatewaySettings
+from shared.runtime import run
+
+
+def main() -> None:
+    settings = GatewaySettings()  # secrets come from the environment
+    run(
+        lambda: create_app(settings),
+        service="gateway",
+        settings=settings,
+        port=settings.gateway_port,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The gateway: Stripe's webhook door and the client API's front."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from services.gateway.admin_routes import add_admin_routes
+from services.gateway.auth import Authenticator
+from services.gateway.forward import CLIENT_SESSION, Upstream
+from services.gateway.settings import GatewaySettings
+from services.gateway.webhook import WebhookEndpoint
+from shared.broker.publisher import Publisher
+from shared.http.health import add_health_routes
+from shared.runtime import PUBLISHER, base_app
+
+
+def create_app(settings: GatewaySettings) -> web.Application:
+    app = base_app(settings, client_max_size=settings.max_webhook_bytes)
+    publisher = Publisher(
+        settings.amqp_url,
+        name="gateway",
+        confirm_timeout=settings.publish_confirm_timeout,
+        channels=settings.publish_channels,
+    )
+    token = settings.service_token.get_secret_value()
+    upstreams = {
+        "webhooks": Upstream("webhooks", settings.webhooks_url, token),
+        "subscriptions": Upstream("subscriptions", settings.subscriptions_url, token),
+        "credits": Upstream("credits", settings.credits_url, token),
+        "retry": Upstream("retry", settings.retry_url, token),
+    }
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        # The gateway starts even with the broker down: it answers 503 to
+        # Stripe until the publisher connects, rather than not answering.
+        await publisher.start(wait=5.0)
+        app[PUBLISHER] = publisher
+        timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            app[CLIENT_SESSION] = session
+            yield
+        await publisher.close()
+
+    app.cleanup_ctx.append(resources)
+
+    async def broker_ready() -> bool:
+        return publisher.ready
+
+    add_health_routes(app, {"broker": broker_ready})
+    app.router.add_post("/webhooks/stripe", WebhookEndpoint(settings, publisher).handle)
+    authenticator = Authenticator(
+        settings.jwt_secret.get_secret_value(), leeway=settings.jwt_leeway_seconds
+    )
+    add_admin_routes(app, authenticator, upstreams)
+    return app

@@ -1,0 +1,30 @@
+"""The retry service: dunning (failed renewals retried with backoff).
+
+Its consumers and API arrive with its own features; the process, schema,
+broker connection and health endpoints are in place so it deploys and is
+watched like every other service.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from services.retry.settings import RetrySettings
+from shared import runtime
+
+SCHEMA = "retry"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_app(settings: RetrySettings) -> web.Application:
+    app = runtime.base_app(settings)
+    app.cleanup_ctx.extend(
+        [
+            runtime.postgres(settings, SCHEMA, MIGRATIONS),
+            runtime.broker(settings, "retry"),
+        ]
+    )
+    runtime.add_standard_routes(app)
+    return app

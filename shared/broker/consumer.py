@@ -1,0 +1,233 @@
+"""The consumer base: the one place that decides a message's fate.
+
+The ack rule:
+
+1. Decode the message and find the handler for its ``type``.
+2. In one Postgres transaction, record the message id in the service's
+   ``inbox`` table and run the handler. If the id is already there, this is a
+   duplicate (Stripe's, the broker's, or a replay): skip the effect.
+3. Commit, then ack. A crash between commit and ack redelivers the message,
+   which step 2 then recognises as a duplicate.
+4. On failure the transaction rolls back (no effect, no inbox row):
+   - :class:`InvalidMessage` (or a validation error): straight to ``Q.dlq``.
+   - :class:`RetryLater`: to the next delay queue, bounded by
+     ``retry_later_limit``.
+   - anything else: to the next delay queue up to ``len(retry_delays_ms)``
+     times, then ``Q.dlq``.
+   The copy is published with confirms *before* the original is acked, so a
+   failure in between yields a duplicate, never a loss.
+
+The attempt count travels in the ``x-attempt`` header; the last error in
+``x-last-error`` so an operator reading the dead-letter queue sees why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import asyncpg
+import orjson
+import pydantic
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from shared import metrics
+from shared.broker.errors import InvalidMessage, PublishFailed, RetryLater
+from shared.broker.publisher import Publisher
+from shared.broker.topology import ConsumerQueue, declare_consumer_queue
+from shared.db import DbConnection
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+Handler = Callable[[dict[str, Any], DbConnection], Awaitable[None]]
+# "*" matches any type the queue's bindings let through.
+ANY_TYPE = "*"
+# A message dead-lettered for this reason is one a human must look at.
+_ERROR_HEADER_LIMIT = 2_000
+
+
+class Consumer:
+    def __init__(
+        self,
+        *,
+        queue: ConsumerQueue,
+        pool: asyncpg.Pool[Any],
+        publisher: Publisher,
+        handlers: Mapping[str, Handler],
+        prefetch: int = 32,
+        retry_later_limit: int = 20,
+    ) -> None:
+        self.queue = queue
+        self._pool = pool
+        self._publisher = publisher
+        self._handlers = dict(handlers)
+        self._prefetch = prefetch
+        self._retry_later_limit = retry_later_limit
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._consumer_tag: str | None = None
+        self._in_flight: set[asyncio.Task[Any]] = set()
+
+    async def start(self, connection: AbstractRobustConnection) -> None:
+        self._channel = await connection.channel(publisher_confirms=False)
+        await self._channel.set_qos(prefetch_count=self._prefetch)
+        amqp_queue = await declare_consumer_queue(self._channel, self.queue)
+        self._consumer_tag = await amqp_queue.consume(self._on_message)
+        log.info("consumer_started", queue=self.queue.name, prefetch=self._prefetch)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking messages, let in-flight ones finish, then close the channel."""
+        if self._channel is None:
+            return
+        if self._consumer_tag is not None and not self._channel.is_closed:
+            with contextlib.suppress(Exception):
+                amqp_queue = await self._channel.get_queue(self.queue.name, ensure=False)
+                await amqp_queue.cancel(self._consumer_tag)
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=grace)
+        if not self._channel.is_closed:
+            await self._channel.close()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        gauge = metrics.MESSAGES_IN_FLIGHT.labels(self.queue.name)
+        gauge.inc()
+        started = time.perf_counter()
+        try:
+            with structlog.contextvars.bound_contextvars(
+                queue=self.queue.name, message_id=message.message_id
+            ):
+                await self.process(message)
+        finally:
+            gauge.dec()
+            metrics.MESSAGE_HANDLE_SECONDS.labels(self.queue.name).observe(
+                time.perf_counter() - started
+            )
+            if task is not None:
+                self._in_flight.discard(task)
+
+    async def process(self, message: AbstractIncomingMessage) -> None:
+        attempt = _attempt(message)
+        try:
+            body, handler = self._decode(message)
+            with structlog.contextvars.bound_contextvars(
+                event_id=body["id"], event_type=body["type"]
+            ):
+                outcome = await self._apply(body, handler)
+        except (InvalidMessage, pydantic.ValidationError) as exc:
+            await self._dead_letter(message, attempt, exc)
+            return
+        except RetryLater as exc:
+            if attempt >= self._retry_later_limit:
+                await self._dead_letter(message, attempt, exc)
+            else:
+                await self._retry(message, attempt, exc)
+            return
+        except Exception as exc:
+            if attempt >= len(self.queue.retry_delays_ms):
+                await self._dead_letter(message, attempt, exc)
+            else:
+                await self._retry(message, attempt, exc)
+            return
+        await message.ack()
+        metrics.MESSAGES_HANDLED.labels(self.queue.name, outcome).inc()
+
+    def _decode(self, message: AbstractIncomingMessage) -> tuple[dict[str, Any], Handler]:
+        try:
+            body = orjson.loads(message.body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidMessage(f"body is not JSON: {exc}") from exc
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            raise InvalidMessage("body is not an object with a string id")
+        event_type = body.get("type")
+        if not isinstance(event_type, str):
+            raise InvalidMessage("body has no string type")
+        handler = self._handlers.get(event_type) or self._handlers.get(ANY_TYPE)
+        if handler is None:
+            raise InvalidMessage(f"no handler for {event_type} on {self.queue.name}")
+        return body, handler
+
+    async def _apply(self, body: dict[str, Any], handler: Handler) -> str:
+        async with self._pool.acquire() as conn, conn.transaction():
+            first_time = await conn.fetchval(
+                "INSERT INTO inbox (event_id, event_type, queue) VALUES ($1, $2, $3)"
+                " ON CONFLICT (event_id, queue) DO NOTHING RETURNING true",
+                body["id"],
+                body["type"],
+                self.queue.name,
+            )
+            if not first_time:
+                await conn.execute(
+                    "UPDATE inbox SET duplicate_count = duplicate_count + 1,"
+                    " last_seen_at = now() WHERE event_id = $1 AND queue = $2",
+                    body["id"],
+                    self.queue.name,
+                )
+                log.info("duplicate_skipped")
+                return "duplicate"
+            await handler(body, conn)
+        return "processed"
+
+    async def _retry(
+        self, message: AbstractIncomingMessage, attempt: int, error: BaseException
+    ) -> None:
+        target = self.queue.retry_queue(attempt)
+        log.warning("message_retry", attempt=attempt + 1, delay_queue=target, error=repr(error))
+        if await self._republish(message, target, attempt + 1, error):
+            metrics.MESSAGES_HANDLED.labels(self.queue.name, "retried").inc()
+
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, attempt: int, error: BaseException
+    ) -> None:
+        log.error("message_dead_lettered", attempt=attempt, error=repr(error))
+        if await self._republish(message, self.queue.dead_letter_queue, attempt, error):
+            metrics.MESSAGES_HANDLED.labels(self.queue.name, "dead_lettered").inc()
+
+    async def _republish(
+        self,
+        message: AbstractIncomingMessage,
+        target_queue: str,
+        attempt: int,
+        error: BaseException,
+    ) -> bool:
+        headers = dict(message.headers or {})
+        headers.update(
+            {
+                "x-attempt": attempt,
+                "x-last-error": f"{type(error).__name__}: {error}"[:_ERROR_HEADER_LIMIT],
+                "x-failed-at": datetime.now(UTC).isoformat(),
+                "x-origin-queue": self.queue.name,
+            }
+        )
+        headers.setdefault("x-original-exchange", message.exchange or "")
+        headers.setdefault("x-original-routing-key", message.routing_key or "")
+        try:
+            await self._publisher.publish(
+                "",
+                target_queue,
+                message.body,
+                message_id=message.message_id or "",
+                headers=headers,
+            )
+        except PublishFailed as exc:
+            # Could not park the message elsewhere: hand it back to the broker.
+            # It is redelivered, and the queue's delivery limit bounds how often.
+            log.error("republish_failed", target=target_queue, error=str(exc))
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+            return False
+        await message.ack()
+        return True
+
+
+def _attempt(message: AbstractIncomingMessage) -> int:
+    value = (message.headers or {}).get("x-attempt", 0)
+    return value if isinstance(value, int) else 0

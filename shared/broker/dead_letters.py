@@ -1,0 +1,130 @@
+"""Inspect and redrive dead-letter queues.
+
+RabbitMQ is the store of dead letters: ``Q.dlq`` holds each message with the
+headers the consumer added (``x-last-error``, ``x-attempt``, ...). Inspecting
+takes messages with ``basic.get`` on a private channel and closes the channel
+without acking, so they all go back; redriving acks a message from the DLQ
+only after its copy into ``Q`` was confirmed, so a crash in between leaves a
+duplicate (which the consumer's inbox absorbs), never a loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiormq
+import orjson
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from shared import metrics
+from shared.broker.publisher import Publisher
+from shared.broker.topology import dead_letter_queue
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    message_id: str | None
+    event_type: str | None
+    attempts: int
+    last_error: str | None
+    failed_at: str | None
+    original_routing_key: str | None
+    body: Any
+
+    @classmethod
+    def from_message(cls, message: AbstractIncomingMessage) -> DeadLetter:
+        headers = message.headers or {}
+        try:
+            body: Any = orjson.loads(message.body)
+        except orjson.JSONDecodeError:
+            body = message.body.decode("utf-8", errors="replace")
+        event_type = body.get("type") if isinstance(body, dict) else None
+        attempt = headers.get("x-attempt", 0)
+        return cls(
+            message_id=message.message_id,
+            event_type=event_type if isinstance(event_type, str) else None,
+            attempts=attempt if isinstance(attempt, int) else 0,
+            last_error=_text(headers.get("x-last-error")),
+            failed_at=_text(headers.get("x-failed-at")),
+            original_routing_key=_text(headers.get("x-original-routing-key")),
+            body=body,
+        )
+
+
+@dataclass(frozen=True)
+class DeadLetterQueue:
+    queue: str
+    count: int
+    messages: list[DeadLetter]
+    declared: bool = True
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value if isinstance(value, str) else None
+
+
+async def inspect(
+    connection: AbstractRobustConnection, queue: str, *, limit: int = 50
+) -> DeadLetterQueue:
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        try:
+            dlq = await channel.declare_queue(dead_letter_queue(queue), passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return DeadLetterQueue(queue=queue, count=0, messages=[], declared=False)
+        count = dlq.declaration_result.message_count or 0
+        messages: list[DeadLetter] = []
+        while len(messages) < min(limit, count):
+            message = await dlq.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            messages.append(DeadLetter.from_message(message))
+        return DeadLetterQueue(queue=queue, count=count, messages=messages)
+    finally:
+        # Closing without ack returns every message we looked at.
+        if not channel.is_closed:
+            await channel.close()
+
+
+async def redrive(
+    connection: AbstractRobustConnection,
+    publisher: Publisher,
+    queue: str,
+    *,
+    message_ids: set[str] | None = None,
+    limit: int = 1_000,
+) -> int:
+    """Move dead letters of ``queue`` back into it; all, or those with ``message_ids``."""
+    channel = await connection.channel(publisher_confirms=False)
+    moved = 0
+    try:
+        try:
+            dlq = await channel.declare_queue(dead_letter_queue(queue), passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return 0
+        pending = dlq.declaration_result.message_count or 0
+        for _ in range(min(pending, limit if message_ids is None else pending)):
+            message = await dlq.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            if message_ids is not None and message.message_id not in message_ids:
+                continue  # returned to the DLQ when the channel closes
+            headers = dict(message.headers or {})
+            headers["x-attempt"] = 0
+            headers["x-redriven-at"] = datetime.now(UTC).isoformat()
+            await publisher.publish(
+                "", queue, message.body, message_id=message.message_id or "", headers=headers
+            )
+            await message.ack()
+            moved += 1
+            metrics.DEAD_LETTERS_REDRIVEN.labels(queue).inc()
+            if moved >= limit:
+                break
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return moved

@@ -1,0 +1,43 @@
+"""Postgres access: one asyncpg pool per service, confined to its schema.
+
+The pool sets ``search_path`` to the service's schema on every connection, so
+queries name tables without a schema and a service cannot read another's
+tables by accident. Row values come back as Python types; JSON columns are
+decoded with orjson.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import asyncpg
+import orjson
+
+# What handlers receive: a pooled connection, or a bare one in scripts.
+DbConnection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
+
+
+async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name,
+            schema="pg_catalog",
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
+        )
+
+
+async def create_pool(
+    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10
+) -> asyncpg.Pool[Any]:
+    pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        server_settings={"search_path": schema, "timezone": "UTC"},
+        # A statement stuck behind a lock must fail and be retried by the
+        # consumer, not hold a connection forever.
+        command_timeout=30,
+    )
+    return pool

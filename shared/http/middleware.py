@@ -1,0 +1,76 @@
+"""Middlewares: request id, metrics, and JSON for every error.
+
+aiohttp answers routing and protocol errors (404, 405, 413) with plain text by
+default; clients of a JSON API deserve JSON, so those are rewritten here, and
+an unexpected exception becomes a 500 without leaking its text.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from shared import metrics
+from shared.http.errors import ApiError, json_error
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+}
+
+
+def _route_name(request: web.Request) -> str:
+    # The route pattern, not the path: bounded label values.
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    started = time.perf_counter()
+    status = 500
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        try:
+            response = await _json_errors(request, handler)
+            status = response.status
+            response.headers["X-Request-Id"] = request_id
+            return response
+        finally:
+            route = _route_name(request)
+            metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+            metrics.HTTP_REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+
+
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        return json_error(exc.status, code, exc.reason, headers=_keep_headers(exc))
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        return json_error(500, "internal_error", "internal error")
+
+
+def _keep_headers(exc: web.HTTPException) -> dict[str, str]:
+    return {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}

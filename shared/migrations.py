@@ -1,0 +1,98 @@
+"""Numbered SQL migrations, one folder per service.
+
+Files are ``services/<svc>/migrations/NNNN_name.sql``; each runs once, in its
+own transaction, and is recorded in ``<schema>.schema_migrations`` with a
+checksum. Replicas starting at the same time serialise on a Postgres advisory
+lock keyed by the schema, so exactly one applies each file and the others find
+it done. A file changed after it was applied is refused loudly: silently
+diverging schemas are worse than a failed start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.db import DbConnection
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations(directory: Path) -> list[Migration]:
+    migrations = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _NAME.match(path.name)
+        if not match:
+            raise MigrationError(f"migration file name not NNNN_name.sql: {path.name}")
+        migrations.append(Migration(int(match.group(1)), path.stem, path.read_text()))
+    versions = [m.version for m in migrations]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"duplicate migration numbers in {directory}")
+    return migrations
+
+
+async def migrate(conn: DbConnection, schema: str, directory: Path) -> list[str]:
+    """Apply pending migrations of ``schema``; return the names applied."""
+    if not _SCHEMA.match(schema):
+        raise MigrationError(f"invalid schema name: {schema!r}")
+    migrations = load_migrations(directory)
+    applied_now: list[str] = []
+    # Session-level lock: held across the per-file transactions below.
+    await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"migrations:{schema}")
+    try:
+        # The schema name is checked against _SCHEMA above; identifiers cannot
+        # be bound as parameters.
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await conn.execute(
+            f"""CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+                    version integer PRIMARY KEY,
+                    name text NOT NULL,
+                    checksum text NOT NULL,
+                    applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        rows = await conn.fetch(f"SELECT version, name, checksum FROM {schema}.schema_migrations")  # noqa: S608
+        done = {r["version"]: r for r in rows}
+        for migration in migrations:
+            previous = done.get(migration.version)
+            if previous is not None:
+                if previous["checksum"] != migration.checksum:
+                    raise MigrationError(
+                        f"{schema}: migration {migration.name} changed after it was applied"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL search_path TO {schema}")
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    f"INSERT INTO {schema}.schema_migrations (version, name, checksum)"  # noqa: S608
+                    " VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+            applied_now.append(migration.name)
+            log.info("migration_applied", schema=schema, migration=migration.name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", f"migrations:{schema}")
+    return applied_now

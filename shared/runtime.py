@@ -1,0 +1,148 @@
+"""Wiring a service process: pools, broker, consumers and the HTTP server.
+
+Resources live on the aiohttp app under typed keys and are opened and closed
+by ``cleanup_ctx`` entries, in order: Postgres (with migrations), then the
+broker, then the consumers. aiohttp closes them in reverse, so on SIGTERM a
+service first stops consuming and lets in-flight messages finish, then closes
+the broker, then the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import asyncpg
+import uvloop
+from aio_pika.abc import AbstractRobustConnection
+from aiohttp import web
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from shared.broker.consumer import Consumer
+from shared.broker.publisher import Publisher
+from shared.db import create_pool
+from shared.http.health import add_health_routes
+from shared.http.internal_auth import require_service_token
+from shared.http.middleware import observe
+from shared.logging import configure_logging, get_logger
+from shared.migrations import migrate
+from shared.settings import ServiceSettings
+
+log = get_logger(__name__)
+
+POOL = web.AppKey("pool", asyncpg.Pool)
+AMQP = web.AppKey("amqp", AbstractRobustConnection)
+PUBLISHER = web.AppKey("publisher", Publisher)
+CONSUMERS = web.AppKey("consumers", list)
+
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
+
+
+def base_app(settings: ServiceSettings, *, client_max_size: int = 1024**2) -> web.Application:
+    """An app with JSON errors, request ids, metrics and internal-API auth."""
+    return web.Application(
+        middlewares=[
+            observe,
+            require_service_token(settings.service_token.get_secret_value()),
+        ],
+        client_max_size=client_max_size,
+    )
+
+
+def postgres(settings: ServiceSettings, schema: str, migrations: Path) -> CleanupCtx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        pool = await create_pool(
+            settings.database_url,
+            schema,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+        )
+        if settings.migrate_on_start:
+            async with pool.acquire() as conn:
+                await migrate(conn, schema, migrations)
+        app[POOL] = pool
+        yield
+        await pool.close()
+
+    return ctx
+
+
+async def connect_broker(url: str, name: str) -> AbstractRobustConnection:
+    """Connect with jittered backoff: a service may start before the broker."""
+    retrying = AsyncRetrying(
+        wait=wait_exponential_jitter(initial=0.2, max=5.0),
+        retry=retry_if_exception_type((ConnectionError, OSError, asyncio.TimeoutError)),
+        before_sleep=lambda state: log.warning(
+            "broker_connect_retry", attempt=state.attempt_number
+        ),
+    )
+    connection: AbstractRobustConnection = await retrying(
+        aio_pika.connect_robust, url, client_properties={"connection_name": name}
+    )
+    return connection
+
+
+def broker(settings: ServiceSettings, name: str) -> CleanupCtx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        connection = await connect_broker(settings.amqp_url, name)
+        publisher = Publisher(settings.amqp_url, name=name)
+        await publisher.start(wait=10.0)
+        app[AMQP] = connection
+        app[PUBLISHER] = publisher
+        yield
+        await publisher.close()
+        await connection.close()
+
+    return ctx
+
+
+def consumers(build: Callable[[web.Application], Sequence[Consumer]]) -> CleanupCtx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        started = list(build(app))
+        for consumer in started:
+            await consumer.start(app[AMQP])
+        app[CONSUMERS] = started
+        yield
+        await asyncio.gather(*(c.stop() for c in started))
+
+    return ctx
+
+
+def add_standard_routes(app: web.Application) -> None:
+    """Health endpoints for a service that has a pool and a broker connection."""
+
+    async def db_ready() -> bool:
+        async with app[POOL].acquire() as conn:
+            return bool(await conn.fetchval("SELECT true"))
+
+    async def broker_ready() -> bool:
+        return not app[AMQP].is_closed and app[PUBLISHER].ready
+
+    add_health_routes(app, {"database": db_ready, "broker": broker_ready})
+
+
+def run(
+    app_factory: Callable[[], web.Application],
+    *,
+    service: str,
+    settings: ServiceSettings,
+    port: int,
+) -> None:
+    configure_logging(service, settings.log_level)
+    log.info("starting", host=settings.http_host, port=port)
+    web.run_app(
+        app_factory(),
+        host=settings.http_host,
+        port=port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=15.0,
+        loop=uvloop.new_event_loop(),
+    )
+
+
+def consumer_settings(settings: ServiceSettings) -> dict[str, Any]:
+    return {"prefetch": settings.consumer_prefetch}

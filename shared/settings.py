@@ -1,0 +1,44 @@
+"""Settings shared by every service, read from the environment.
+
+Each service subclasses :class:`ServiceSettings` with its own fields. Secrets
+are ``SecretStr`` without a default: a service refuses to start without them
+rather than run with a guessable value, and ``SecretStr`` keeps them out of
+reprs and logs.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/billing"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # Shared secret the gateway presents to the services' internal APIs.
+    service_token: SecretStr
+
+    http_host: str = "127.0.0.1"
+    log_level: str = "INFO"
+    migrate_on_start: bool = True
+
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+
+    # Consumers: prefetch bounds the messages one replica holds unacked, and so
+    # the handlers it runs at once. Higher hides DB latency; lower spreads work
+    # more evenly across replicas and bounds redelivery after a crash.
+    consumer_prefetch: int = 32
+    # Delays of the retry tiers, in milliseconds. A failing message waits in
+    # tier n on its (n+1)-th retry; past the last tier it is dead-lettered.
+    retry_delays_ms: list[int] = Field(default=[1_000, 5_000, 30_000, 120_000, 600_000])
+
+    # Stripe: the API base is overridable so every service can be pointed at a
+    # sandbox (or a proxy) whether or not a key is set.
+    stripe_secret_key: SecretStr | None = None
+    stripe_api_base: str | None = None
+
+    def stripe_api_key(self) -> str | None:
+        return self.stripe_secret_key.get_secret_value() if self.stripe_secret_key else None
