@@ -19,6 +19,7 @@ import asyncpg
 import uvloop
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from shared.broker.consumer import Consumer
@@ -41,15 +42,15 @@ CONSUMERS = web.AppKey("consumers", list)
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 
-def base_app(settings: ServiceSettings, *, client_max_size: int = 1024**2) -> web.Application:
-    """An app with JSON errors, request ids, metrics and internal-API auth."""
-    return web.Application(
-        middlewares=[
-            observe,
-            require_service_token(settings.service_token.get_secret_value()),
-        ],
-        client_max_size=client_max_size,
-    )
+def base_app(
+    settings: ServiceSettings, *, client_max_size: int = 1024**2, internal_api: bool = True
+) -> web.Application:
+    """An app with JSON errors, request ids and metrics; and, for a service with
+    an internal API, the service-token check on ``/internal/``."""
+    middlewares: list[Middleware] = [observe]
+    if internal_api:
+        middlewares.append(require_service_token(settings.service_token.get_secret_value()))
+    return web.Application(middlewares=middlewares, client_max_size=client_max_size)
 
 
 def postgres(settings: ServiceSettings, schema: str, migrations: Path) -> CleanupCtx:
@@ -73,7 +74,7 @@ def postgres(settings: ServiceSettings, schema: str, migrations: Path) -> Cleanu
 async def connect_broker(url: str, name: str) -> AbstractRobustConnection:
     """Connect with jittered backoff: a service may start before the broker."""
     retrying = AsyncRetrying(
-        wait=wait_exponential_jitter(initial=0.2, max=5.0),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.5),
         retry=retry_if_exception_type((ConnectionError, OSError, asyncio.TimeoutError)),
         before_sleep=lambda state: log.warning(
             "broker_connect_retry", attempt=state.attempt_number

@@ -18,7 +18,7 @@ from shared.runtime import PUBLISHER, base_app
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
-    app = base_app(settings, client_max_size=settings.max_webhook_bytes)
+    app = base_app(settings, client_max_size=settings.max_webhook_bytes, internal_api=False)
     publisher = Publisher(
         settings.amqp_url,
         name="gateway",

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import aiormq
@@ -100,7 +99,6 @@ class Publisher:
             message_id=message_id,
             delivery_mode=2,
             content_type=content_type,
-            timestamp=datetime.now(UTC),
             headers=dict(headers) if headers else None,
         )
         try:
@@ -159,7 +157,7 @@ class Publisher:
     async def _run(self) -> None:
         while True:
             retrying = AsyncRetrying(
-                wait=wait_exponential_jitter(initial=0.1, max=5.0),
+                wait=wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.2),
                 retry=retry_if_exception_type(_CONNECT_ERRORS),
                 before_sleep=lambda state: log.warning(
                     "broker_connect_failed",

@@ -1,0 +1,94 @@
+# Shared set-up steps for `make dev`, `make test` and `make bench`.
+# Sourced, not run. Every step is idempotent: on a machine where everything
+# is already in place each one is a quick check.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+PG_HOST="${PG_HOST:-127.0.0.1}"
+PG_PORT="${PG_PORT:-5432}"
+PG_USER="${PG_USER:-postgres}"
+
+say() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31mxx\033[0m %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
+}
+
+apt_install() {
+  command -v apt-get >/dev/null || return 1
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null &&
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+no_local_services() {
+  die "$1. Without local packages, run the stack in containers instead: docker compose up"
+}
+
+ensure_venv() {
+  # Reinstall only when the dependency list changed since the last install.
+  local stamp="$VENV/.installed" want
+  want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+  if [ ! -x "$PY" ]; then
+    say "creating virtualenv in .venv"
+    python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  fi
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "installing dependencies"
+    "$PY" -m pip install -q --upgrade pip >/dev/null
+    "$PY" -m pip install -q -e "$ROOT[dev]"
+    echo "$want" > "$stamp"
+  fi
+}
+
+pg_up() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; }
+
+ensure_postgres() {
+  pg_up && return 0
+  if ! command -v pg_ctlcluster >/dev/null; then
+    say "PostgreSQL not installed: installing it from Debian packages"
+    apt_install postgresql || no_local_services "PostgreSQL is not installed and could not be installed"
+    # A fresh Debian cluster only trusts local peers; the services connect
+    # over TCP as postgres without a password, as on a dev machine.
+    local hba
+    hba="$(ls /etc/postgresql/*/main/pg_hba.conf | head -1)"
+    as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
+  fi
+  say "starting PostgreSQL"
+  local version
+  version="$(ls /etc/postgresql | sort -V | tail -1)"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null ||
+    as_root pg_ctlcluster "$version" main start || true
+  for _ in $(seq 1 30); do pg_up && return 0; sleep 1; done
+  no_local_services "PostgreSQL did not come up on $PG_HOST:$PG_PORT"
+}
+
+rabbit_up() { (exec 3<>"/dev/tcp/127.0.0.1/5672") 2>/dev/null && as_root rabbitmq-diagnostics -q ping >/dev/null 2>&1; }
+
+ensure_rabbitmq() {
+  rabbit_up && return 0
+  if ! command -v rabbitmq-server >/dev/null; then
+    say "RabbitMQ not installed: installing it from Debian packages"
+    apt_install rabbitmq-server || no_local_services "RabbitMQ is not installed and could not be installed"
+  fi
+  say "starting RabbitMQ"
+  as_root rabbitmq-server -detached >/dev/null 2>&1 || true
+  for _ in $(seq 1 60); do rabbit_up && return 0; sleep 1; done
+  no_local_services "RabbitMQ did not come up on 127.0.0.1:5672"
+}
+
+ensure_database() {
+  local db="$1"
+  psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" postgres |
+    grep -q 1 || psql -q -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -c "CREATE DATABASE \"$db\"" postgres
+}
+
+ensure_vhost() {
+  local vhost="$1"
+  as_root rabbitmqctl -q add_vhost "$vhost" >/dev/null 2>&1 || true
+  as_root rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null ||
+    die "could not grant guest access to RabbitMQ vhost $vhost"
+}

@@ -1,0 +1,37 @@
+"""Fixtures shared by the product's tests (the sandbox's tests have their own)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import asyncpg
+import pytest
+
+from tests.support import env
+from tests.support.stack import Stack, reset_state, start_stack
+
+
+@pytest.fixture
+async def clean_state() -> None:
+    await reset_state()
+
+
+@pytest.fixture
+async def stack(clean_state: None) -> AsyncIterator[Stack]:
+    running = await start_stack()
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+@pytest.fixture
+async def db() -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(env.DATABASE_URL)
+    yield conn
+    await conn.close()

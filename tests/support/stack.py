@@ -1,0 +1,144 @@
+"""The product's services running for a test, each on its own real port.
+
+Services run in the test's event loop through the same ``create_app`` as
+``python -m services.<name>``, talk to the real Postgres and RabbitMQ, and
+are reached over HTTP. ``reset_state`` gives each test empty schemas and
+queues.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import aiormq
+import asyncpg
+from aiohttp import web
+
+from services.gateway.app import create_app as gateway_app
+from services.gateway.settings import GatewaySettings
+from services.subscriptions.app import create_app as subscriptions_app
+from services.subscriptions.settings import SubscriptionsSettings
+from services.webhooks.app import create_app as webhooks_app
+from services.webhooks.settings import WebhooksSettings
+from shared import queues
+from shared.broker.topology import EXCHANGES
+from tests.support import env
+
+_DEFAULT_DELAYS = (1_000, 5_000, 30_000, 120_000, 600_000)
+
+
+def common_settings(**overrides: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "database_url": env.DATABASE_URL,
+        "amqp_url": env.AMQP_URL,
+        "service_token": env.SERVICE_TOKEN,
+        "retry_delays_ms": env.FAST_RETRY_DELAYS_MS,
+        "log_level": "WARNING",
+    }
+    values.update(overrides)
+    return values
+
+
+@dataclass
+class RunningApp:
+    app: web.Application
+    runner: web.AppRunner
+    url: str
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def serve(app: web.Application) -> RunningApp:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    return RunningApp(app=app, runner=runner, url=f"http://{host}:{port}")
+
+
+@dataclass
+class Stack:
+    apps: dict[str, RunningApp] = field(default_factory=dict)
+
+    @property
+    def gateway(self) -> str:
+        return self.apps["gateway"].url
+
+    def app(self, name: str) -> web.Application:
+        return self.apps[name].app
+
+    async def stop(self, name: str | None = None) -> None:
+        names = [name] if name else list(reversed(self.apps))
+        for n in names:
+            running = self.apps.pop(n, None)
+            if running is not None:
+                await running.stop()
+
+
+async def start_stack(
+    *,
+    gateway: dict[str, Any] | None = None,
+    webhooks: dict[str, Any] | None = None,
+    subscriptions: dict[str, Any] | None = None,
+    with_consumers: bool = True,
+) -> Stack:
+    stack = Stack()
+    if with_consumers:
+        stack.apps["webhooks"] = await serve(
+            webhooks_app(WebhooksSettings(**common_settings(**(webhooks or {}))))
+        )
+        stack.apps["subscriptions"] = await serve(
+            subscriptions_app(SubscriptionsSettings(**common_settings(**(subscriptions or {}))))
+        )
+    gateway_values = common_settings(
+        stripe_webhook_secrets=env.WEBHOOK_SECRET,
+        jwt_secret=env.JWT_SECRET,
+        publish_confirm_timeout=2.0,
+        webhooks_url=stack.apps["webhooks"].url if with_consumers else "http://127.0.0.1:9",
+        subscriptions_url=stack.apps["subscriptions"].url
+        if with_consumers
+        else "http://127.0.0.1:9",
+    )
+    gateway_values.update(gateway or {})
+    stack.apps["gateway"] = await serve(gateway_app(GatewaySettings(**gateway_values)))
+    return stack
+
+
+def queue_family(name: str, delays: tuple[int, ...] = ()) -> list[str]:
+    """Every queue the topology declares for consumer queue ``name``."""
+    tiers = set(delays) | set(env.FAST_RETRY_DELAYS_MS) | set(_DEFAULT_DELAYS)
+    return [name, f"{name}.dlq", *(f"{name}.retry.{d}ms" for d in sorted(tiers))]
+
+
+async def delete_queues(names: list[str]) -> None:
+    connection = await aio_pika.connect(env.AMQP_URL)
+    async with connection:
+        for name in names:
+            channel = await connection.channel()
+            with contextlib.suppress(aiormq.exceptions.AMQPError):
+                await channel.queue_delete(name)
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+
+async def reset_state(extra_queues: tuple[str, ...] = ()) -> None:
+    conn = await asyncpg.connect(env.DATABASE_URL)
+    try:
+        for schema in env.SCHEMAS:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await conn.close()
+    names: list[str] = []
+    for queue in (*queues.ALL, *extra_queues):
+        names.extend(queue_family(queue))
+    await delete_queues(names)
+    connection = await aio_pika.connect(env.AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        for exchange in EXCHANGES:
+            await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
