@@ -23,7 +23,6 @@ def create_app(settings: GatewaySettings) -> web.Application:
         settings.amqp_url,
         name="gateway",
         confirm_timeout=settings.publish_confirm_timeout,
-        channels=settings.publish_channels,
     )
     token = settings.service_token.get_secret_value()
     upstreams = {

@@ -22,6 +22,8 @@ from shared.http.errors import ApiError
 # One pooled HTTP client per gateway process, opened and closed with the app.
 CLIENT_SESSION = web.AppKey("client_session", aiohttp.ClientSession)
 _FORWARDED_HEADERS = ("Idempotency-Key", "Content-Type")
+# Headers of the owner's answer the client needs to see.
+_RELAYED_HEADERS = ("Idempotent-Replayed", "Retry-After")
 
 
 class Upstream:
@@ -56,6 +58,7 @@ class Upstream:
                 payload = await upstream.read()
                 status = upstream.status
                 content_type = upstream.content_type
+                relayed = {h: v for h in _RELAYED_HEADERS if (v := upstream.headers.get(h))}
         except TimeoutError as exc:
             metrics.UPSTREAM_FAILURES.labels(self.name).inc()
             raise ApiError(504, "upstream_timeout", f"{self.name} did not answer in time") from exc
@@ -66,4 +69,4 @@ class Upstream:
             metrics.UPSTREAM_REQUEST_SECONDS.labels(self.name).observe(
                 time.perf_counter() - started
             )
-        return web.Response(body=payload, status=status, content_type=content_type)
+        return web.Response(body=payload, status=status, content_type=content_type, headers=relayed)

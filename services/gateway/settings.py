@@ -12,12 +12,12 @@ class GatewaySettings(ServiceSettings):
     # Comma separated; during a rotation both the old and the new endpoint
     # secret verify. Kept as a string so pydantic-settings does not try JSON.
     stripe_webhook_secrets: SecretStr
-    webhook_tolerance_seconds: int = 300
+    # Must be positive: stripe-python treats 0 (or None) as "no tolerance",
+    # which would accept a replayed delivery of any age.
+    webhook_tolerance_seconds: int = Field(default=300, gt=0)
     # How long a webhook may wait for the broker's confirm before we answer
     # 503 (Stripe then retries). Well under Stripe's own request timeout.
     publish_confirm_timeout: float = 5.0
-    # Channels the publisher spreads publishes over.
-    publish_channels: int = 4
     max_webhook_bytes: int = 1024 * 1024
 
     jwt_secret: SecretStr

@@ -1,0 +1,66 @@
+"""Helpers shared by the sandbox tests (kept out of conftest.py so they import by a
+unique module name even when other test folders have their own conftest)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import requests
+import stripe
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "sk_test_sandbox"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Sandbox:
+    """Thin helper over the emulator's /_sandbox control endpoints."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = requests.Session()
+
+    def control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = self.http.request(method, self.base_url + path, json=body, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def raw(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        return self.http.request(method, self.base_url + path, timeout=30, **kwargs)
+
+    def reset(self) -> None:
+        self.control("POST", "/_sandbox/reset")
+
+    def flush(self, timeout: float = 10) -> dict[str, Any]:
+        result: dict[str, Any] = self.control("POST", "/_sandbox/delivery/flush",
+                                              {"timeout": timeout})
+        return result
+
+    def requests_log(self, path_prefix: str = "", method: str | None = None) -> list[Any]:
+        query = f"?path_prefix={path_prefix}" + (f"&method={method}" if method else "")
+        return list(self.control("GET", "/_sandbox/requests" + query)["data"])
+
+    def client(self, **kwargs: Any) -> stripe.StripeClient:
+        return stripe.StripeClient(API_KEY, base_addresses={"api": self.base_url}, **kwargs)
+
+
+def new_customer(
+    client: stripe.StripeClient, card: str | None = "pm_card_visa", clock: str | None = None,
+) -> tuple[stripe.Customer, str | None]:
+    params: dict[str, Any] = {"email": "member@example.com", "name": "Member"}
+    if clock:
+        params["test_clock"] = clock
+    customer = client.v1.customers.create(params=params)  # type: ignore[arg-type]
+    pm_id = None
+    if card:
+        pm_id = client.v1.payment_methods.attach(card, params={"customer": customer.id}).id
+        client.v1.customers.update(
+            customer.id, params={"invoice_settings": {"default_payment_method": pm_id}})
+    return customer, pm_id

@@ -1,0 +1,58 @@
+"""Command line entry point.
+
+``python -m tests.stripe_sandbox --port 12111 [--webhook-url URL --webhook-secret whsec_...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from .app import create_app
+from .delivery import DEFAULT_BACKOFF
+
+
+def _pair_webhooks(urls: list[str], secrets: list[str]) -> list[tuple[str, str]]:
+    if not urls:
+        return []
+    if len(secrets) == 1:
+        return [(url, secrets[0]) for url in urls]
+    if len(secrets) != len(urls):
+        raise SystemExit("give one --webhook-secret for all URLs, or one per --webhook-url")
+    return list(zip(urls, secrets, strict=True))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.stripe_sandbox",
+                                     description="Stripe API emulator for tests")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=12111)
+    parser.add_argument("--webhook-url", action="append", default=[],
+                        help="repeatable; events are POSTed, signed, to each URL")
+    parser.add_argument("--webhook-secret", action="append", default=[],
+                        help="one for all URLs, or one per --webhook-url (in order)")
+    parser.add_argument("--chaos", action="store_true",
+                        help="deliver webhooks shuffled and with duplicates")
+    parser.add_argument("--chaos-seed", type=int, default=None)
+    parser.add_argument("--backoff", default=",".join(str(s) for s in DEFAULT_BACKOFF),
+                        help="comma-separated retry delays in seconds")
+    parser.add_argument("--max-attempts", type=int, default=5)
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
+    app = create_app(
+        webhooks=_pair_webhooks(args.webhook_url, args.webhook_secret),
+        chaos=args.chaos,
+        chaos_seed=args.chaos_seed,
+        backoff=tuple(float(s) for s in args.backoff.split(",") if s),
+        max_attempts=args.max_attempts,
+    )
+    print(f"stripe sandbox listening on http://{args.host}:{args.port}", flush=True)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The aiohttp application: Stripe's /v1 HTTP boundary plus /_sandbox controls.
+
+Every /v1 request goes through :func:`_serve`, which does what Stripe's edge does
+before and after the resource logic: fault injection, API key check, form
+decoding, idempotency replay, ``expand[]``, error envelopes and the
+``Request-Id`` / ``Stripe-Version`` / ``Idempotent-Replayed`` headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import copy
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+
+from . import control
+from .api import Call, Handler
+from .delivery import DEFAULT_BACKOFF, DeliveryManager
+from .errors import StripeError, auth_invalid, auth_missing, invalid, not_found_url
+from .events import API_VERSION, current_request
+from .expand import expand
+from .faults import Fault
+from .forms import FormError, decode
+from .ids import new_id
+from .params import Params
+from .resources import ROUTES
+from .sandbox import Sandbox
+
+log = logging.getLogger("stripe_sandbox")
+
+SANDBOX = web.AppKey("sandbox", Sandbox)
+JSON = "application/json"
+
+
+def _api_key(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    key = ""
+    if header.startswith("Bearer "):
+        key = header[len("Bearer "):].strip()
+    elif header.startswith("Basic "):
+        try:
+            key = base64.b64decode(header[6:]).decode().split(":", 1)[0]
+        except (binascii.Error, UnicodeDecodeError):
+            key = ""
+    if not key:
+        raise auth_missing()
+    if not key.startswith("sk_test_"):
+        raise auth_invalid(key)
+    return key
+
+
+def _json_response(status: int, body: Any, headers: dict[str, str]) -> web.Response:
+    return web.Response(status=status, body=json.dumps(body, indent=2).encode(),
+                        content_type=JSON, headers=headers)
+
+
+def _fault_error(fault: Fault) -> StripeError:
+    if fault.kind == "rate_limit":
+        # Stripe sets Stripe-Should-Retry on lock-timeout 429s; stripe-python only
+        # retries a 429 when it is present.
+        return StripeError(
+            429, "invalid_request_error",
+            "Request rate limit exceeded. You can learn more about rate limits here "
+            "https://stripe.com/docs/rate-limits.",
+            code="rate_limit",
+            headers={"Retry-After": str(fault.retry_after), "Stripe-Should-Retry": "true"})
+    return StripeError(500, "api_error", "An unknown error occurred (injected fault).",
+                       headers={"Stripe-Should-Retry": "true"})
+
+
+async def _serve(sb: Sandbox, request: web.Request, fn: Handler) -> web.Response:
+    request_id = new_id("req", 14)
+    method = request.method
+    idem_key = request.headers.get("Idempotency-Key") if method == "POST" else None
+    entry: dict[str, Any] = {
+        "request_id": request_id, "method": method, "path": request.path,
+        "query": request.query_string, "idempotency_key": idem_key, "status": None,
+        "fault": None, "replayed": False, "at": time.time(),
+    }
+    sb.requests.append(entry)
+    headers = {"Request-Id": request_id,
+               "Stripe-Version": request.headers.get("Stripe-Version", API_VERSION)}
+    if idem_key:
+        headers["Idempotency-Key"] = idem_key
+    try:
+        fault = sb.faults.take(request.path)
+        if fault is not None:
+            entry["fault"] = fault.kind
+            if fault.kind == "slow":
+                await asyncio.sleep(fault.delay_ms / 1000)
+            else:
+                raise _fault_error(fault)
+        api_key = _api_key(request)
+        try:
+            params = decode(request.query_string)
+            if method == "POST":
+                params.update(decode(await request.text()))
+        except FormError as exc:
+            raise invalid(str(exc)) from None
+        async with sb.lock:
+            if idem_key:
+                saved = sb.idempotency.lookup(api_key, idem_key, method, request.path, params)
+                if saved is not None:
+                    entry.update(status=saved.status, replayed=True)
+                    headers["Idempotent-Replayed"] = "true"
+                    return web.Response(status=saved.status, body=saved.body,
+                                        content_type=JSON, headers=headers)
+            status, body = _execute(sb, fn, Call(method, request.path, params,
+                                                 dict(request.match_info)),
+                                    request_id=request_id, idem_key=idem_key, headers=headers)
+            payload = json.dumps(body, indent=2).encode()
+            if idem_key and status in (200, 402):
+                sb.idempotency.save(api_key, idem_key, method=method, path=request.path,
+                                    params=params, status=status, body=payload)
+        entry["status"] = status
+        return web.Response(status=status, body=payload, content_type=JSON, headers=headers)
+    except StripeError as exc:
+        entry["status"] = exc.status
+        headers.update(exc.headers)
+        return _json_response(exc.status, exc.body(request_id), headers)
+
+
+def _execute(
+    sb: Sandbox, fn: Handler, call: Call, *, request_id: str, idem_key: str | None,
+    headers: dict[str, str],
+) -> tuple[int, Any]:
+    token = current_request.set((request_id, idem_key))
+    try:
+        result = fn(sb, call)
+        return 200, expand(sb, copy.deepcopy(result), Params(call.params).expand())
+    except StripeError as exc:
+        headers.update(exc.headers)
+        return exc.status, exc.body(request_id)
+    except Exception:
+        # A bug in the emulator must look like a Stripe 500 the client will not retry,
+        # and must be loud in the emulator's log.
+        log.exception("sandbox handler failed for %s %s", call.method, call.path)
+        headers["Stripe-Should-Retry"] = "false"
+        return 500, StripeError(500, "api_error", "Sandbox internal error (see emulator "
+                                "log).").body(request_id)
+    finally:
+        current_request.reset(token)
+
+
+def _api_handler(fn: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        return await _serve(request.app[SANDBOX], request, fn)
+
+    return handle
+
+
+def _unknown(sb: Sandbox, call: Call) -> dict[str, Any]:
+    raise not_found_url(call.method, call.path)
+
+
+def create_app(
+    *,
+    webhooks: Iterable[tuple[str, str]] = (),
+    chaos: bool = False,
+    chaos_seed: int | None = None,
+    backoff: tuple[float, ...] = DEFAULT_BACKOFF,
+    max_attempts: int = 5,
+    delivery_timeout: float = 5.0,
+) -> web.Application:
+    """Build the emulator app (usable in-process with aiohttp's test utilities)."""
+    delivery = DeliveryManager(backoff=backoff, max_attempts=max_attempts,
+                               timeout=delivery_timeout, chaos=chaos, seed=chaos_seed)
+    for url, secret in webhooks:
+        delivery.add_endpoint(url, secret)
+    sandbox = Sandbox(delivery)
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app[SANDBOX] = sandbox
+    for method, path, fn in ROUTES:
+        app.router.add_route(method, path, _api_handler(fn))
+    app.router.add_route("*", "/v1/{tail:.*}", _api_handler(_unknown))
+    control.setup(app, sandbox)
+
+    async def start(_: web.Application) -> None:
+        await delivery.start()
+
+    async def stop(_: web.Application) -> None:
+        await delivery.stop()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    return app

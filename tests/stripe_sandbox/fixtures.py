@@ -1,0 +1,67 @@
+"""Stripe's own example objects (fixtures3.json), used as templates.
+
+Every object the emulator returns starts as a deep copy of Stripe's fixture for
+that resource, so the key set tracks Stripe's current API shapes.  The shared
+reference copy beside the repository wins (``<repo>/../shared/stripe``); a
+trimmed snapshot inside this package keeps the emulator working without it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+ENV_VAR = "STRIPE_FIXTURES_PATH"
+SHARED_PATH = Path(__file__).resolve().parents[2] / ".." / "shared" / "stripe" / "fixtures3.json"
+SNAPSHOT_PATH = Path(__file__).resolve().parent / "fixtures_snapshot.json"
+
+RESOURCES = (
+    "customer",
+    "product",
+    "price",
+    "payment_method",
+    "subscription",
+    "subscription_item",
+    "invoice",
+    "line_item",
+    "invoiceitem",
+    "invoice_payment",
+    "payment_intent",
+    "charge",
+    "refund",
+    "checkout.session",
+    "item",
+    "billing_portal.session",
+    "event",
+    "test_helpers.test_clock",
+    "deleted_customer",
+    "deleted_test_helpers.test_clock",
+    "deleted_product",
+    "deleted_price",
+)
+
+
+def fixtures_path() -> Path:
+    configured = os.environ.get(ENV_VAR)
+    if configured:
+        return Path(configured)
+    return SHARED_PATH if SHARED_PATH.exists() else SNAPSHOT_PATH
+
+
+@cache
+def _resources() -> dict[str, Any]:
+    with fixtures_path().open(encoding="utf-8") as handle:
+        data: dict[str, Any] = json.load(handle)["resources"]
+    return data
+
+
+def template(resource: str) -> dict[str, Any]:
+    """A fresh deep copy of Stripe's example object for ``resource``."""
+    found = _resources().get(resource)
+    if found is None:
+        return {}
+    return copy.deepcopy(found)

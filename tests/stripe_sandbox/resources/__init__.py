@@ -1,0 +1,32 @@
+"""/v1 resource handlers, one module per Stripe resource family."""
+
+from __future__ import annotations
+
+from ..api import Route
+from . import (
+    billing_portal,
+    catalog,
+    checkout,
+    customers,
+    events_api,
+    invoices,
+    payment_intents,
+    payment_methods,
+    refunds,
+    subscriptions,
+    test_clocks,
+)
+
+ROUTES: list[Route] = [
+    *customers.ROUTES,
+    *catalog.ROUTES,
+    *payment_methods.ROUTES,
+    *subscriptions.ROUTES,
+    *invoices.ROUTES,
+    *payment_intents.ROUTES,
+    *refunds.ROUTES,
+    *checkout.ROUTES,
+    *billing_portal.ROUTES,
+    *events_api.ROUTES,
+    *test_clocks.ROUTES,
+]
