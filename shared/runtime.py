@@ -10,9 +10,9 @@ the broker, then the pool.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import aio_pika
 import asyncpg
@@ -145,5 +145,35 @@ def run(
     )
 
 
-def consumer_settings(settings: ServiceSettings) -> dict[str, Any]:
-    return {"prefetch": settings.consumer_prefetch}
+async def _migrate_only(settings: ServiceSettings, schema: str, migrations: Path) -> list[str]:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return await migrate(conn, schema, migrations)
+    finally:
+        await conn.close()
+
+
+def main(
+    app_factory: Callable[[], web.Application],
+    *,
+    service: str,
+    settings: ServiceSettings,
+    port: int,
+    schema: str | None = None,
+    migrations: Path | None = None,
+) -> None:
+    """``python -m services.<name> [serve|migrate]``.
+
+    ``migrate`` applies the service's migrations and exits: a deploy can run
+    it as a job before rolling out replicas (which also migrate on start, under
+    the same advisory lock, unless ``MIGRATE_ON_START=false``).
+    """
+    command = sys.argv[1] if len(sys.argv) > 1 else "serve"
+    if command == "serve":
+        run(app_factory, service=service, settings=settings, port=port)
+    elif command == "migrate" and schema is not None and migrations is not None:
+        configure_logging(service, settings.log_level)
+        applied = uvloop.run(_migrate_only(settings, schema, migrations))
+        log.info("migrations_done", schema=schema, applied=applied)
+    else:
+        raise SystemExit(f"usage: python -m services.{service} [serve|migrate]")

@@ -1,19 +1,16 @@
-"""``python -m services.credits``"""
+"""``python -m services.credits [serve|migrate]``"""
 
-from services.credits.app import create_app
+from services.credits.app import MIGRATIONS, SCHEMA, create_app
 from services.credits.settings import CreditsSettings
-from shared.runtime import run
+from shared.runtime import main
 
-
-def main() -> None:
+if __name__ == "__main__":
     settings = CreditsSettings()  # secrets come from the environment
-    run(
+    main(
         lambda: create_app(settings),
         service="credits",
         settings=settings,
         port=settings.credits_port,
+        schema=SCHEMA,
+        migrations=MIGRATIONS,
     )
-
-
-if __name__ == "__main__":
-    main()

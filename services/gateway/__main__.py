@@ -2,18 +2,13 @@
 
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
-from shared.runtime import run
+from shared.runtime import main
 
-
-def main() -> None:
+if __name__ == "__main__":
     settings = GatewaySettings()  # secrets come from the environment
-    run(
+    main(
         lambda: create_app(settings),
         service="gateway",
         settings=settings,
         port=settings.gateway_port,
     )
-
-
-if __name__ == "__main__":
-    main()

@@ -31,7 +31,7 @@ class Principal:
     role: Role
 
 
-_REQUEST_PRINCIPAL = "principal"
+_REQUEST_PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 def _unauthorized(reason: str, message: str) -> ApiError:
@@ -98,5 +98,4 @@ def require_role(authenticator: Authenticator, *roles: Role) -> Callable[[Handle
 
 
 def principal_of(request: web.Request) -> Principal:
-    principal: Principal = request[_REQUEST_PRINCIPAL]
-    return principal
+    return request[_REQUEST_PRINCIPAL]

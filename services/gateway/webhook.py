@@ -44,14 +44,18 @@ class WebhookEndpoint:
         self._max_bytes = settings.max_webhook_bytes
         self._publisher = publisher
 
+    def _too_large(self) -> web.Response:
+        limit = f"{self._max_bytes} bytes"
+        return _reject("too_large", 413, "payload_too_large", f"body over the {limit} limit")
+
     async def handle(self, request: web.Request) -> web.Response:
         metrics.WEBHOOKS_RECEIVED.inc()
         if request.content_length is not None and request.content_length > self._max_bytes:
-            return _reject("too_large", 413, "payload_too_large", "body over the 1 MiB limit")
+            return self._too_large()
         try:
             payload = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return _reject("too_large", 413, "payload_too_large", "body over the 1 MiB limit")
+            return self._too_large()
 
         try:
             verify(payload, request.headers.get("Stripe-Signature"), self._secrets, self._tolerance)

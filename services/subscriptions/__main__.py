@@ -1,19 +1,16 @@
-"""``python -m services.subscriptions``"""
+"""``python -m services.subscriptions [serve|migrate]``"""
 
-from services.subscriptions.app import create_app
+from services.subscriptions.app import MIGRATIONS, SCHEMA, create_app
 from services.subscriptions.settings import SubscriptionsSettings
-from shared.runtime import run
+from shared.runtime import main
 
-
-def main() -> None:
+if __name__ == "__main__":
     settings = SubscriptionsSettings()  # secrets come from the environment
-    run(
+    main(
         lambda: create_app(settings),
         service="subscriptions",
         settings=settings,
         port=settings.subscriptions_port,
+        schema=SCHEMA,
+        migrations=MIGRATIONS,
     )
-
-
-if __name__ == "__main__":
-    main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,8 @@ from shared.http.idempotency import run_idempotent
 from shared.runtime import AMQP, POOL, PUBLISHER
 
 _MAX_LIMIT = 200
+# Stripe event types: dotted lowercase words (as the gateway accepts them).
+_EVENT_TYPE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 
 
 def _timestamp(request: web.Request, name: str) -> datetime | None:
@@ -29,13 +32,15 @@ def _timestamp(request: web.Request, name: str) -> datetime | None:
         if raw.isdigit():
             return datetime.fromtimestamp(int(raw), UTC)
         value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except (ValueError, OverflowError) as exc:
+        if value.tzinfo is None:
+            raise ApiError(400, "invalid_parameter", f"{name} needs a timezone", param=name)
+        # In UTC, so a time at the edge of the calendar fails here, not in the query.
+        return value.astimezone(UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        # OSError: unix seconds beyond the platform's time_t.
         raise ApiError(
             400, "invalid_parameter", f"{name} must be unix seconds or ISO 8601", param=name
         ) from exc
-    if value.tzinfo is None:
-        raise ApiError(400, "invalid_parameter", f"{name} needs a timezone", param=name)
-    return value
 
 
 def _limit(request: web.Request) -> int:
@@ -50,10 +55,13 @@ async def list_events(request: web.Request) -> web.Response:
     if "cursor" in request.query:
         try:
             cursor = queries.decode_cursor(request.query["cursor"])
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise ApiError(400, "invalid_parameter", "cursor is not valid", param="cursor") from exc
+    event_type = request.query.get("type") or None
+    if event_type is not None and not _EVENT_TYPE.match(event_type):
+        raise ApiError(400, "invalid_parameter", "type is not an event type", param="type")
     flt = queries.EventFilter(
-        type=request.query.get("type") or None,
+        type=event_type,
         created_gte=_timestamp(request, "created_gte"),
         created_lt=_timestamp(request, "created_lt"),
         cursor=cursor,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -33,10 +33,13 @@ def encode_cursor(created_at: datetime, event_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Raise ValueError for anything that is not a cursor we issued."""
+    """Raise ValueError (TypeError, OverflowError) for anything that is not a cursor we issued."""
     padded = cursor + "=" * (-len(cursor) % 4)
     created, event_id = orjson.loads(base64.urlsafe_b64decode(padded))
-    return datetime.fromisoformat(created), str(event_id)
+    value = datetime.fromisoformat(created)
+    if value.tzinfo is None or not isinstance(event_id, str):
+        raise ValueError("not a cursor we issued")
+    return value.astimezone(UTC), event_id
 
 
 def _summary(row: asyncpg.Record) -> dict[str, Any]:

@@ -1,0 +1,154 @@
+"""JWT bearer authentication on ``/v1/admin/*``, through a running gateway.
+
+HS256 with the gateway's secret only; ``exp``, ``sub`` and ``role`` required.
+Every refusal is a 401 (who are you?) or a 403 (not allowed) with the JSON
+error body, and is counted in ``gateway_api_auth_failures_total``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.gateway.helpers import api, assert_error, bearer, forged_token, metric, token
+from tests.support.stack import Stack
+
+ADMIN_ROUTES = [
+    ("GET", "/v1/admin/events"),
+    ("GET", "/v1/admin/events/evt_test_auth"),
+    ("POST", "/v1/admin/events/evt_test_auth/replay"),
+    ("GET", "/v1/admin/subscriptions/sub_test_auth"),
+    ("GET", "/v1/admin/dead-letters"),
+    ("POST", "/v1/admin/dead-letters/redrive"),
+]
+
+
+def _claims(**overrides: Any) -> dict[str, Any]:
+    return {"sub": "user_test", "role": "admin", "exp": int(time.time()) + 300, **overrides}
+
+
+async def auth_failures(http: aiohttp.ClientSession, stack: Stack, reason: str) -> float:
+    return await metric(http, stack.gateway, "gateway_api_auth_failures_total", {"reason": reason})
+
+
+async def list_events(
+    http: aiohttp.ClientSession, stack: Stack, headers: dict[str, str] | None
+) -> tuple[int, Any]:
+    status, answer, _ = await api(http, "GET", f"{stack.gateway}/v1/admin/events", headers=headers)
+    return status, answer
+
+
+REFUSED_TOKENS = [
+    pytest.param(
+        bearer(forged_token({"alg": "none", "typ": "JWT"}, _claims(), b"")),
+        "algorithm",
+        id="alg-none",
+    ),
+    pytest.param(
+        bearer(forged_token({"alg": "None", "typ": "JWT"}, _claims(), b"")),
+        "algorithm",
+        id="alg-None",
+    ),
+    pytest.param(
+        bearer(token(secret="another-secret-that-is-long-enough-for-hs256")),
+        "signature",
+        id="wrong-secret",
+    ),
+    pytest.param(
+        bearer(token()[:-4] + "AAAA"),
+        "signature",
+        id="tampered-signature",
+    ),
+    pytest.param(bearer(token(expires_in=-1)), "expired", id="expired"),
+    pytest.param(bearer("garbage"), "malformed", id="garbage"),
+    pytest.param(bearer("a.b.c"), "malformed", id="three-garbage-segments"),
+    pytest.param({"Authorization": f"Basic {token()}"}, "malformed", id="basic-scheme"),
+    pytest.param({"Authorization": token()}, "malformed", id="no-scheme"),
+    pytest.param({"Authorization": "Bearer "}, "malformed", id="empty-bearer"),
+    pytest.param({"Authorization": "Bearer"}, "malformed", id="bearer-only"),
+    pytest.param({}, "missing", id="no-header"),
+    pytest.param({"Authorization": ""}, "missing", id="empty-header"),
+    pytest.param(bearer(token(drop=("exp",))), "claims", id="no-exp"),
+    pytest.param(bearer(token(drop=("sub",))), "claims", id="no-sub"),
+    pytest.param(bearer(token(drop=("role",))), "claims", id="no-role"),
+    pytest.param(bearer(token(sub="")), "claims", id="empty-sub"),
+    pytest.param(bearer(token(role="superuser")), "claims", id="unknown-role"),
+    pytest.param(bearer(token(role="Admin")), "claims", id="role-wrong-case"),
+    pytest.param(
+        bearer(forged_token({"alg": "RS256", "typ": "JWT"}, _claims())),
+        "algorithm",
+        id="rs256-hmac-confusion",
+    ),
+    pytest.param(
+        bearer(forged_token({"alg": "RS256", "typ": "JWT"}, _claims(), b"\x01" * 256)),
+        "algorithm",
+        id="rs256",
+    ),
+    pytest.param(
+        bearer(forged_token({"alg": "HS512", "typ": "JWT"}, _claims(), digest=hashlib.sha512)),
+        "algorithm",
+        id="hs512",
+    ),
+]
+
+
+@pytest.mark.parametrize(("headers", "reason"), REFUSED_TOKENS)
+async def test_unauthenticated_calls_get_401(
+    module_stack: Stack, http: aiohttp.ClientSession, headers: dict[str, str], reason: str
+) -> None:
+    failures = await auth_failures(http, module_stack, reason)
+    status, answer = await list_events(http, module_stack, headers)
+    assert_error(status, answer, 401, "unauthorized")
+    assert await auth_failures(http, module_stack, reason) == failures + 1
+
+
+async def test_an_expired_token_says_so(module_stack: Stack, http: aiohttp.ClientSession) -> None:
+    status, answer = await list_events(http, module_stack, bearer(token(expires_in=-5)))
+    assert_error(status, answer, 401, "unauthorized", "token expired")
+
+
+async def test_a_token_without_a_role_names_the_missing_claim(
+    module_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    status, answer = await list_events(http, module_stack, bearer(token(drop=("role",))))
+    assert_error(status, answer, 401, "unauthorized", "role")
+
+
+@pytest.mark.parametrize("role", ["member", "staff"])
+@pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
+async def test_authenticated_non_admins_get_403_on_every_admin_route(
+    module_stack: Stack, http: aiohttp.ClientSession, role: str, method: str, path: str
+) -> None:
+    failures = await auth_failures(http, module_stack, "role")
+    status, answer, _ = await api(
+        http, method, f"{module_stack.gateway}{path}", headers=bearer(token(role))
+    )
+    assert_error(status, answer, 403, "forbidden", "admin")
+    assert await auth_failures(http, module_stack, "role") == failures + 1
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
+async def test_every_admin_route_needs_a_token(
+    module_stack: Stack, http: aiohttp.ClientSession, method: str, path: str
+) -> None:
+    status, answer, _ = await api(http, method, f"{module_stack.gateway}{path}")
+    assert_error(status, answer, 401, "unauthorized")
+
+
+async def test_a_valid_admin_token_is_let_through(
+    module_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    status, answer = await list_events(http, module_stack, bearer(token("admin")))
+    assert status == 200
+    assert set(answer) == {"data", "has_more", "next_cursor"}
+
+
+async def test_the_bearer_scheme_is_case_insensitive(
+    module_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    status, _ = await list_events(http, module_stack, {"Authorization": f"bearer {token('admin')}"})
+    assert status == 200
