@@ -9,10 +9,12 @@ reprs and logs.
 from __future__ import annotations
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from shared.stripe_client import StripeSettings
 
 
-class ServiceSettings(BaseSettings):
+class ServiceSettings(StripeSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/billing"
@@ -34,11 +36,3 @@ class ServiceSettings(BaseSettings):
     # Delays of the retry tiers, in milliseconds. A failing message waits in
     # tier n on its (n+1)-th retry; past the last tier it is dead-lettered.
     retry_delays_ms: list[int] = Field(default=[1_000, 5_000, 30_000, 120_000, 600_000])
-
-    # Stripe: the API base is overridable so every service can be pointed at a
-    # sandbox (or a proxy) whether or not a key is set.
-    stripe_secret_key: SecretStr | None = None
-    stripe_api_base: str | None = None
-
-    def stripe_api_key(self) -> str | None:
-        return self.stripe_secret_key.get_secret_value() if self.stripe_secret_key else None

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import stripe
+from pydantic import SecretStr
+
+from shared.stripe_client import StripeSettings, stripe_client
 
 CATALOG_PATH = Path(__file__).resolve().parent / "catalog.json"
 DEFAULT_KEY = "sk_test_sandbox"
@@ -88,13 +90,11 @@ def load_catalog(path: Path = CATALOG_PATH) -> list[CatalogPrice]:
 
 
 def make_client() -> stripe.StripeClient:
-    api_key = os.environ.get("STRIPE_SECRET_KEY") or DEFAULT_KEY
-    base = os.environ.get("STRIPE_API_BASE")
-    if base:
-        return stripe.StripeClient(
-            api_key, base_addresses={"api": base.rstrip("/")}, max_network_retries=2
-        )
-    return stripe.StripeClient(api_key, max_network_retries=2)
+    settings = StripeSettings()
+    if settings.stripe_secret_key is None:
+        # Seeding the local sandbox needs no real key; it accepts any sk_test_.
+        settings = settings.model_copy(update={"stripe_secret_key": SecretStr(DEFAULT_KEY)})
+    return stripe_client(settings)
 
 
 def _ensure_product(client: stripe.StripeClient, item: CatalogPrice) -> tuple[str, bool]:

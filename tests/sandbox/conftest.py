@@ -22,9 +22,21 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     log_file = log_path.open("wb")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(  # noqa: S603 - fixed argv, our own interpreter
-        [sys.executable, "-m", "tests.stripe_sandbox", "--port", str(port),
-         "--backoff", "0.05,0.1,0.2,0.4", "--max-attempts", "5"],
-        cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "tests.stripe_sandbox",
+            "--port",
+            str(port),
+            "--backoff",
+            "0.05,0.1,0.2,0.4",
+            "--max-attempts",
+            "5",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
     )
     helper = Sandbox(f"http://127.0.0.1:{port}")
     deadline = time.monotonic() + 20
@@ -61,12 +73,23 @@ def catalog(client: stripe.StripeClient) -> dict[str, Any]:
     office = client.v1.products.create(params={"name": "Private office"})
     room = client.v1.products.create(params={"name": "Meeting room hour"})
     return {
-        "hot_desk": client.v1.prices.create(params={
-            "product": product.id, "unit_amount": 19900, "currency": "usd",
-            "recurring": {"interval": "month"}}),
-        "office": client.v1.prices.create(params={
-            "product": office.id, "unit_amount": 89900, "currency": "usd",
-            "recurring": {"interval": "month"}}),
-        "room": client.v1.prices.create(params={
-            "product": room.id, "unit_amount": 2500, "currency": "usd"}),
+        "hot_desk": client.v1.prices.create(
+            params={
+                "product": product.id,
+                "unit_amount": 19900,
+                "currency": "usd",
+                "recurring": {"interval": "month"},
+            }
+        ),
+        "office": client.v1.prices.create(
+            params={
+                "product": office.id,
+                "unit_amount": 89900,
+                "currency": "usd",
+                "recurring": {"interval": "month"},
+            }
+        ),
+        "room": client.v1.prices.create(
+            params={"product": room.id, "unit_amount": 2500, "currency": "usd"}
+        ),
     }

@@ -39,8 +39,9 @@ class Sandbox:
         self.control("POST", "/_sandbox/reset")
 
     def flush(self, timeout: float = 10) -> dict[str, Any]:
-        result: dict[str, Any] = self.control("POST", "/_sandbox/delivery/flush",
-                                              {"timeout": timeout})
+        result: dict[str, Any] = self.control(
+            "POST", "/_sandbox/delivery/flush", {"timeout": timeout}
+        )
         return result
 
     def requests_log(self, path_prefix: str = "", method: str | None = None) -> list[Any]:
@@ -52,7 +53,9 @@ class Sandbox:
 
 
 def new_customer(
-    client: stripe.StripeClient, card: str | None = "pm_card_visa", clock: str | None = None,
+    client: stripe.StripeClient,
+    card: str | None = "pm_card_visa",
+    clock: str | None = None,
 ) -> tuple[stripe.Customer, str | None]:
     params: dict[str, Any] = {"email": "member@example.com", "name": "Member"}
     if clock:
@@ -62,5 +65,6 @@ def new_customer(
     if card:
         pm_id = client.v1.payment_methods.attach(card, params={"customer": customer.id}).id
         client.v1.customers.update(
-            customer.id, params={"invoice_settings": {"default_payment_method": pm_id}})
+            customer.id, params={"invoice_settings": {"default_payment_method": pm_id}}
+        )
     return customer, pm_id

@@ -34,7 +34,8 @@ async def receiver(sandbox: Sandbox) -> AsyncIterator[Receiver]:
         body = await request.text()
         try:
             event = stripe.Webhook.construct_event(
-                body, request.headers["Stripe-Signature"], SECRET, tolerance=300)
+                body, request.headers["Stripe-Signature"], SECRET, tolerance=300
+            )
         except (ValueError, stripe.SignatureVerificationError):
             state.statuses.append(400)
             return web.Response(status=400)
@@ -42,8 +43,9 @@ async def receiver(sandbox: Sandbox) -> AsyncIterator[Receiver]:
             state.fail_first -= 1
             state.statuses.append(500)
             return web.Response(status=500)
-        stripe.WebhookSignature.verify_header(body, request.headers["Stripe-Signature"],
-                                              SECRET, tolerance=300)
+        stripe.WebhookSignature.verify_header(
+            body, request.headers["Stripe-Signature"], SECRET, tolerance=300
+        )
         state.received.append(json.loads(body))
         state.statuses.append(200)
         assert event.id
@@ -56,20 +58,29 @@ async def receiver(sandbox: Sandbox) -> AsyncIterator[Receiver]:
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     endpoint = await asyncio.to_thread(
-        sandbox.control, "POST", "/_sandbox/webhook_endpoints",
-        {"url": state.url, "secret": SECRET})
+        sandbox.control, "POST", "/_sandbox/webhook_endpoints", {"url": state.url, "secret": SECRET}
+    )
     yield state
-    await asyncio.to_thread(sandbox.control, "DELETE",
-                            f"/_sandbox/webhook_endpoints/{endpoint['id']}")
-    await asyncio.to_thread(sandbox.control, "POST", "/_sandbox/delivery",
-                            {"shuffle": False, "duplicates": 0, "paused": False})
+    await asyncio.to_thread(
+        sandbox.control, "DELETE", f"/_sandbox/webhook_endpoints/{endpoint['id']}"
+    )
+    await asyncio.to_thread(
+        sandbox.control,
+        "POST",
+        "/_sandbox/delivery",
+        {"shuffle": False, "duplicates": 0, "paused": False},
+    )
     await runner.cleanup()
 
 
 @pytest.fixture
 def async_client(sandbox: Sandbox) -> Iterator[stripe.StripeClient]:
-    yield stripe.StripeClient(API_KEY, base_addresses={"api": sandbox.base_url},
-                              http_client=stripe.AIOHTTPClient(), max_network_retries=2)
+    yield stripe.StripeClient(
+        API_KEY,
+        base_addresses={"api": sandbox.base_url},
+        http_client=stripe.AIOHTTPClient(),
+        max_network_retries=2,
+    )
 
 
 async def flush(sandbox: Sandbox) -> dict[str, Any]:
@@ -78,10 +89,12 @@ async def flush(sandbox: Sandbox) -> dict[str, Any]:
     return result
 
 
-async def test_signed_delivery(sandbox: Sandbox, receiver: Receiver,
-                               async_client: stripe.StripeClient) -> None:
+async def test_signed_delivery(
+    sandbox: Sandbox, receiver: Receiver, async_client: stripe.StripeClient
+) -> None:
     customer = await async_client.v1.customers.create_async(
-        params={"email": "hook@example.com"}, options={"idempotency_key": "hook-create-1"})
+        params={"email": "hook@example.com"}, options={"idempotency_key": "hook-create-1"}
+    )
     await async_client.v1.customers.update_async(customer.id, params={"name": "Hook"})
     await flush(sandbox)
     mine = [e for e in receiver.received if e["data"]["object"]["id"] == customer.id]
@@ -97,8 +110,9 @@ async def test_signed_delivery(sandbox: Sandbox, receiver: Receiver,
     assert event.pending_webhooks == 0
 
 
-async def test_retries_after_receiver_errors(sandbox: Sandbox, receiver: Receiver,
-                                             async_client: stripe.StripeClient) -> None:
+async def test_retries_after_receiver_errors(
+    sandbox: Sandbox, receiver: Receiver, async_client: stripe.StripeClient
+) -> None:
     receiver.fail_first = 2
     customer = await async_client.v1.customers.create_async(params={"email": "r@example.com"})
     await flush(sandbox)
@@ -109,21 +123,25 @@ async def test_retries_after_receiver_errors(sandbox: Sandbox, receiver: Receive
     assert attempts == [1, 2, 3]
 
 
-async def test_delivery_to_dead_endpoint_is_bounded(sandbox: Sandbox,
-                                                    async_client: stripe.StripeClient) -> None:
+async def test_delivery_to_dead_endpoint_is_bounded(
+    sandbox: Sandbox, async_client: stripe.StripeClient
+) -> None:
     dead = f"http://127.0.0.1:{free_port()}/gone"
-    endpoint = await asyncio.to_thread(sandbox.control, "POST", "/_sandbox/webhook_endpoints",
-                                       {"url": dead, "secret": SECRET})
+    endpoint = await asyncio.to_thread(
+        sandbox.control, "POST", "/_sandbox/webhook_endpoints", {"url": dead, "secret": SECRET}
+    )
     before = (await asyncio.to_thread(sandbox.control, "GET", "/_sandbox/delivery"))["failed"]
     await async_client.v1.customers.create_async(params={"email": "dead@example.com"})
     stats = await flush(sandbox)
     assert stats["failed"] == before + 1
-    await asyncio.to_thread(sandbox.control, "DELETE",
-                            f"/_sandbox/webhook_endpoints/{endpoint['id']}")
+    await asyncio.to_thread(
+        sandbox.control, "DELETE", f"/_sandbox/webhook_endpoints/{endpoint['id']}"
+    )
 
 
-async def test_pause_and_resume(sandbox: Sandbox, receiver: Receiver,
-                                async_client: stripe.StripeClient) -> None:
+async def test_pause_and_resume(
+    sandbox: Sandbox, receiver: Receiver, async_client: stripe.StripeClient
+) -> None:
     await asyncio.to_thread(sandbox.control, "POST", "/_sandbox/delivery", {"paused": True})
     await async_client.v1.customers.create_async(params={"email": "p@example.com"})
     stats = await asyncio.to_thread(sandbox.control, "GET", "/_sandbox/delivery")
@@ -136,14 +154,22 @@ async def test_pause_and_resume(sandbox: Sandbox, receiver: Receiver,
     assert len(receiver.received) == 1
 
 
-async def test_chaos_shuffles_and_duplicates(sandbox: Sandbox, receiver: Receiver,
-                                             async_client: stripe.StripeClient) -> None:
-    await asyncio.to_thread(sandbox.control, "POST", "/_sandbox/delivery",
-                            {"shuffle": True, "duplicates": 0.5, "seed": 7})
+async def test_chaos_shuffles_and_duplicates(
+    sandbox: Sandbox, receiver: Receiver, async_client: stripe.StripeClient
+) -> None:
+    await asyncio.to_thread(
+        sandbox.control,
+        "POST",
+        "/_sandbox/delivery",
+        {"shuffle": True, "duplicates": 0.5, "seed": 7},
+    )
     customers = []
     for index in range(12):
-        customers.append(await async_client.v1.customers.create_async(
-            params={"email": f"chaos{index}@example.com"}))
+        customers.append(
+            await async_client.v1.customers.create_async(
+                params={"email": f"chaos{index}@example.com"}
+            )
+        )
     await flush(sandbox)
     ids = [e["id"] for e in receiver.received]
     assert len(ids) > len(set(ids)), "expected duplicate deliveries"
@@ -152,11 +178,11 @@ async def test_chaos_shuffles_and_duplicates(sandbox: Sandbox, receiver: Receive
     assert stats["duplicates_delivered"] >= 1
 
 
-def test_event_listing_filters_and_pagination(sandbox: Sandbox,
-                                              client: stripe.StripeClient) -> None:
+def test_event_listing_filters_and_pagination(
+    sandbox: Sandbox, client: stripe.StripeClient
+) -> None:
     sandbox.reset()
-    created = [client.v1.customers.create(params={"email": f"e{i}@example.com"})
-               for i in range(5)]
+    created = [client.v1.customers.create(params={"email": f"e{i}@example.com"}) for i in range(5)]
     client.v1.customers.update(created[0].id, params={"name": "Updated"})
     events = client.v1.events.list(params={"limit": 100})
     assert [e.type for e in events.data] == ["customer.updated"] + ["customer.created"] * 5
@@ -176,10 +202,14 @@ def test_event_listing_filters_and_pagination(sandbox: Sandbox,
 
     assert len(client.v1.events.list(params={"type": "customer.updated"}).data) == 1
     assert len(client.v1.events.list(params={"type": "customer.*"}).data) == 6
-    assert len(client.v1.events.list(params={"types": ["customer.updated",
-                                                       "customer.created"]}).data) == 6
+    assert (
+        len(client.v1.events.list(params={"types": ["customer.updated", "customer.created"]}).data)
+        == 6
+    )
     newest = events.data[0].created
     assert len(client.v1.events.list(params={"created": {"gt": newest}}).data) == 0
-    assert len(client.v1.events.list(params={"created": {"gte": newest - 60,
-                                                         "lte": newest}}).data) == 6
+    assert (
+        len(client.v1.events.list(params={"created": {"gte": newest - 60, "lte": newest}}).data)
+        == 6
+    )
     assert client.v1.events.retrieve(events.data[0].id).type == "customer.updated"

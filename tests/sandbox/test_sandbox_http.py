@@ -16,11 +16,17 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 def test_form_decoding() -> None:
     assert decode("items[0][price]=p1&items[1][price]=p2&items[1][quantity]=2") == {
-        "items": [{"price": "p1"}, {"price": "p2", "quantity": "2"}]}
+        "items": [{"price": "p1"}, {"price": "p2", "quantity": "2"}]
+    }
     assert decode("expand[]=a&expand[]=b.c&metadata[k]=v&email=") == {
-        "expand": ["a", "b.c"], "metadata": {"k": "v"}, "email": ""}
+        "expand": ["a", "b.c"],
+        "metadata": {"k": "v"},
+        "email": "",
+    }
     assert decode("created[gte]=5&lookup_keys[0]=x") == {
-        "created": {"gte": "5"}, "lookup_keys": ["x"]}
+        "created": {"gte": "5"},
+        "lookup_keys": ["x"],
+    }
 
 
 def test_missing_and_invalid_api_key(sandbox: Sandbox) -> None:
@@ -30,8 +36,7 @@ def test_missing_and_invalid_api_key(sandbox: Sandbox) -> None:
     bad = sandbox.raw("GET", "/v1/customers", headers={"Authorization": "Bearer sk_live_x"})
     assert bad.status_code == 401
     with pytest.raises(stripe.AuthenticationError):
-        stripe.StripeClient("rk_nope", base_addresses={"api": sandbox.base_url}
-                            ).v1.customers.list()
+        stripe.StripeClient("rk_nope", base_addresses={"api": sandbox.base_url}).v1.customers.list()
 
 
 def test_error_shapes(sandbox: Sandbox, client: stripe.StripeClient) -> None:
@@ -46,9 +51,14 @@ def test_error_shapes(sandbox: Sandbox, client: stripe.StripeClient) -> None:
         client.v1.payment_intents.create(params={"amount": "abc", "currency": "usd"})  # type: ignore[typeddict-item]
     assert bad_int.value.param == "amount"
     with pytest.raises(stripe.CardError) as card:
-        client.v1.payment_intents.create(params={
-            "amount": 2500, "currency": "usd", "confirm": True,
-            "payment_method": "pm_card_chargeDeclinedInsufficientFunds"})
+        client.v1.payment_intents.create(
+            params={
+                "amount": 2500,
+                "currency": "usd",
+                "confirm": True,
+                "payment_method": "pm_card_chargeDeclinedInsufficientFunds",
+            }
+        )
     assert card.value.http_status == 402
     assert card.value.code == "card_declined"
     assert card.value.error is not None
@@ -59,30 +69,41 @@ def test_error_shapes(sandbox: Sandbox, client: stripe.StripeClient) -> None:
 
 def test_idempotency(sandbox: Sandbox, client: stripe.StripeClient) -> None:
     key = f"idem-{time.monotonic_ns()}"
-    first = client.v1.customers.create(params={"email": "i@example.com"},
-                                       options={"idempotency_key": key})
-    second = client.v1.customers.create(params={"email": "i@example.com"},
-                                        options={"idempotency_key": key})
+    first = client.v1.customers.create(
+        params={"email": "i@example.com"}, options={"idempotency_key": key}
+    )
+    second = client.v1.customers.create(
+        params={"email": "i@example.com"}, options={"idempotency_key": key}
+    )
     assert first.id == second.id
     assert second.last_response is not None
     assert second.last_response.headers.get("Idempotent-Replayed") == "true"
     with pytest.raises(stripe.IdempotencyError):
-        client.v1.customers.create(params={"email": "other@example.com"},
-                                   options={"idempotency_key": key})
+        client.v1.customers.create(
+            params={"email": "other@example.com"}, options={"idempotency_key": key}
+        )
     # Keys are scoped per API key.
     other = stripe.StripeClient("sk_test_other", base_addresses={"api": sandbox.base_url})
-    third = other.v1.customers.create(params={"email": "other@example.com"},
-                                      options={"idempotency_key": key})
+    third = other.v1.customers.create(
+        params={"email": "other@example.com"}, options={"idempotency_key": key}
+    )
     assert third.id != first.id
     # A declined charge is replayed, status and all, instead of charging again.
     pi_key = f"pi-{time.monotonic_ns()}"
-    params: Any = {"amount": 2500, "currency": "usd", "confirm": True,
-                   "payment_method": "pm_card_chargeDeclined"}
+    params: Any = {
+        "amount": 2500,
+        "currency": "usd",
+        "confirm": True,
+        "payment_method": "pm_card_chargeDeclined",
+    }
     for _ in range(2):
         with pytest.raises(stripe.CardError):
             client.v1.payment_intents.create(params=params, options={"idempotency_key": pi_key})
-    posts = [r for r in sandbox.requests_log("/v1/payment_intents", "POST")
-             if r["idempotency_key"] == pi_key]
+    posts = [
+        r
+        for r in sandbox.requests_log("/v1/payment_intents", "POST")
+        if r["idempotency_key"] == pi_key
+    ]
     assert [r["replayed"] for r in posts] == [False, True]
     assert [r["status"] for r in posts] == [402, 402]
 
@@ -90,8 +111,9 @@ def test_idempotency(sandbox: Sandbox, client: stripe.StripeClient) -> None:
 @pytest.mark.parametrize("kind", ["rate_limit", "server_error"])
 def test_faults_survived_by_retries(sandbox: Sandbox, kind: str) -> None:
     client = sandbox.client(max_network_retries=2)
-    sandbox.control("POST", "/_sandbox/faults",
-                    {"kind": kind, "count": 1, "path_prefix": "/v1/customers"})
+    sandbox.control(
+        "POST", "/_sandbox/faults", {"kind": kind, "count": 1, "path_prefix": "/v1/customers"}
+    )
     customer = client.v1.customers.create(params={"email": "retry@example.com"})
     log = [r for r in sandbox.requests_log("/v1/customers", "POST")][-2:]
     assert log[0]["fault"] == kind and log[0]["status"] in (429, 500)
@@ -125,12 +147,15 @@ def test_slow_fault(sandbox: Sandbox, client: stripe.StripeClient) -> None:
 def test_expand_and_list_url(client: stripe.StripeClient, catalog: dict[str, Any]) -> None:
     customer, pm = new_customer(client)
     fetched = client.v1.customers.retrieve(
-        customer.id, params={"expand": ["invoice_settings.default_payment_method"]})
+        customer.id, params={"expand": ["invoice_settings.default_payment_method"]}
+    )
     assert fetched.invoice_settings.default_payment_method.id == pm  # type: ignore[union-attr]
-    client.v1.subscriptions.create(params={"customer": customer.id,
-                                           "items": [{"price": catalog["hot_desk"].id}]})
-    subs = client.v1.subscriptions.list(params={"customer": customer.id,
-                                                "expand": ["data.customer"]})
+    client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"price": catalog["hot_desk"].id}]}
+    )
+    subs = client.v1.subscriptions.list(
+        params={"customer": customer.id, "expand": ["data.customer"]}
+    )
     assert subs.data[0].customer.id == customer.id  # type: ignore[union-attr]
     with pytest.raises(stripe.InvalidRequestError):
         client.v1.customers.retrieve(customer.id, params={"expand": ["nonsense"]})

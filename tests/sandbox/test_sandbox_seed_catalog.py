@@ -11,8 +11,12 @@ from sandbox_helpers import REPO_ROOT, Sandbox
 
 from services.subscriptions.seed_catalog import load_catalog
 
-EXPECTED = {"hot_desk_monthly": 19900, "dedicated_desk_monthly": 34900,
-            "private_office_monthly": 89900, "meeting_room_hour": 2500}
+EXPECTED = {
+    "hot_desk_monthly": 19900,
+    "dedicated_desk_monthly": 34900,
+    "private_office_monthly": 89900,
+    "meeting_room_hour": 2500,
+}
 
 
 def run_seed(sandbox: Sandbox) -> str:
@@ -20,7 +24,13 @@ def run_seed(sandbox: Sandbox) -> str:
     env.pop("STRIPE_SECRET_KEY", None)
     done = subprocess.run(
         [sys.executable, "-m", "services.subscriptions.seed_catalog"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=True)
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return done.stdout
 
 

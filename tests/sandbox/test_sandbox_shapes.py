@@ -11,9 +11,12 @@ import pytest
 import stripe
 from sandbox_helpers import Sandbox, new_customer
 
-FIXTURES = Path(os.environ.get(
-    "STRIPE_FIXTURES_PATH",
-    Path(__file__).resolve().parents[2] / ".." / "shared" / "stripe" / "fixtures3.json"))
+FIXTURES = Path(
+    os.environ.get(
+        "STRIPE_FIXTURES_PATH",
+        Path(__file__).resolve().parents[2] / ".." / "shared" / "stripe" / "fixtures3.json",
+    )
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,22 +27,35 @@ def fixtures() -> dict[str, Any]:
     return data
 
 
-def _objects(sandbox: Sandbox, client: stripe.StripeClient,
-             catalog: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _objects(
+    sandbox: Sandbox, client: stripe.StripeClient, catalog: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
     clock = client.v1.test_helpers.test_clocks.create(params={"frozen_time": 1_767_225_600})
     customer, pm = new_customer(client, clock=clock.id)
-    sub = client.v1.subscriptions.create(params={
-        "customer": customer.id, "items": [{"price": catalog["hot_desk"].id}]})
-    client.v1.subscriptions.update(sub.id, params={
-        "items": [{"id": sub["items"].data[0].id, "price": catalog["office"].id}]})
+    sub = client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"price": catalog["hot_desk"].id}]}
+    )
+    client.v1.subscriptions.update(
+        sub.id, params={"items": [{"id": sub["items"].data[0].id, "price": catalog["office"].id}]}
+    )
     invoice = client.v1.invoices.retrieve(str(sub.latest_invoice))
-    pi = client.v1.payment_intents.create(params={
-        "amount": 2500, "currency": "usd", "customer": customer.id, "payment_method": pm,
-        "confirm": True})
+    pi = client.v1.payment_intents.create(
+        params={
+            "amount": 2500,
+            "currency": "usd",
+            "customer": customer.id,
+            "payment_method": pm,
+            "confirm": True,
+        }
+    )
     refund = client.v1.refunds.create(params={"payment_intent": pi.id, "amount": 100})
-    session = client.v1.checkout.sessions.create(params={
-        "mode": "payment", "line_items": [{"price": catalog["room"].id}],
-        "success_url": "https://example.com/ok"})
+    session = client.v1.checkout.sessions.create(
+        params={
+            "mode": "payment",
+            "line_items": [{"price": catalog["room"].id}],
+            "success_url": "https://example.com/ok",
+        }
+    )
     line_item = client.v1.checkout.sessions.line_items.list(session.id).data[0]
     portal = client.v1.billing_portal.sessions.create(params={"customer": customer.id})
     invoice_item = client.v1.invoice_items.list(params={"customer": customer.id}).data[0]
@@ -68,8 +84,9 @@ def _objects(sandbox: Sandbox, client: stripe.StripeClient,
     return {name: obj.to_dict() for name, obj in objs.items()}
 
 
-def test_objects_have_fixture_keys(sandbox: Sandbox, client: stripe.StripeClient,
-                                   catalog: dict[str, Any], fixtures: dict[str, Any]) -> None:
+def test_objects_have_fixture_keys(
+    sandbox: Sandbox, client: stripe.StripeClient, catalog: dict[str, Any], fixtures: dict[str, Any]
+) -> None:
     objs = _objects(sandbox, client, catalog)
     problems = {}
     for name, obj in objs.items():
@@ -80,8 +97,9 @@ def test_objects_have_fixture_keys(sandbox: Sandbox, client: stripe.StripeClient
     assert problems == {}
 
 
-def test_event_payloads_have_fixture_keys(client: stripe.StripeClient,
-                                          fixtures: dict[str, Any]) -> None:
+def test_event_payloads_have_fixture_keys(
+    client: stripe.StripeClient, fixtures: dict[str, Any]
+) -> None:
     for event in client.v1.events.list(params={"limit": 100}).data:
         data = event.to_dict()
         assert set(fixtures["event"]) <= set(data)

@@ -26,13 +26,18 @@ def invoices(client: stripe.StripeClient, sub_id: str) -> list[stripe.Invoice]:
     return list(client.v1.invoices.list(params={"subscription": sub_id, "limit": 100}).data)
 
 
-def test_incomplete_until_first_invoice_paid(client: stripe.StripeClient,
-                                             catalog: dict[str, Any]) -> None:
+def test_incomplete_until_first_invoice_paid(
+    client: stripe.StripeClient, catalog: dict[str, Any]
+) -> None:
     customer, _ = new_customer(client, card=None)
-    sub = client.v1.subscriptions.create(params={
-        "customer": customer.id, "items": [{"price": catalog["hot_desk"].id}],
-        "payment_behavior": "default_incomplete",
-        "expand": ["latest_invoice.confirmation_secret"]})
+    sub = client.v1.subscriptions.create(
+        params={
+            "customer": customer.id,
+            "items": [{"price": catalog["hot_desk"].id}],
+            "payment_behavior": "default_incomplete",
+            "expand": ["latest_invoice.confirmation_secret"],
+        }
+    )
     assert sub.status == "incomplete"
     invoice = sub.latest_invoice
     assert isinstance(invoice, stripe.Invoice)
@@ -47,7 +52,8 @@ def test_incomplete_until_first_invoice_paid(client: stripe.StripeClient,
     assert item.current_period_end > item.current_period_start
     # Older integrations expand the payment intent; its secret is the same one.
     legacy = client.v1.subscriptions.retrieve(
-        sub.id, params={"expand": ["latest_invoice.payment_intent"]})
+        sub.id, params={"expand": ["latest_invoice.payment_intent"]}
+    )
     assert legacy.latest_invoice.payment_intent.client_secret == secret  # type: ignore[union-attr]
 
     paid = client.v1.invoices.pay(invoice.id, params={"payment_method": "pm_card_visa"})
@@ -59,9 +65,13 @@ def test_allow_incomplete_with_default_card_is_active(
     client: stripe.StripeClient, catalog: dict[str, Any]
 ) -> None:
     customer, _ = new_customer(client)
-    sub = client.v1.subscriptions.create(params={
-        "customer": customer.id, "items": [{"price": catalog["hot_desk"].id}],
-        "expand": ["latest_invoice", "customer", "default_payment_method"]})
+    sub = client.v1.subscriptions.create(
+        params={
+            "customer": customer.id,
+            "items": [{"price": catalog["hot_desk"].id}],
+            "expand": ["latest_invoice", "customer", "default_payment_method"],
+        }
+    )
     assert sub.status == "active"
     assert isinstance(sub.customer, stripe.Customer)
     assert sub.latest_invoice.status == "paid"  # type: ignore[union-attr]
@@ -71,16 +81,24 @@ def test_failing_card_keeps_subscription_incomplete(
     client: stripe.StripeClient, catalog: dict[str, Any]
 ) -> None:
     customer, _ = new_customer(client, card="pm_card_chargeCustomerFail")
-    sub = client.v1.subscriptions.create(params={
-        "customer": customer.id, "items": [{"price": catalog["hot_desk"].id}],
-        "expand": ["latest_invoice"]})
+    sub = client.v1.subscriptions.create(
+        params={
+            "customer": customer.id,
+            "items": [{"price": catalog["hot_desk"].id}],
+            "expand": ["latest_invoice"],
+        }
+    )
     assert sub.status == "incomplete"
     invoice = sub.latest_invoice
     assert invoice.status == "open" and invoice.attempt_count == 1  # type: ignore[union-attr]
     with pytest.raises(stripe.CardError) as err:
-        client.v1.subscriptions.create(params={
-            "customer": customer.id, "items": [{"price": catalog["hot_desk"].id}],
-            "payment_behavior": "error_if_incomplete"})
+        client.v1.subscriptions.create(
+            params={
+                "customer": customer.id,
+                "items": [{"price": catalog["hot_desk"].id}],
+                "payment_behavior": "error_if_incomplete",
+            }
+        )
     assert err.value.code == "card_declined"
 
 
@@ -89,17 +107,20 @@ def test_renewal_failure_past_due_then_recovery(
 ) -> None:
     clock_id = clock(client)
     customer, pm = new_customer(client, clock=clock_id)
-    sub = client.v1.subscriptions.create(params={
-        "customer": customer.id, "items": [{"price": catalog["hot_desk"].id}]})
+    sub = client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"price": catalog["hot_desk"].id}]}
+    )
     assert sub.status == "active"
     period_end = sub["items"].data[0].current_period_end
     assert period_end == START + 31 * DAY  # January has 31 days
 
     # First renewal fails: the default card is swapped for one that declines charges.
-    bad = client.v1.payment_methods.attach("pm_card_chargeCustomerFail",
-                                           params={"customer": customer.id})
-    client.v1.customers.update(customer.id,
-                               params={"invoice_settings": {"default_payment_method": bad.id}})
+    bad = client.v1.payment_methods.attach(
+        "pm_card_chargeCustomerFail", params={"customer": customer.id}
+    )
+    client.v1.customers.update(
+        customer.id, params={"invoice_settings": {"default_payment_method": bad.id}}
+    )
     advance(client, clock_id, period_end + 60)
     sub = client.v1.subscriptions.retrieve(sub.id)
     assert sub.status == "past_due"
@@ -112,22 +133,28 @@ def test_renewal_failure_past_due_then_recovery(
     assert failed.data[0].data.object["id"] == renewal.id
 
     # The customer switches back to a good card; the next automatic retry succeeds.
-    client.v1.customers.update(customer.id,
-                               params={"invoice_settings": {"default_payment_method": pm}})
+    client.v1.customers.update(
+        customer.id, params={"invoice_settings": {"default_payment_method": pm}}
+    )
     advance(client, clock_id, period_end + 4 * DAY)
     assert client.v1.invoices.retrieve(renewal.id).status == "paid"
     assert client.v1.subscriptions.retrieve(sub.id).status == "active"
 
 
-def test_fail_next_then_manual_pay(sandbox: Sandbox, client: stripe.StripeClient,
-                                   catalog: dict[str, Any]) -> None:
+def test_fail_next_then_manual_pay(
+    sandbox: Sandbox, client: stripe.StripeClient, catalog: dict[str, Any]
+) -> None:
     clock_id = clock(client)
     customer, pm = new_customer(client, clock=clock_id)
-    sub = client.v1.subscriptions.create(params={
-        "customer": customer.id, "items": [{"price": catalog["hot_desk"].id}]})
+    sub = client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"price": catalog["hot_desk"].id}]}
+    )
     assert pm is not None
-    sandbox.control("POST", f"/_sandbox/payment_methods/{pm}/fail_next",
-                    {"count": 1, "decline_code": "insufficient_funds"})
+    sandbox.control(
+        "POST",
+        f"/_sandbox/payment_methods/{pm}/fail_next",
+        {"count": 1, "decline_code": "insufficient_funds"},
+    )
     advance(client, clock_id, START + 32 * DAY)
     sub = client.v1.subscriptions.retrieve(sub.id)
     assert sub.status == "past_due"
@@ -146,9 +173,13 @@ def test_renewals_trials_and_cancel_at_period_end(
 ) -> None:
     clock_id = clock(client)
     customer, _ = new_customer(client, clock=clock_id)
-    sub = client.v1.subscriptions.create(params={
-        "customer": customer.id, "items": [{"price": catalog["hot_desk"].id}],
-        "trial_period_days": 14})
+    sub = client.v1.subscriptions.create(
+        params={
+            "customer": customer.id,
+            "items": [{"price": catalog["hot_desk"].id}],
+            "trial_period_days": 14,
+        }
+    )
     assert sub.status == "trialing" and sub.trial_end == START + 14 * DAY
     first = client.v1.invoices.retrieve(str(sub.latest_invoice))
     assert first.amount_due == 0 and first.status == "paid"
@@ -182,14 +213,19 @@ def test_renewals_trials_and_cancel_at_period_end(
 def test_prorations(client: stripe.StripeClient, catalog: dict[str, Any]) -> None:
     clock_id = clock(client)
     customer, _ = new_customer(client, clock=clock_id)
-    sub = client.v1.subscriptions.create(params={
-        "customer": customer.id, "items": [{"price": catalog["hot_desk"].id}]})
+    sub = client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"price": catalog["hot_desk"].id}]}
+    )
     item = sub["items"].data[0]
     advance(client, clock_id, START + 10 * DAY)  # 21 of 31 days left
 
-    sub = client.v1.subscriptions.update(sub.id, params={
-        "items": [{"id": item.id, "price": catalog["office"].id}],
-        "proration_behavior": "create_prorations"})
+    sub = client.v1.subscriptions.update(
+        sub.id,
+        params={
+            "items": [{"id": item.id, "price": catalog["office"].id}],
+            "proration_behavior": "create_prorations",
+        },
+    )
     assert sub["items"].data[0].price.id == catalog["office"].id
     pending = client.v1.invoice_items.list(params={"customer": customer.id, "pending": True})
     amounts = sorted(ii.amount for ii in pending.data)
@@ -198,35 +234,45 @@ def test_prorations(client: stripe.StripeClient, catalog: dict[str, Any]) -> Non
 
     # The pending prorations are billed on the next renewal invoice.
     advance(client, clock_id, START + 32 * DAY)
-    renewal = client.v1.invoices.retrieve(str(
-        client.v1.subscriptions.retrieve(sub.id).latest_invoice))
+    renewal = client.v1.invoices.retrieve(
+        str(client.v1.subscriptions.retrieve(sub.id).latest_invoice)
+    )
     assert renewal.amount_paid == 89900 + sum(amounts)
     assert len(renewal.lines.data) == 3
 
     # always_invoice bills the difference immediately.
-    sub = client.v1.subscriptions.update(sub.id, params={
-        "items": [{"id": item.id, "price": catalog["hot_desk"].id, "quantity": 2}],
-        "proration_behavior": "always_invoice", "expand": ["latest_invoice"]})
+    sub = client.v1.subscriptions.update(
+        sub.id,
+        params={
+            "items": [{"id": item.id, "price": catalog["hot_desk"].id, "quantity": 2}],
+            "proration_behavior": "always_invoice",
+            "expand": ["latest_invoice"],
+        },
+    )
     immediate = sub.latest_invoice
     assert immediate.billing_reason == "subscription_update"  # type: ignore[union-attr]
     assert immediate.status == "paid"  # type: ignore[union-attr]
 
     # none: no invoice items at all.
-    before = len(client.v1.invoice_items.list(params={"customer": customer.id,
-                                                       "limit": 100}).data)
-    client.v1.subscriptions.update(sub.id, params={
-        "items": [{"id": item.id, "quantity": 1}], "proration_behavior": "none"})
-    after = len(client.v1.invoice_items.list(params={"customer": customer.id,
-                                                      "limit": 100}).data)
+    before = len(client.v1.invoice_items.list(params={"customer": customer.id, "limit": 100}).data)
+    client.v1.subscriptions.update(
+        sub.id, params={"items": [{"id": item.id, "quantity": 1}], "proration_behavior": "none"}
+    )
+    after = len(client.v1.invoice_items.list(params={"customer": customer.id, "limit": 100}).data)
     assert before == after
 
 
-def test_cancel_resume_and_list_filters(client: stripe.StripeClient,
-                                        catalog: dict[str, Any]) -> None:
+def test_cancel_resume_and_list_filters(
+    client: stripe.StripeClient, catalog: dict[str, Any]
+) -> None:
     customer, _ = new_customer(client)
-    sub = client.v1.subscriptions.create(params={
-        "customer": customer.id, "items": [{"price": catalog["hot_desk"].id}],
-        "metadata": {"member": "42"}})
+    sub = client.v1.subscriptions.create(
+        params={
+            "customer": customer.id,
+            "items": [{"price": catalog["hot_desk"].id}],
+            "metadata": {"member": "42"},
+        }
+    )
     with pytest.raises(stripe.InvalidRequestError):
         client.v1.subscriptions.resume(sub.id)  # only paused subscriptions resume
     listed = client.v1.subscriptions.list(params={"customer": customer.id, "status": "active"})
@@ -243,10 +289,14 @@ def test_trial_without_payment_method_pauses_and_resumes(
 ) -> None:
     clock_id = clock(client)
     customer, _ = new_customer(client, card=None, clock=clock_id)
-    sub = client.v1.subscriptions.create(params={
-        "customer": customer.id, "items": [{"price": catalog["hot_desk"].id}],
-        "trial_period_days": 7,
-        "trial_settings": {"end_behavior": {"missing_payment_method": "pause"}}})
+    sub = client.v1.subscriptions.create(
+        params={
+            "customer": customer.id,
+            "items": [{"price": catalog["hot_desk"].id}],
+            "trial_period_days": 7,
+            "trial_settings": {"end_behavior": {"missing_payment_method": "pause"}},
+        }
+    )
     advance(client, clock_id, START + 8 * DAY)
     assert client.v1.subscriptions.retrieve(sub.id).status == "paused"
     pm = client.v1.payment_methods.attach("pm_card_visa", params={"customer": customer.id})

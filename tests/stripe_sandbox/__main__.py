@@ -26,19 +26,32 @@ def _pair_webhooks(urls: list[str], secrets: list[str]) -> list[tuple[str, str]]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.stripe_sandbox",
-                                     description="Stripe API emulator for tests")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.stripe_sandbox", description="Stripe API emulator for tests"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=12111)
-    parser.add_argument("--webhook-url", action="append", default=[],
-                        help="repeatable; events are POSTed, signed, to each URL")
-    parser.add_argument("--webhook-secret", action="append", default=[],
-                        help="one for all URLs, or one per --webhook-url (in order)")
-    parser.add_argument("--chaos", action="store_true",
-                        help="deliver webhooks shuffled and with duplicates")
+    parser.add_argument(
+        "--webhook-url",
+        action="append",
+        default=[],
+        help="repeatable; events are POSTed, signed, to each URL",
+    )
+    parser.add_argument(
+        "--webhook-secret",
+        action="append",
+        default=[],
+        help="one for all URLs, or one per --webhook-url (in order)",
+    )
+    parser.add_argument(
+        "--chaos", action="store_true", help="deliver webhooks shuffled and with duplicates"
+    )
     parser.add_argument("--chaos-seed", type=int, default=None)
-    parser.add_argument("--backoff", default=",".join(str(s) for s in DEFAULT_BACKOFF),
-                        help="comma-separated retry delays in seconds")
+    parser.add_argument(
+        "--backoff",
+        default=",".join(str(s) for s in DEFAULT_BACKOFF),
+        help="comma-separated retry delays in seconds",
+    )
     parser.add_argument("--max-attempts", type=int, default=5)
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)

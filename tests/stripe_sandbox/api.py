@@ -66,14 +66,16 @@ def paginate(objs: list[Obj], call: Call, url: str) -> Obj:
     ids = [o["id"] for o in objs]
     if after:
         if after not in ids:
-            raise invalid(f"No such object: '{after}'", param="starting_after",
-                          code="resource_missing")
-        objs = objs[ids.index(after) + 1:]
+            raise invalid(
+                f"No such object: '{after}'", param="starting_after", code="resource_missing"
+            )
+        objs = objs[ids.index(after) + 1 :]
         page, has_more = objs[:limit], len(objs) > limit
     elif before:
         if before not in ids:
-            raise invalid(f"No such object: '{before}'", param="ending_before",
-                          code="resource_missing")
+            raise invalid(
+                f"No such object: '{before}'", param="ending_before", code="resource_missing"
+            )
         objs = objs[: ids.index(before)]
         page, has_more = objs[-limit:], len(objs) > limit
     else:

@@ -43,7 +43,7 @@ def _api_key(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     key = ""
     if header.startswith("Bearer "):
-        key = header[len("Bearer "):].strip()
+        key = header[len("Bearer ") :].strip()
     elif header.startswith("Basic "):
         try:
             key = base64.b64decode(header[6:]).decode().split(":", 1)[0]
@@ -57,8 +57,9 @@ def _api_key(request: web.Request) -> str:
 
 
 def _json_response(status: int, body: Any, headers: dict[str, str]) -> web.Response:
-    return web.Response(status=status, body=json.dumps(body, indent=2).encode(),
-                        content_type=JSON, headers=headers)
+    return web.Response(
+        status=status, body=json.dumps(body, indent=2).encode(), content_type=JSON, headers=headers
+    )
 
 
 def _fault_error(fault: Fault) -> StripeError:
@@ -66,13 +67,19 @@ def _fault_error(fault: Fault) -> StripeError:
         # Stripe sets Stripe-Should-Retry on lock-timeout 429s; stripe-python only
         # retries a 429 when it is present.
         return StripeError(
-            429, "invalid_request_error",
+            429,
+            "invalid_request_error",
             "Request rate limit exceeded. You can learn more about rate limits here "
             "https://stripe.com/docs/rate-limits.",
             code="rate_limit",
-            headers={"Retry-After": str(fault.retry_after), "Stripe-Should-Retry": "true"})
-    return StripeError(500, "api_error", "An unknown error occurred (injected fault).",
-                       headers={"Stripe-Should-Retry": "true"})
+            headers={"Retry-After": str(fault.retry_after), "Stripe-Should-Retry": "true"},
+        )
+    return StripeError(
+        500,
+        "api_error",
+        "An unknown error occurred (injected fault).",
+        headers={"Stripe-Should-Retry": "true"},
+    )
 
 
 async def _serve(sb: Sandbox, request: web.Request, fn: Handler) -> web.Response:
@@ -80,13 +87,21 @@ async def _serve(sb: Sandbox, request: web.Request, fn: Handler) -> web.Response
     method = request.method
     idem_key = request.headers.get("Idempotency-Key") if method == "POST" else None
     entry: dict[str, Any] = {
-        "request_id": request_id, "method": method, "path": request.path,
-        "query": request.query_string, "idempotency_key": idem_key, "status": None,
-        "fault": None, "replayed": False, "at": time.time(),
+        "request_id": request_id,
+        "method": method,
+        "path": request.path,
+        "query": request.query_string,
+        "idempotency_key": idem_key,
+        "status": None,
+        "fault": None,
+        "replayed": False,
+        "at": time.time(),
     }
     sb.requests.append(entry)
-    headers = {"Request-Id": request_id,
-               "Stripe-Version": request.headers.get("Stripe-Version", API_VERSION)}
+    headers = {
+        "Request-Id": request_id,
+        "Stripe-Version": request.headers.get("Stripe-Version", API_VERSION),
+    }
     if idem_key:
         headers["Idempotency-Key"] = idem_key
     try:
@@ -110,15 +125,28 @@ async def _serve(sb: Sandbox, request: web.Request, fn: Handler) -> web.Response
                 if saved is not None:
                     entry.update(status=saved.status, replayed=True)
                     headers["Idempotent-Replayed"] = "true"
-                    return web.Response(status=saved.status, body=saved.body,
-                                        content_type=JSON, headers=headers)
-            status, body = _execute(sb, fn, Call(method, request.path, params,
-                                                 dict(request.match_info)),
-                                    request_id=request_id, idem_key=idem_key, headers=headers)
+                    return web.Response(
+                        status=saved.status, body=saved.body, content_type=JSON, headers=headers
+                    )
+            status, body = _execute(
+                sb,
+                fn,
+                Call(method, request.path, params, dict(request.match_info)),
+                request_id=request_id,
+                idem_key=idem_key,
+                headers=headers,
+            )
             payload = json.dumps(body, indent=2).encode()
             if idem_key and status in (200, 402):
-                sb.idempotency.save(api_key, idem_key, method=method, path=request.path,
-                                    params=params, status=status, body=payload)
+                sb.idempotency.save(
+                    api_key,
+                    idem_key,
+                    method=method,
+                    path=request.path,
+                    params=params,
+                    status=status,
+                    body=payload,
+                )
         entry["status"] = status
         return web.Response(status=status, body=payload, content_type=JSON, headers=headers)
     except StripeError as exc:
@@ -128,7 +156,12 @@ async def _serve(sb: Sandbox, request: web.Request, fn: Handler) -> web.Response
 
 
 def _execute(
-    sb: Sandbox, fn: Handler, call: Call, *, request_id: str, idem_key: str | None,
+    sb: Sandbox,
+    fn: Handler,
+    call: Call,
+    *,
+    request_id: str,
+    idem_key: str | None,
     headers: dict[str, str],
 ) -> tuple[int, Any]:
     token = current_request.set((request_id, idem_key))
@@ -143,8 +176,9 @@ def _execute(
         # and must be loud in the emulator's log.
         log.exception("sandbox handler failed for %s %s", call.method, call.path)
         headers["Stripe-Should-Retry"] = "false"
-        return 500, StripeError(500, "api_error", "Sandbox internal error (see emulator "
-                                "log).").body(request_id)
+        return 500, StripeError(
+            500, "api_error", "Sandbox internal error (see emulator log)."
+        ).body(request_id)
     finally:
         current_request.reset(token)
 
@@ -170,8 +204,13 @@ def create_app(
     delivery_timeout: float = 5.0,
 ) -> web.Application:
     """Build the emulator app (usable in-process with aiohttp's test utilities)."""
-    delivery = DeliveryManager(backoff=backoff, max_attempts=max_attempts,
-                               timeout=delivery_timeout, chaos=chaos, seed=chaos_seed)
+    delivery = DeliveryManager(
+        backoff=backoff,
+        max_attempts=max_attempts,
+        timeout=delivery_timeout,
+        chaos=chaos,
+        seed=chaos_seed,
+    )
     for url, secret in webhooks:
         delivery.add_endpoint(url, secret)
     sandbox = Sandbox(delivery)

@@ -21,21 +21,28 @@ class TestCard:
 
 _VISA = TestCard("visa", "4242")
 _DECLINES = {
-    "generic_decline": TestCard("visa", "0002", attach_decline="generic_decline",
-                                charge_decline="generic_decline"),
-    "insufficient_funds": TestCard("visa", "9995", attach_decline="insufficient_funds",
-                                   charge_decline="insufficient_funds"),
-    "stolen_card": TestCard("visa", "9979", attach_decline="stolen_card",
-                            charge_decline="stolen_card"),
+    "generic_decline": TestCard(
+        "visa", "0002", attach_decline="generic_decline", charge_decline="generic_decline"
+    ),
+    "insufficient_funds": TestCard(
+        "visa", "9995", attach_decline="insufficient_funds", charge_decline="insufficient_funds"
+    ),
+    "stolen_card": TestCard(
+        "visa", "9979", attach_decline="stolen_card", charge_decline="stolen_card"
+    ),
     "lost_card": TestCard("visa", "9987", attach_decline="lost_card", charge_decline="lost_card"),
-    "expired_card": TestCard("visa", "0069", attach_decline="expired_card",
-                             charge_decline="expired_card"),
-    "incorrect_cvc": TestCard("visa", "0127", attach_decline="incorrect_cvc",
-                              charge_decline="incorrect_cvc"),
-    "processing_error": TestCard("visa", "0119", attach_decline="processing_error",
-                                 charge_decline="processing_error"),
-    "fraudulent": TestCard("visa", "0019", attach_decline="fraudulent",
-                           charge_decline="fraudulent"),
+    "expired_card": TestCard(
+        "visa", "0069", attach_decline="expired_card", charge_decline="expired_card"
+    ),
+    "incorrect_cvc": TestCard(
+        "visa", "0127", attach_decline="incorrect_cvc", charge_decline="incorrect_cvc"
+    ),
+    "processing_error": TestCard(
+        "visa", "0119", attach_decline="processing_error", charge_decline="processing_error"
+    ),
+    "fraudulent": TestCard(
+        "visa", "0019", attach_decline="fraudulent", charge_decline="fraudulent"
+    ),
 }
 
 CARDS: dict[str, TestCard] = {

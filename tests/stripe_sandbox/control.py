@@ -64,10 +64,13 @@ def setup(app: web.Application, sb: Sandbox) -> None:
         kind = body.get("kind")
         if kind not in KINDS:
             return _ok({"error": f"kind must be one of {KINDS}"}, 400)
-        fault = Fault(kind=kind, remaining=int(body.get("count", 1)),
-                      delay_ms=int(body.get("delay_ms", 1000 if kind == "slow" else 0)),
-                      path_prefix=body.get("path_prefix"),
-                      retry_after=int(body.get("retry_after", 1)))
+        fault = Fault(
+            kind=kind,
+            remaining=int(body.get("count", 1)),
+            delay_ms=int(body.get("delay_ms", 1000 if kind == "slow" else 0)),
+            path_prefix=body.get("path_prefix"),
+            retry_after=int(body.get("retry_after", 1)),
+        )
         sb.faults.add(fault)
         return _ok({"faults": sb.faults.describe()})
 
@@ -81,8 +84,11 @@ def setup(app: web.Application, sb: Sandbox) -> None:
     async def requests(request: web.Request) -> web.Response:
         prefix = request.query.get("path_prefix", "")
         method = request.query.get("method")
-        data = [r for r in sb.requests if r["path"].startswith(prefix)
-                and (method is None or r["method"] == method.upper())]
+        data = [
+            r
+            for r in sb.requests
+            if r["path"].startswith(prefix) and (method is None or r["method"] == method.upper())
+        ]
         return _ok({"data": data, "count": len(data)})
 
     async def clear_requests(_: web.Request) -> web.Response:
@@ -94,8 +100,7 @@ def setup(app: web.Application, sb: Sandbox) -> None:
         pm_id = request.match_info["pm"]
         decline = str(body.get("decline_code", "generic_decline"))
         if decline not in DECLINE_MESSAGES:
-            return _ok({"error": f"decline_code must be one of {sorted(DECLINE_MESSAGES)}"},
-                       400)
+            return _ok({"error": f"decline_code must be one of {sorted(DECLINE_MESSAGES)}"}, 400)
         async with sb.lock:
             if sb.store.maybe("payment_method", pm_id) is None:
                 return _ok({"error": f"No such PaymentMethod: '{pm_id}'"}, 404)

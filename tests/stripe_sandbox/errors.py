@@ -46,9 +46,7 @@ class StripeError(Exception):
         if self.decline_code:
             error["decline_code"] = self.decline_code
         if request_id:
-            error["request_log_url"] = (
-                f"https://dashboard.stripe.com/test/logs/{request_id}"
-            )
+            error["request_log_url"] = f"https://dashboard.stripe.com/test/logs/{request_id}"
         error.update(self.extra)
         return {"error": error}
 
@@ -68,9 +66,7 @@ def missing(label: str, object_id: str, param: str = "id") -> StripeError:
 
 
 def unknown_param(name: str) -> StripeError:
-    return invalid(
-        f"Received unknown parameter: {name}", param=name, code="parameter_unknown"
-    )
+    return invalid(f"Received unknown parameter: {name}", param=name, code="parameter_unknown")
 
 
 def required(name: str) -> StripeError:

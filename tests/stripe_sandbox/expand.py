@@ -30,8 +30,12 @@ def _includable(sb: Sandbox, obj: dict[str, Any], field: str) -> tuple[bool, Any
         return True, pi["id"] if pi else None
     if field == "payments":
         records = invoicing.invoice_payments(sb, invoice["id"])
-        return True, {"object": "list", "data": copy.deepcopy(records), "has_more": False,
-                      "url": f"/v1/invoice_payments?invoice={invoice['id']}"}
+        return True, {
+            "object": "list",
+            "data": copy.deepcopy(records),
+            "has_more": False,
+            "url": f"/v1/invoice_payments?invoice={invoice['id']}",
+        }
     return False, None
 
 

@@ -87,7 +87,8 @@ def _line(invoice: Obj, spec: LineSpec, subscription: str | None) -> Obj:
             "pricing": {
                 "type": "price_details",
                 "price_details": {"price": price["id"], "product": price["product"]}
-                if price else None,
+                if price
+                else None,
                 "unit_amount_decimal": price["unit_amount_decimal"] if price else None,
             },
             "quantity": spec.quantity,
@@ -135,8 +136,13 @@ def new_invoice(
             "attempt_count": 0,
             "attempted": False,
             "auto_advance": True,
-            "automatic_tax": {"enabled": False, "liability": None, "status": None,
-                              "disabled_reason": None, "provider": None},
+            "automatic_tax": {
+                "enabled": False,
+                "liability": None,
+                "status": None,
+                "disabled_reason": None,
+                "provider": None,
+            },
             "automatically_finalizes_at": created + 3600,
             "billing_reason": billing_reason,
             "collection_method": "charge_automatically",
@@ -175,11 +181,18 @@ def new_invoice(
             "parent": {
                 "type": "subscription_details",
                 "quote_details": None,
-                "subscription_details": {"metadata": dict(subscription["metadata"]),
-                                         "subscription": sub_id},
-            } if subscription else None,
-            "payment_settings": {"default_mandate": None, "payment_method_options": None,
-                                 "payment_method_types": None},
+                "subscription_details": {
+                    "metadata": dict(subscription["metadata"]),
+                    "subscription": sub_id,
+                },
+            }
+            if subscription
+            else None,
+            "payment_settings": {
+                "default_mandate": None,
+                "payment_method_options": None,
+                "payment_method_types": None,
+            },
             "period_end": period_end,
             "period_start": period_start,
             "post_payment_credit_notes_amount": 0,
@@ -191,8 +204,12 @@ def new_invoice(
             "starting_balance": 0,
             "statement_descriptor": None,
             "status": "draft",
-            "status_transitions": {"finalized_at": None, "marked_uncollectible_at": None,
-                                   "paid_at": None, "voided_at": None},
+            "status_transitions": {
+                "finalized_at": None,
+                "marked_uncollectible_at": None,
+                "paid_at": None,
+                "voided_at": None,
+            },
             # Legacy key still present in the fixture; the current location of the
             # subscription is parent.subscription_details.subscription.
             "subscription": None,
@@ -221,15 +238,24 @@ def new_invoice(
 
 def recompute_totals(invoice: Obj) -> None:
     subtotal = sum(line["amount"] for line in invoice["lines"]["data"])
-    invoice.update({"subtotal": subtotal, "subtotal_excluding_tax": subtotal,
-                    "total": subtotal, "total_excluding_tax": subtotal,
-                    "amount_due": max(0, subtotal), "amount_remaining": max(0, subtotal)})
+    invoice.update(
+        {
+            "subtotal": subtotal,
+            "subtotal_excluding_tax": subtotal,
+            "total": subtotal,
+            "total_excluding_tax": subtotal,
+            "amount_due": max(0, subtotal),
+            "amount_remaining": max(0, subtotal),
+        }
+    )
 
 
 def finalize(sb: Sandbox, invoice: Obj, now: int) -> Obj:
     if invoice["status"] != "draft":
-        raise invalid("This invoice is already finalized, you can't re-finalize a "
-                      "non-draft invoice.", code="invoice_not_editable")
+        raise invalid(
+            "This invoice is already finalized, you can't re-finalize a non-draft invoice.",
+            code="invoice_not_editable",
+        )
     customer = sb.store.get("customer", invoice["customer"])
     # The customer's balance (negative = credit) is applied on finalization.
     combined = invoice["total"] + customer["balance"]
@@ -254,8 +280,13 @@ def finalize(sb: Sandbox, invoice: Obj, now: int) -> Obj:
     invoice["status_transitions"]["finalized_at"] = now
     if amount_due > 0:
         pi = payments.new_payment_intent(
-            sb, amount=amount_due, currency=invoice["currency"], customer=customer["id"],
-            created=now, description=_pi_description(invoice["billing_reason"]))
+            sb,
+            amount=amount_due,
+            currency=invoice["currency"],
+            customer=customer["id"],
+            created=now,
+            description=_pi_description(invoice["billing_reason"]),
+        )
         sb.store.invoice_payment_intent[invoice["id"]] = pi["id"]
         _new_invoice_payment(sb, invoice, pi, now)
     sb.events.emit("invoice.finalized", invoice)
@@ -297,9 +328,15 @@ def _new_invoice_payment(sb: Sandbox, invoice: Obj, pi: Obj, now: int) -> Obj:
 def attach_item(sb: Sandbox, invoice: Obj, ii: Obj) -> None:
     """Put a pending invoice item on a draft invoice."""
     price = sb.store.maybe("price", (ii["pricing"].get("price_details") or {}).get("price"))
-    spec = LineSpec(amount=ii["amount"], description=ii["description"], quantity=ii["quantity"],
-                    price=price, invoice_item=ii["id"], period_start=ii["period"]["start"],
-                    period_end=ii["period"]["end"])
+    spec = LineSpec(
+        amount=ii["amount"],
+        description=ii["description"],
+        quantity=ii["quantity"],
+        price=price,
+        invoice_item=ii["id"],
+        period_start=ii["period"]["start"],
+        period_end=ii["period"]["end"],
+    )
     invoice["lines"]["data"].append(_line(invoice, spec, None))
     ii["invoice"] = invoice["id"]
     recompute_totals(invoice)
@@ -337,9 +374,15 @@ def default_payment_method(sb: Sandbox, invoice: Obj) -> str | None:
 
 
 def _mark_paid(sb: Sandbox, invoice: Obj, now: int) -> None:
-    invoice.update({"status": "paid", "amount_paid": invoice["amount_due"],
-                    "amount_remaining": 0, "next_payment_attempt": None,
-                    "attempted": invoice["attempted"] or invoice["amount_due"] == 0})
+    invoice.update(
+        {
+            "status": "paid",
+            "amount_paid": invoice["amount_due"],
+            "amount_remaining": 0,
+            "next_payment_attempt": None,
+            "attempted": invoice["attempted"] or invoice["amount_due"] == 0,
+        }
+    )
     invoice["status_transitions"]["paid_at"] = now
     for record in invoice_payments(sb, invoice["id"]):
         if record["status"] == "open":
@@ -350,15 +393,18 @@ def _mark_paid(sb: Sandbox, invoice: Obj, now: int) -> None:
     sb.events.emit("invoice.paid", invoice)
     sb.events.emit("invoice.payment_succeeded", invoice)
     sub = subscription_of(sb, invoice)
-    if sub and sub["status"] in ("incomplete", "past_due", "unpaid") and (
-        sub["latest_invoice"] == invoice["id"] or not _other_open_invoices(sb, sub, invoice)
+    if (
+        sub
+        and sub["status"] in ("incomplete", "past_due", "unpaid")
+        and (sub["latest_invoice"] == invoice["id"] or not _other_open_invoices(sb, sub, invoice))
     ):
         set_subscription_status(sb, sub, "active")
 
 
 def _other_open_invoices(sb: Sandbox, sub: Obj, invoice: Obj) -> bool:
     return any(
-        inv["status"] == "open" and inv["id"] != invoice["id"]
+        inv["status"] == "open"
+        and inv["id"] != invoice["id"]
         and (subscription_of(sb, inv) or {}).get("id") == sub["id"]
         for inv in sb.store.all("invoice")
     )
@@ -373,15 +419,21 @@ def set_subscription_status(sb: Sandbox, sub: Obj, status: str) -> None:
 
 
 def pay(
-    sb: Sandbox, invoice: Obj, now: int, *, payment_method: str | None = None,
+    sb: Sandbox,
+    invoice: Obj,
+    now: int,
+    *,
+    payment_method: str | None = None,
     automatic: bool = False,
 ) -> StripeError | None:
     """One collection attempt. Returns the card error when it fails (state already updated)."""
     if invoice["status"] == "paid":
         raise invalid("Invoice is already paid", code="invoice_already_paid")
     if invoice["status"] != "open":
-        raise invalid(f"You can only pay an invoice that is open; this invoice is "
-                      f"{invoice['status']}.", code="invoice_not_open")
+        raise invalid(
+            f"You can only pay an invoice that is open; this invoice is {invoice['status']}.",
+            code="invoice_not_open",
+        )
     pi = payment_intent_for(sb, invoice)
     if pi is None:  # nothing to collect
         _mark_paid(sb, invoice, now)
@@ -393,7 +445,8 @@ def pay(
         error: StripeError | None = invalid(
             "This customer has no attached payment source or default payment method. "
             "Please consider adding a default payment method.",
-            code="invoice_no_payment_method_types")
+            code="invoice_no_payment_method_types",
+        )
     else:
         pm = payments.resolve_payment_method(sb, pm_id, "payment_method", now)
         if payment_method and pm["customer"] is None:
@@ -428,16 +481,17 @@ def _payment_failed(sb: Sandbox, invoice: Obj, now: int, automatic: bool) -> Non
 def end_subscription(sb: Sandbox, sub: Obj, now: int, reason: str) -> None:
     if sub["status"] in ("canceled", "incomplete_expired"):
         return
-    sub.update({"status": "canceled", "ended_at": now,
-                "canceled_at": sub["canceled_at"] or now})
+    sub.update({"status": "canceled", "ended_at": now, "canceled_at": sub["canceled_at"] or now})
     sub["cancellation_details"]["reason"] = reason
     sb.events.emit("customer.subscription.deleted", sub)
 
 
 def void(sb: Sandbox, invoice: Obj, now: int) -> Obj:
     if invoice["status"] != "open":
-        raise invalid(f"You can only void an open invoice; this invoice is "
-                      f"{invoice['status']}.", code="invoice_not_editable")
+        raise invalid(
+            f"You can only void an open invoice; this invoice is {invoice['status']}.",
+            code="invoice_not_editable",
+        )
     invoice["status"] = "void"
     invoice["status_transitions"]["voided_at"] = now
     invoice["next_payment_attempt"] = None
@@ -449,8 +503,11 @@ def void(sb: Sandbox, invoice: Obj, now: int) -> Obj:
 
 def mark_uncollectible(sb: Sandbox, invoice: Obj, now: int) -> Obj:
     if invoice["status"] != "open":
-        raise invalid(f"You can only mark an open invoice uncollectible; this invoice is "
-                      f"{invoice['status']}.", code="invoice_not_editable")
+        raise invalid(
+            f"You can only mark an open invoice uncollectible; this invoice is "
+            f"{invoice['status']}.",
+            code="invoice_not_editable",
+        )
     invoice["status"] = "uncollectible"
     invoice["status_transitions"]["marked_uncollectible_at"] = now
     invoice["next_payment_attempt"] = None

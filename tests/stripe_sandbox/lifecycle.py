@@ -35,14 +35,25 @@ class ItemSpec:
 def plan_from_price(price: Obj) -> dict[str, Any]:
     recurring = price["recurring"] or {}
     return {
-        "id": price["id"], "object": "plan", "active": price["active"],
-        "amount": price["unit_amount"], "amount_decimal": price["unit_amount_decimal"],
-        "billing_scheme": "per_unit", "created": price["created"],
-        "currency": price["currency"], "interval": recurring.get("interval"),
-        "interval_count": recurring.get("interval_count"), "livemode": False,
-        "metadata": dict(price["metadata"]), "meter": None, "nickname": price["nickname"],
-        "product": price["product"], "tiers_mode": None, "transform_usage": None,
-        "trial_period_days": None, "usage_type": "licensed",
+        "id": price["id"],
+        "object": "plan",
+        "active": price["active"],
+        "amount": price["unit_amount"],
+        "amount_decimal": price["unit_amount_decimal"],
+        "billing_scheme": "per_unit",
+        "created": price["created"],
+        "currency": price["currency"],
+        "interval": recurring.get("interval"),
+        "interval_count": recurring.get("interval_count"),
+        "livemode": False,
+        "metadata": dict(price["metadata"]),
+        "meter": None,
+        "nickname": price["nickname"],
+        "product": price["product"],
+        "tiers_mode": None,
+        "transform_usage": None,
+        "trial_period_days": None,
+        "usage_type": "licensed",
     }
 
 
@@ -50,12 +61,19 @@ def _item(sub_id: str, spec: ItemSpec, start: int, end: int) -> Obj:
     item = template("subscription_item")
     item.update(
         {
-            "id": new_id("si", 14), "object": "subscription_item",
-            "billing_thresholds": None, "created": start,
-            "current_period_start": start, "current_period_end": end,
-            "discounts": [], "metadata": dict(spec.metadata or {}),
-            "plan": plan_from_price(spec.price), "price": snapshot(spec.price),
-            "quantity": spec.quantity, "subscription": sub_id, "tax_rates": [],
+            "id": new_id("si", 14),
+            "object": "subscription_item",
+            "billing_thresholds": None,
+            "created": start,
+            "current_period_start": start,
+            "current_period_end": end,
+            "discounts": [],
+            "metadata": dict(spec.metadata or {}),
+            "plan": plan_from_price(spec.price),
+            "price": snapshot(spec.price),
+            "quantity": spec.quantity,
+            "subscription": sub_id,
+            "tax_rates": [],
         }
     )
     return item
@@ -86,12 +104,20 @@ def _cycle_lines(sb: Sandbox, sub: Obj) -> list[LineSpec]:
         price = item["price"]
         interval, _ = _interval(price)
         amount = int(price["unit_amount"]) * int(item["quantity"])
-        lines.append(LineSpec(
-            amount=amount, quantity=item["quantity"], price=price,
-            subscription_item=item["id"],
-            period_start=item["current_period_start"], period_end=item["current_period_end"],
-            description=f"{item['quantity']} \N{MULTIPLICATION SIGN} {_product_name(sb, price)} "
-                        f"(at {_money(price['unit_amount'], price['currency'])} / {interval})"))
+        lines.append(
+            LineSpec(
+                amount=amount,
+                quantity=item["quantity"],
+                price=price,
+                subscription_item=item["id"],
+                period_start=item["current_period_start"],
+                period_end=item["current_period_end"],
+                description=(
+                    f"{item['quantity']} \N{MULTIPLICATION SIGN} {_product_name(sb, price)}"
+                    f" (at {_money(price['unit_amount'], price['currency'])} / {interval})"
+                ),
+            )
+        )
     return lines
 
 
@@ -101,12 +127,19 @@ def _pending_item_lines(sb: Sandbox, sub: Obj) -> list[LineSpec]:
         parent = ii.get("parent") or {}
         owner = (parent.get("subscription_details") or {}).get("subscription")
         if ii["invoice"] is None and owner == sub["id"]:
-            price = sb.store.maybe("price", (ii["pricing"].get("price_details") or {})
-                                   .get("price"))
-            lines.append(LineSpec(
-                amount=ii["amount"], description=ii["description"], quantity=ii["quantity"],
-                price=price, proration=ii["proration"], invoice_item=ii["id"],
-                period_start=ii["period"]["start"], period_end=ii["period"]["end"]))
+            price = sb.store.maybe("price", (ii["pricing"].get("price_details") or {}).get("price"))
+            lines.append(
+                LineSpec(
+                    amount=ii["amount"],
+                    description=ii["description"],
+                    quantity=ii["quantity"],
+                    price=price,
+                    proration=ii["proration"],
+                    invoice_item=ii["id"],
+                    period_start=ii["period"]["start"],
+                    period_end=ii["period"]["end"],
+                )
+            )
     return lines
 
 
@@ -136,9 +169,11 @@ def create(
     currency = items[0].price["currency"]
     pm_id = default_payment_method or customer["invoice_settings"]["default_payment_method"]
     if trial_end is None and payment_behavior != "default_incomplete" and pm_id is None:
-        raise invalid("This customer has no attached payment source or default payment "
-                      "method. Please consider adding a default payment method.",
-                      code="resource_missing")
+        raise invalid(
+            "This customer has no attached payment source or default payment "
+            "method. Please consider adding a default payment method.",
+            code="resource_missing",
+        )
     if payment_behavior == "error_if_incomplete" and trial_end is None and pm_id:
         decline = payments.next_decline(sb, pm_id, consume=False)
         if decline is not None:
@@ -155,53 +190,102 @@ def create(
     invoice_id = new_id("in")
     sub.update(
         {
-            "id": sub_id, "object": "subscription", "application": None,
+            "id": sub_id,
+            "object": "subscription",
+            "application": None,
             "application_fee_percent": None,
             "automatic_tax": {"enabled": False, "liability": None, "disabled_reason": None},
-            "billing_cycle_anchor": anchor, "billing_cycle_anchor_config": None,
-            "billing_mode": {"type": "flexible", "flexible": {"proration_discounts": "included"},
-                             "updated_at": now},
-            "billing_schedules": [], "billing_thresholds": None,
-            "cancel_at": None, "cancel_at_period_end": cancel_at_period_end,
+            "billing_cycle_anchor": anchor,
+            "billing_cycle_anchor_config": None,
+            "billing_mode": {
+                "type": "flexible",
+                "flexible": {"proration_discounts": "included"},
+                "updated_at": now,
+            },
+            "billing_schedules": [],
+            "billing_thresholds": None,
+            "cancel_at": None,
+            "cancel_at_period_end": cancel_at_period_end,
             "canceled_at": now if cancel_at_period_end else None,
-            "cancellation_details": {"comment": None, "feedback": None,
-                                     "reason": "cancellation_requested"
-                                     if cancel_at_period_end else None},
-            "collection_method": "charge_automatically", "created": now, "currency": currency,
-            "customer": customer["id"], "customer_account": None, "days_until_due": None,
-            "default_payment_method": default_payment_method, "default_source": None,
-            "default_tax_rates": [], "description": description, "discounts": [],
+            "cancellation_details": {
+                "comment": None,
+                "feedback": None,
+                "reason": "cancellation_requested" if cancel_at_period_end else None,
+            },
+            "collection_method": "charge_automatically",
+            "created": now,
+            "currency": currency,
+            "customer": customer["id"],
+            "customer_account": None,
+            "days_until_due": None,
+            "default_payment_method": default_payment_method,
+            "default_source": None,
+            "default_tax_rates": [],
+            "description": description,
+            "discounts": [],
             "ended_at": None,
             "invoice_settings": {"account_tax_ids": None, "issuer": {"type": "self"}},
-            "items": {"object": "list", "data": sub_items, "has_more": False,
-                      "total_count": len(sub_items),
-                      "url": f"/v1/subscription_items?subscription={sub_id}"},
-            "latest_invoice": invoice_id, "livemode": False, "managed_payments": None,
-            "metadata": metadata, "next_pending_invoice_item_invoice": None,
-            "on_behalf_of": None, "pause_collection": None,
-            "payment_settings": {"payment_method_options": None, "payment_method_types": None,
-                                 "save_default_payment_method": "off"},
-            "pending_invoice_item_interval": None, "pending_setup_intent": None,
-            "pending_update": None, "schedule": None, "start_date": now,
+            "items": {
+                "object": "list",
+                "data": sub_items,
+                "has_more": False,
+                "total_count": len(sub_items),
+                "url": f"/v1/subscription_items?subscription={sub_id}",
+            },
+            "latest_invoice": invoice_id,
+            "livemode": False,
+            "managed_payments": None,
+            "metadata": metadata,
+            "next_pending_invoice_item_invoice": None,
+            "on_behalf_of": None,
+            "pause_collection": None,
+            "payment_settings": {
+                "payment_method_options": None,
+                "payment_method_types": None,
+                "save_default_payment_method": "off",
+            },
+            "pending_invoice_item_interval": None,
+            "pending_setup_intent": None,
+            "pending_update": None,
+            "schedule": None,
+            "start_date": now,
             "status": "trialing" if trial_end else "incomplete",
-            "test_clock": customer["test_clock"], "transfer_data": None,
-            "trial_end": trial_end, "trial_start": now if trial_end else None,
+            "test_clock": customer["test_clock"],
+            "transfer_data": None,
+            "trial_end": trial_end,
+            "trial_start": now if trial_end else None,
             "trial_settings": {"end_behavior": {"missing_payment_method": missing_pm_behavior}},
         }
     )
     sb.store.add("subscription", sub)
     sb.events.emit("customer.subscription.created", sub)
     if trial_end:
-        lines = [LineSpec(amount=0, quantity=s.quantity, price=s.price,
-                          subscription_item=i["id"], period_start=now, period_end=trial_end,
-                          description=f"Trial period for {_product_name(sb, s.price)}")
-                 for s, i in zip(items, sub_items, strict=True)]
+        lines = [
+            LineSpec(
+                amount=0,
+                quantity=s.quantity,
+                price=s.price,
+                subscription_item=i["id"],
+                period_start=now,
+                period_end=trial_end,
+                description=f"Trial period for {_product_name(sb, s.price)}",
+            )
+            for s, i in zip(items, sub_items, strict=True)
+        ]
     else:
         lines = _cycle_lines(sb, sub)
     invoice = invoicing.new_invoice(
-        sb, customer=customer, subscription=sub, billing_reason="subscription_create",
-        lines=lines, period_start=now, period_end=now, created=now, currency=currency,
-        invoice_id=invoice_id)
+        sb,
+        customer=customer,
+        subscription=sub,
+        billing_reason="subscription_create",
+        lines=lines,
+        period_start=now,
+        period_end=now,
+        created=now,
+        currency=currency,
+        invoice_id=invoice_id,
+    )
     invoicing.finalize(sb, invoice, now)
     if invoice["status"] == "paid" and sub["status"] == "incomplete":
         invoicing.set_subscription_status(sb, sub, "active")
@@ -229,45 +313,82 @@ def _proration_specs(
         if new and (new["price"]["id"], new["quantity"]) == (old["price"]["id"], old["quantity"]):
             continue
         amount = round(old["price"]["unit_amount"] * old["quantity"] * remaining / total)
-        specs.append((-amount, f"Unused time on {old['quantity']} \N{MULTIPLICATION SIGN} "
-                      f"{_product_name(sb, old['price'])} after {day}", old["price"],
-                      old["quantity"]))
+        specs.append(
+            (
+                -amount,
+                f"Unused time on {old['quantity']} \N{MULTIPLICATION SIGN} "
+                f"{_product_name(sb, old['price'])} after {day}",
+                old["price"],
+                old["quantity"],
+            )
+        )
     for item_id, new in new_by_id.items():
         old = old_by_id.get(item_id)
         if old and (new["price"]["id"], new["quantity"]) == (old["price"]["id"], old["quantity"]):
             continue
         amount = round(new["price"]["unit_amount"] * new["quantity"] * remaining / total)
-        specs.append((amount, f"Remaining time on {new['quantity']} \N{MULTIPLICATION SIGN} "
-                      f"{_product_name(sb, new['price'])} after {day}", new["price"],
-                      new["quantity"]))
+        specs.append(
+            (
+                amount,
+                f"Remaining time on {new['quantity']} \N{MULTIPLICATION SIGN} "
+                f"{_product_name(sb, new['price'])} after {day}",
+                new["price"],
+                new["quantity"],
+            )
+        )
     return specs
 
 
 def new_invoice_item(
-    sb: Sandbox, customer: Obj, sub: Obj | None, *, amount: int, description: str,
-    price: Obj | None, quantity: int, period: tuple[int, int], proration: bool, now: int,
-    currency: str = "usd", metadata: dict[str, str] | None = None,
+    sb: Sandbox,
+    customer: Obj,
+    sub: Obj | None,
+    *,
+    amount: int,
+    description: str,
+    price: Obj | None,
+    quantity: int,
+    period: tuple[int, int],
+    proration: bool,
+    now: int,
+    currency: str = "usd",
+    metadata: dict[str, str] | None = None,
 ) -> Obj:
     ii = template("invoiceitem")
     ii.update(
         {
-            "id": new_id("ii"), "object": "invoiceitem", "amount": amount,
+            "id": new_id("ii"),
+            "object": "invoiceitem",
+            "amount": amount,
             "currency": price["currency"] if price else currency,
-            "customer": customer["id"], "customer_account": None, "date": now,
-            "description": description, "discountable": not proration, "discounts": [],
-            "invoice": None, "livemode": False, "metadata": metadata or {},
+            "customer": customer["id"],
+            "customer_account": None,
+            "date": now,
+            "description": description,
+            "discountable": not proration,
+            "discounts": [],
+            "invoice": None,
+            "livemode": False,
+            "metadata": metadata or {},
             "net_amount": amount,
-            "parent": {"type": "subscription_details",
-                       "subscription_details": {"subscription": sub["id"],
-                                                "subscription_item": None}}
-            if sub else None,
+            "parent": {
+                "type": "subscription_details",
+                "subscription_details": {"subscription": sub["id"], "subscription_item": None},
+            }
+            if sub
+            else None,
             "period": {"start": period[0], "end": period[1]},
-            "pricing": {"type": "price_details",
-                        "price_details": {"price": price["id"], "product": price["product"]}
-                        if price else None,
-                        "unit_amount_decimal": price["unit_amount_decimal"] if price else None},
-            "proration": proration, "quantity": quantity,
-            "quantity_decimal": str(quantity), "tax_rates": [],
+            "pricing": {
+                "type": "price_details",
+                "price_details": {"price": price["id"], "product": price["product"]}
+                if price
+                else None,
+                "unit_amount_decimal": price["unit_amount_decimal"] if price else None,
+            },
+            "proration": proration,
+            "quantity": quantity,
+            "quantity_decimal": str(quantity),
+            "tax_rates": [],
             "test_clock": customer["test_clock"],
         }
     )
@@ -277,8 +398,13 @@ def new_invoice_item(
 
 
 def change_items(
-    sb: Sandbox, sub: Obj, changes: list[dict[str, Any]], *, proration_behavior: str,
-    proration_date: int | None, now: int,
+    sb: Sandbox,
+    sub: Obj,
+    changes: list[dict[str, Any]],
+    *,
+    proration_behavior: str,
+    proration_date: int | None,
+    now: int,
 ) -> Obj | None:
     """Apply item changes; returns the immediate invoice for ``always_invoice``."""
     customer = sb.store.get("customer", sub["customer"])
@@ -307,28 +433,52 @@ def change_items(
         else:
             price_id = change.get("price")
             if not price_id:
-                raise invalid("Missing required param: items[0][price].",
-                              param=f"{param}[price]", code="parameter_missing")
+                raise invalid(
+                    "Missing required param: items[0][price].",
+                    param=f"{param}[price]",
+                    code="parameter_missing",
+                )
             price = sb.store.get("price", price_id, f"{param}[price]")
-            items.append(_item(sub["id"], ItemSpec(price, int(change.get("quantity") or 1),
-                                                   change.get("metadata")), start, end))
+            items.append(
+                _item(
+                    sub["id"],
+                    ItemSpec(price, int(change.get("quantity") or 1), change.get("metadata")),
+                    start,
+                    end,
+                )
+            )
     if not items:
         raise invalid("A subscription must have at least one active plan.", param="items")
     sub["items"]["total_count"] = len(items)
     when = proration_date or now
     if proration_behavior == "none" or sub["status"] not in ("active", "past_due"):
         return None
-    for amount, description, price, quantity in _proration_specs(sb, sub, old_items, items,
-                                                                 when):
-        new_invoice_item(sb, customer, sub, amount=amount, description=description,
-                         price=price, quantity=quantity, period=(when, end), proration=True,
-                         now=now)
+    for amount, description, price, quantity in _proration_specs(sb, sub, old_items, items, when):
+        new_invoice_item(
+            sb,
+            customer,
+            sub,
+            amount=amount,
+            description=description,
+            price=price,
+            quantity=quantity,
+            period=(when, end),
+            proration=True,
+            now=now,
+        )
     if proration_behavior != "always_invoice":
         return None
     invoice = invoicing.new_invoice(
-        sb, customer=customer, subscription=sub, billing_reason="subscription_update",
-        lines=_pending_item_lines(sb, sub), period_start=when, period_end=when, created=now,
-        currency=sub["currency"])
+        sb,
+        customer=customer,
+        subscription=sub,
+        billing_reason="subscription_update",
+        lines=_pending_item_lines(sb, sub),
+        period_start=when,
+        period_end=when,
+        created=now,
+        currency=sub["currency"],
+    )
     sub["latest_invoice"] = invoice["id"]
     return invoice
 
@@ -341,20 +491,33 @@ def collect_update_invoice(sb: Sandbox, invoice: Obj, now: int) -> StripeError |
 # -- cancel / pause / resume ------------------------------------------------
 
 
-def cancel_now(sb: Sandbox, sub: Obj, now: int, comment: str | None = None,
-               feedback: str | None = None) -> Obj:
-    sub.update({"status": "canceled", "canceled_at": now, "ended_at": now,
-                "cancel_at": None, "cancel_at_period_end": False})
-    sub["cancellation_details"] = {"comment": comment, "feedback": feedback,
-                                   "reason": "cancellation_requested"}
+def cancel_now(
+    sb: Sandbox, sub: Obj, now: int, comment: str | None = None, feedback: str | None = None
+) -> Obj:
+    sub.update(
+        {
+            "status": "canceled",
+            "canceled_at": now,
+            "ended_at": now,
+            "cancel_at": None,
+            "cancel_at_period_end": False,
+        }
+    )
+    sub["cancellation_details"] = {
+        "comment": comment,
+        "feedback": feedback,
+        "reason": "cancellation_requested",
+    }
     sb.events.emit("customer.subscription.deleted", sub)
     return sub
 
 
 def resume(sb: Sandbox, sub: Obj, now: int) -> Obj:
     if sub["status"] != "paused":
-        raise invalid("Only paused subscriptions can be resumed. To undo a scheduled "
-                      "cancellation, update the subscription with cancel_at_period_end=false.")
+        raise invalid(
+            "Only paused subscriptions can be resumed. To undo a scheduled "
+            "cancellation, update the subscription with cancel_at_period_end=false."
+        )
     customer = sb.store.get("customer", sub["customer"])
     before = snapshot(sub)
     for item in sub["items"]["data"]:
@@ -364,14 +527,27 @@ def resume(sb: Sandbox, sub: Obj, now: int) -> Obj:
     sub["billing_cycle_anchor"] = now
     sub["status"] = "active"
     invoice = invoicing.new_invoice(
-        sb, customer=customer, subscription=sub, billing_reason="subscription_cycle",
-        lines=_cycle_lines(sb, sub), period_start=now, period_end=now, created=now,
-        currency=sub["currency"])
+        sb,
+        customer=customer,
+        subscription=sub,
+        billing_reason="subscription_cycle",
+        lines=_cycle_lines(sb, sub),
+        period_start=now,
+        period_end=now,
+        created=now,
+        currency=sub["currency"],
+    )
     sub["latest_invoice"] = invoice["id"]
     sb.events.emit("customer.subscription.resumed", sub)
-    sb.events.emit("customer.subscription.updated", sub,
-                   {"status": before["status"], "items": before["items"],
-                    "latest_invoice": before["latest_invoice"]})
+    sb.events.emit(
+        "customer.subscription.updated",
+        sub,
+        {
+            "status": before["status"],
+            "items": before["items"],
+            "latest_invoice": before["latest_invoice"],
+        },
+    )
     invoicing.finalize(sb, invoice, now)
     _collect(sb, invoice, now, automatic=True)
     return sub
@@ -400,18 +576,28 @@ def renew(sb: Sandbox, sub: Obj, at: int) -> None:
     for item in sub["items"]["data"]:
         interval, count = _interval(item["price"])
         item["current_period_start"] = old_end
-        item["current_period_end"] = next_period_end(sub["billing_cycle_anchor"], old_end,
-                                                     interval, count)
+        item["current_period_end"] = next_period_end(
+            sub["billing_cycle_anchor"], old_end, interval, count
+        )
     if trial_ending:
         sub["status"] = "active"
     lines = _cycle_lines(sb, sub) + _pending_item_lines(sb, sub)
     invoice = invoicing.new_invoice(
-        sb, customer=customer, subscription=sub, billing_reason="subscription_cycle",
-        lines=lines, period_start=old_start, period_end=old_end, created=at,
-        currency=sub["currency"])
+        sb,
+        customer=customer,
+        subscription=sub,
+        billing_reason="subscription_cycle",
+        lines=lines,
+        period_start=old_start,
+        period_end=old_end,
+        created=at,
+        currency=sub["currency"],
+    )
     sub["latest_invoice"] = invoice["id"]
-    previous: dict[str, Any] = {"items": before["items"],
-                                "latest_invoice": before["latest_invoice"]}
+    previous: dict[str, Any] = {
+        "items": before["items"],
+        "latest_invoice": before["latest_invoice"],
+    }
     if trial_ending:
         previous["status"] = "trialing"
     sb.events.emit("customer.subscription.updated", sub, previous)
@@ -451,7 +637,9 @@ def _due(sb: Sandbox, clock_id: str, until: int) -> tuple[int, int, str, Obj] | 
             return
         key = (at, order, action, obj)
         if best is None or (at, order, sb.store.seq[obj["id"]]) < (
-            best[0], best[1], sb.store.seq[best[3]["id"]]
+            best[0],
+            best[1],
+            sb.store.seq[best[3]["id"]],
         ):
             best = key
 
@@ -469,8 +657,12 @@ def _due(sb: Sandbox, clock_id: str, until: int) -> tuple[int, int, str, Obj] | 
             consider(sub["cancel_at"], 1, "cancel", sub)
         elif status == "trialing":
             if sub["id"] not in sb.store.trial_warned:
-                consider(max(sub["trial_start"], sub["trial_end"] - TRIAL_WARNING), 0,
-                         "trial_warning", sub)
+                consider(
+                    max(sub["trial_start"], sub["trial_end"] - TRIAL_WARNING),
+                    0,
+                    "trial_warning",
+                    sub,
+                )
             consider(sub["trial_end"], 2, "renew", sub)
         elif sub["cancel_at_period_end"]:
             consider(end, 1, "cancel", sub)

@@ -84,9 +84,7 @@ def parse_int(value: Any, key: str, *, req: bool = False, minimum: int | None = 
     except (TypeError, ValueError):
         raise invalid(f"Invalid integer: {value}", param=key) from None
     if minimum is not None and number < minimum:
-        raise invalid(
-            f"This value must be greater than or equal to {minimum}.", param=key
-        )
+        raise invalid(f"This value must be greater than or equal to {minimum}.", param=key)
     return number
 
 

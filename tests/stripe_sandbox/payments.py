@@ -18,14 +18,23 @@ from .sandbox import Sandbox
 from .store import Obj, snapshot
 
 EMPTY_ADDRESS = {
-    "city": None, "country": None, "line1": None, "line2": None,
-    "postal_code": None, "state": None,
+    "city": None,
+    "country": None,
+    "line1": None,
+    "line2": None,
+    "postal_code": None,
+    "state": None,
 }
 
 
 def billing_details(email: str | None = None, name: str | None = None) -> dict[str, Any]:
-    return {"address": dict(EMPTY_ADDRESS), "email": email, "name": name, "phone": None,
-            "tax_id": None}
+    return {
+        "address": dict(EMPTY_ADDRESS),
+        "email": email,
+        "name": name,
+        "phone": None,
+        "tax_id": None,
+    }
 
 
 # -- payment methods -------------------------------------------------------
@@ -44,8 +53,11 @@ def payment_method_from_token(sb: Sandbox, card_token: str, created: int) -> Obj
             "billing_details": billing_details(),
             "card": {
                 "brand": card.brand,
-                "checks": {"address_line1_check": None, "address_postal_code_check": None,
-                           "cvc_check": "pass"},
+                "checks": {
+                    "address_line1_check": None,
+                    "address_postal_code_check": None,
+                    "cvc_check": "pass",
+                },
                 "country": "US",
                 "display_brand": card.brand,
                 "exp_month": 12,
@@ -79,11 +91,13 @@ def resolve_payment_method(sb: Sandbox, value: str, param: str, created: int) ->
     return sb.store.get("payment_method", value, param)
 
 
-def card_error(decline_code: str, extra: dict[str, Any] | None = None,
-               param: str | None = None) -> StripeError:
+def card_error(
+    decline_code: str, extra: dict[str, Any] | None = None, param: str | None = None
+) -> StripeError:
     code, message = decline_details(decline_code)
-    return StripeError(402, "card_error", message, code=code, decline_code=decline_code,
-                       param=param, extra=extra)
+    return StripeError(
+        402, "card_error", message, code=code, decline_code=decline_code, param=param, extra=extra
+    )
 
 
 def attach(sb: Sandbox, pm: Obj, customer: Obj) -> Obj:
@@ -92,7 +106,9 @@ def attach(sb: Sandbox, pm: Obj, customer: Obj) -> Obj:
     if pm["customer"] is not None:
         raise invalid(
             "The payment method you provided has already been attached to a customer.",
-            param="payment_method", code="payment_method_unexpected_state")
+            param="payment_method",
+            code="payment_method_unexpected_state",
+        )
     card = CARDS.get(sb.store.pm_card.get(pm["id"], ""))
     if card is not None and card.attach_decline:
         # Stripe validates the card on attach; only chargeCustomerFail-style cards pass.
@@ -104,15 +120,19 @@ def attach(sb: Sandbox, pm: Obj, customer: Obj) -> Obj:
 
 def detach(sb: Sandbox, pm: Obj) -> Obj:
     if pm["customer"] is None:
-        raise invalid("The payment method you provided is not attached to a customer so "
-                      "detachment is impossible.", code="payment_method_unexpected_state")
+        raise invalid(
+            "The payment method you provided is not attached to a customer so "
+            "detachment is impossible.",
+            code="payment_method_unexpected_state",
+        )
     customer = sb.store.maybe("customer", pm["customer"])
     pm["customer"] = None
     if customer and customer["invoice_settings"]["default_payment_method"] == pm["id"]:
         before = snapshot(customer)
         customer["invoice_settings"]["default_payment_method"] = None
-        sb.events.emit("customer.updated", customer,
-                       {"invoice_settings": before["invoice_settings"]})
+        sb.events.emit(
+            "customer.updated", customer, {"invoice_settings": before["invoice_settings"]}
+        )
     sb.events.emit("payment_method.detached", pm)
     return pm
 
@@ -175,9 +195,14 @@ def new_payment_intent(
             "on_behalf_of": None,
             "payment_method": payment_method,
             "payment_method_configuration_details": None,
-            "payment_method_options": {"card": {"installments": None, "mandate_options": None,
-                                                "network": None,
-                                                "request_three_d_secure": "automatic"}},
+            "payment_method_options": {
+                "card": {
+                    "installments": None,
+                    "mandate_options": None,
+                    "network": None,
+                    "request_three_d_secure": "automatic",
+                }
+            },
             "payment_method_types": ["card"],
             "processing": None,
             "receipt_email": receipt_email,
@@ -237,8 +262,9 @@ def _charge(sb: Sandbox, pi: Obj, pm: Obj, decline: str | None, created: int) ->
                 "reason": decline,
                 "risk_level": "normal",
                 "risk_score": 20,
-                "seller_message": "Payment complete." if ok else
-                "The bank did not return any further details with this decline.",
+                "seller_message": "Payment complete."
+                if ok
+                else "The bank did not return any further details with this decline.",
                 "type": "authorized" if ok else "issuer_declined",
             },
             "paid": ok,
@@ -265,8 +291,12 @@ def _charge(sb: Sandbox, pi: Obj, pm: Obj, decline: str | None, created: int) ->
             "receipt_number": None,
             "receipt_url": f"https://pay.stripe.com/receipts/payment/{token(40)}" if ok else None,
             "refunded": False,
-            "refunds": {"object": "list", "data": [], "has_more": False,
-                        "url": f"/v1/charges/{charge_id}/refunds"},
+            "refunds": {
+                "object": "list",
+                "data": [],
+                "has_more": False,
+                "url": f"/v1/charges/{charge_id}/refunds",
+            },
             "review": None,
             "shipping": None,
             "source": None,
@@ -289,8 +319,9 @@ def attempt_charge(sb: Sandbox, pi: Obj, pm: Obj, created: int) -> StripeError |
     pi["payment_method"] = pm["id"]
     pi["latest_charge"] = charge["id"]
     if decline is None:
-        pi.update({"status": "succeeded", "amount_received": pi["amount"],
-                   "last_payment_error": None})
+        pi.update(
+            {"status": "succeeded", "amount_received": pi["amount"], "last_payment_error": None}
+        )
         sb.events.emit("charge.succeeded", charge)
         sb.events.emit("payment_intent.succeeded", pi)
         return None
@@ -307,8 +338,14 @@ def attempt_charge(sb: Sandbox, pi: Obj, pm: Obj, created: int) -> StripeError |
     }
     sb.events.emit("charge.failed", charge)
     sb.events.emit("payment_intent.payment_failed", pi)
-    return card_error(decline, extra={"charge": charge["id"], "payment_intent": snapshot(pi),
-                                      "payment_method": snapshot(pm)})
+    return card_error(
+        decline,
+        extra={
+            "charge": charge["id"],
+            "payment_intent": snapshot(pi),
+            "payment_method": snapshot(pm),
+        },
+    )
 
 
 def confirm(sb: Sandbox, pi: Obj, pm_id: str | None, created: int) -> StripeError | None:
@@ -318,19 +355,22 @@ def confirm(sb: Sandbox, pi: Obj, pm_id: str | None, created: int) -> StripeErro
             f"status of {pi['status']}. You may only update the payment_method of a "
             "PaymentIntent with one of the following statuses: requires_payment_method, "
             "requires_confirmation, requires_action.",
-            code="payment_intent_unexpected_state")
+            code="payment_intent_unexpected_state",
+        )
     chosen = pm_id or pi["payment_method"]
     if not chosen:
         raise invalid(
             "You cannot confirm this PaymentIntent because it's missing a payment method. "
             "To confirm the PaymentIntent with cus, specify a payment method attached to "
             "this customer along with the customer ID.",
-            code="payment_intent_unexpected_state")
+            code="payment_intent_unexpected_state",
+        )
     pm = resolve_payment_method(sb, chosen, "payment_method", created)
     if pm["customer"] and pi["customer"] and pm["customer"] != pi["customer"]:
         raise invalid(
             f"The provided PaymentMethod {pm['id']} belongs to a different customer.",
-            param="payment_method")
+            param="payment_method",
+        )
     return attempt_charge(sb, pi, pm, created)
 
 
@@ -338,16 +378,23 @@ def confirm(sb: Sandbox, pi: Obj, pm_id: str | None, created: int) -> StripeErro
 
 
 def refund(
-    sb: Sandbox, charge: Obj, *, amount: int | None, reason: str | None,
-    metadata: dict[str, str], created: int,
+    sb: Sandbox,
+    charge: Obj,
+    *,
+    amount: int | None,
+    reason: str | None,
+    metadata: dict[str, str],
+    created: int,
 ) -> Obj:
     if charge["status"] != "succeeded":
-        raise invalid(f"Charge {charge['id']} has not succeeded and cannot be refunded.",
-                      param="charge")
+        raise invalid(
+            f"Charge {charge['id']} has not succeeded and cannot be refunded.", param="charge"
+        )
     remaining = charge["amount_captured"] - charge["amount_refunded"]
     if remaining <= 0:
-        raise invalid(f"Charge {charge['id']} has already been refunded.",
-                      code="charge_already_refunded")
+        raise invalid(
+            f"Charge {charge['id']} has already been refunded.", code="charge_already_refunded"
+        )
     amount = remaining if amount is None else amount
     if amount <= 0:
         raise invalid("Refund amount must be positive.", param="amount")
@@ -355,7 +402,9 @@ def refund(
         raise invalid(
             f"Refund amount (${amount / 100:.2f}) is greater than unrefunded amount on "
             f"charge (${remaining / 100:.2f})",
-            param="amount", code="amount_too_large")
+            param="amount",
+            code="amount_too_large",
+        )
     item = template("refund")
     item.update(
         {
@@ -369,8 +418,12 @@ def refund(
             "customer": charge["customer"],
             "customer_account": None,
             "destination_details": {
-                "card": {"reference": None, "reference_status": "pending",
-                         "reference_type": "acquirer_reference_number", "type": "refund"},
+                "card": {
+                    "reference": None,
+                    "reference_status": "pending",
+                    "reference_type": "acquirer_reference_number",
+                    "type": "refund",
+                },
                 "type": "card",
             },
             "metadata": metadata,

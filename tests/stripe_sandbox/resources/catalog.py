@@ -12,13 +12,43 @@ from ..params import Params, merge_metadata
 from ..sandbox import Sandbox
 from ..store import Obj, snapshot
 
-PRODUCT_FIELDS = {"name", "description", "metadata", "active", "id", "images", "tax_code",
-                  "unit_label", "url", "statement_descriptor", "marketing_features",
-                  "shippable", "default_price_data", "package_dimensions", "type"}
-PRICE_FIELDS = {"currency", "unit_amount", "unit_amount_decimal", "product", "product_data",
-                "recurring", "lookup_key", "transfer_lookup_key", "nickname", "metadata",
-                "active", "tax_behavior", "billing_scheme", "currency_options",
-                "custom_unit_amount", "tiers", "tiers_mode", "transform_quantity"}
+PRODUCT_FIELDS = {
+    "name",
+    "description",
+    "metadata",
+    "active",
+    "id",
+    "images",
+    "tax_code",
+    "unit_label",
+    "url",
+    "statement_descriptor",
+    "marketing_features",
+    "shippable",
+    "default_price_data",
+    "package_dimensions",
+    "type",
+}
+PRICE_FIELDS = {
+    "currency",
+    "unit_amount",
+    "unit_amount_decimal",
+    "product",
+    "product_data",
+    "recurring",
+    "lookup_key",
+    "transfer_lookup_key",
+    "nickname",
+    "metadata",
+    "active",
+    "tax_behavior",
+    "billing_scheme",
+    "currency_options",
+    "custom_unit_amount",
+    "tiers",
+    "tiers_mode",
+    "transform_quantity",
+}
 
 
 def _now() -> int:
@@ -31,15 +61,29 @@ def new_product(sb: Sandbox, p: Params) -> Obj:
         raise invalid("Product already exists.", param="id", code="resource_already_exists")
     now = _now()
     product = template("product")
-    product.update({
-        "id": product_id, "object": "product", "active": p.bool("active", default=True),
-        "created": now, "default_price": None, "description": p.str("description"),
-        "images": p.list("images"), "livemode": False, "marketing_features": [],
-        "metadata": merge_metadata({}, p.raw("metadata")), "name": p.req_str("name"),
-        "package_dimensions": None, "shippable": None, "statement_descriptor": None,
-        "tax_code": p.str("tax_code"), "unit_label": p.str("unit_label"), "updated": now,
-        "url": p.str("url"), "type": "service",
-    })
+    product.update(
+        {
+            "id": product_id,
+            "object": "product",
+            "active": p.bool("active", default=True),
+            "created": now,
+            "default_price": None,
+            "description": p.str("description"),
+            "images": p.list("images"),
+            "livemode": False,
+            "marketing_features": [],
+            "metadata": merge_metadata({}, p.raw("metadata")),
+            "name": p.req_str("name"),
+            "package_dimensions": None,
+            "shippable": None,
+            "statement_descriptor": None,
+            "tax_code": p.str("tax_code"),
+            "unit_label": p.str("unit_label"),
+            "updated": now,
+            "url": p.str("url"),
+            "type": "service",
+        }
+    )
     sb.store.add("product", product)
     sb.events.emit("product.created", product)
     return product
@@ -104,8 +148,10 @@ def _new_price(sb: Sandbox, p: Params) -> Obj:
     if recurring_in:
         interval = recurring_in.get("interval")
         if interval not in ("day", "week", "month", "year"):
-            raise invalid("Invalid recurring[interval]: must be one of day, week, month, "
-                          "or year", param="recurring[interval]")
+            raise invalid(
+                "Invalid recurring[interval]: must be one of day, week, month, or year",
+                param="recurring[interval]",
+            )
         recurring = {
             "interval": interval,
             "interval_count": int(recurring_in.get("interval_count") or 1),
@@ -118,20 +164,34 @@ def _new_price(sb: Sandbox, p: Params) -> Obj:
         holder = next((o for o in sb.store.all("price") if o["lookup_key"] == lookup_key), None)
         if holder is not None:
             if not p.bool("transfer_lookup_key"):
-                raise invalid(f"A price (`{holder['id']}`) already uses that lookup key.",
-                              param="lookup_key")
+                raise invalid(
+                    f"A price (`{holder['id']}`) already uses that lookup key.", param="lookup_key"
+                )
             holder["lookup_key"] = None
     price = template("price")
-    price.update({
-        "id": new_id("price"), "object": "price", "active": p.bool("active", default=True),
-        "billing_scheme": "per_unit", "created": _now(), "currency": currency,
-        "custom_unit_amount": None, "livemode": False, "lookup_key": lookup_key,
-        "metadata": merge_metadata({}, p.raw("metadata")), "nickname": p.str("nickname"),
-        "product": product["id"], "recurring": recurring,
-        "tax_behavior": p.str("tax_behavior") or "unspecified", "tiers_mode": None,
-        "transform_quantity": None, "type": "recurring" if recurring else "one_time",
-        "unit_amount": amount, "unit_amount_decimal": str(amount),
-    })
+    price.update(
+        {
+            "id": new_id("price"),
+            "object": "price",
+            "active": p.bool("active", default=True),
+            "billing_scheme": "per_unit",
+            "created": _now(),
+            "currency": currency,
+            "custom_unit_amount": None,
+            "livemode": False,
+            "lookup_key": lookup_key,
+            "metadata": merge_metadata({}, p.raw("metadata")),
+            "nickname": p.str("nickname"),
+            "product": product["id"],
+            "recurring": recurring,
+            "tax_behavior": p.str("tax_behavior") or "unspecified",
+            "tiers_mode": None,
+            "transform_quantity": None,
+            "type": "recurring" if recurring else "one_time",
+            "unit_amount": amount,
+            "unit_amount_decimal": str(amount),
+        }
+    )
     sb.store.add("price", price)
     sb.events.emit("price.created", price)
     return price
@@ -146,8 +206,17 @@ def retrieve_price(sb: Sandbox, call: Call) -> Obj:
 
 
 def update_price(sb: Sandbox, call: Call) -> Obj:
-    p = call.p({"active", "metadata", "nickname", "lookup_key", "transfer_lookup_key",
-                "tax_behavior", "currency_options"})
+    p = call.p(
+        {
+            "active",
+            "metadata",
+            "nickname",
+            "lookup_key",
+            "transfer_lookup_key",
+            "tax_behavior",
+            "currency_options",
+        }
+    )
     price = sb.store.get("price", call.match["id"])
     before = snapshot(price)
     if p.has("active"):
@@ -158,12 +227,19 @@ def update_price(sb: Sandbox, call: Call) -> Obj:
         price["metadata"] = merge_metadata(price["metadata"], p.raw("metadata"))
     if p.has("lookup_key"):
         key = p.str("lookup_key")
-        holder = next((o for o in sb.store.all("price")
-                       if key and o["lookup_key"] == key and o["id"] != price["id"]), None)
+        holder = next(
+            (
+                o
+                for o in sb.store.all("price")
+                if key and o["lookup_key"] == key and o["id"] != price["id"]
+            ),
+            None,
+        )
         if holder is not None:
             if not p.bool("transfer_lookup_key"):
-                raise invalid(f"A price (`{holder['id']}`) already uses that lookup key.",
-                              param="lookup_key")
+                raise invalid(
+                    f"A price (`{holder['id']}`) already uses that lookup key.", param="lookup_key"
+                )
             holder["lookup_key"] = None
         price["lookup_key"] = key
     sb.events.emit("price.updated", price, changed(before, price))
@@ -171,8 +247,7 @@ def update_price(sb: Sandbox, call: Call) -> Obj:
 
 
 def list_prices(sb: Sandbox, call: Call) -> Obj:
-    p = call.p(LIST_PARAMS | {"active", "product", "lookup_keys", "type", "currency",
-                              "recurring"})
+    p = call.p(LIST_PARAMS | {"active", "product", "lookup_keys", "type", "currency", "recurring"})
     objs = sb.store.all("price")
     if p.has("active"):
         objs = [o for o in objs if o["active"] == p.bool("active")]

@@ -17,14 +17,40 @@ from ..sandbox import Sandbox
 from ..store import Obj
 from . import customers
 
-FIELDS = {"mode", "line_items", "customer", "customer_email", "success_url", "cancel_url",
-          "client_reference_id", "metadata", "subscription_data", "payment_intent_data",
-          "allow_promotion_codes", "expires_at", "ui_mode", "payment_method_types",
-          "customer_creation", "billing_address_collection", "locale", "automatic_tax",
-          "saved_payment_method_options", "consent_collection", "return_url",
-          "invoice_creation", "currency", "discounts", "phone_number_collection",
-          "tax_id_collection", "custom_fields", "custom_text", "submit_type",
-          "payment_method_collection", "customer_update", "redirect_on_completion"}
+FIELDS = {
+    "mode",
+    "line_items",
+    "customer",
+    "customer_email",
+    "success_url",
+    "cancel_url",
+    "client_reference_id",
+    "metadata",
+    "subscription_data",
+    "payment_intent_data",
+    "allow_promotion_codes",
+    "expires_at",
+    "ui_mode",
+    "payment_method_types",
+    "customer_creation",
+    "billing_address_collection",
+    "locale",
+    "automatic_tax",
+    "saved_payment_method_options",
+    "consent_collection",
+    "return_url",
+    "invoice_creation",
+    "currency",
+    "discounts",
+    "phone_number_collection",
+    "tax_id_collection",
+    "custom_fields",
+    "custom_text",
+    "submit_type",
+    "payment_method_collection",
+    "customer_update",
+    "redirect_on_completion",
+}
 
 
 def _line_items(sb: Sandbox, raw: list[Any], mode: str) -> list[Obj]:
@@ -36,25 +62,40 @@ def _line_items(sb: Sandbox, raw: list[Any], mode: str) -> list[Obj]:
             raise required(param)
         price = sb.store.get("price", entry["price"], param)
         if mode == "payment" and price["type"] == "recurring":
-            raise invalid("You specified `payment` mode but passed a recurring price. Either "
-                          "switch to `subscription` mode or use only one-time prices.",
-                          param=param)
-        quantity = parse_int(entry.get("quantity"), f"line_items[{index}][quantity]",
-                             minimum=1) or 1
+            raise invalid(
+                "You specified `payment` mode but passed a recurring price. Either "
+                "switch to `subscription` mode or use only one-time prices.",
+                param=param,
+            )
+        quantity = (
+            parse_int(entry.get("quantity"), f"line_items[{index}][quantity]", minimum=1) or 1
+        )
         product = sb.store.maybe("product", price["product"])
         amount = int(price["unit_amount"]) * quantity
         item = template("item")
-        item.update({
-            "id": new_id("li"), "object": "item", "adjustable_quantity": None,
-            "amount_discount": 0, "amount_subtotal": amount, "amount_tax": 0,
-            "amount_total": amount, "currency": price["currency"],
-            "description": product["name"] if product else None, "metadata": {},
-            "price": dict(price), "quantity": quantity,
-        })
+        item.update(
+            {
+                "id": new_id("li"),
+                "object": "item",
+                "adjustable_quantity": None,
+                "amount_discount": 0,
+                "amount_subtotal": amount,
+                "amount_tax": 0,
+                "amount_total": amount,
+                "currency": price["currency"],
+                "description": product["name"] if product else None,
+                "metadata": {},
+                "price": dict(price),
+                "quantity": quantity,
+            }
+        )
         items.append(item)
     if mode == "subscription" and not any(i["price"]["type"] == "recurring" for i in items):
-        raise invalid("You must provide at least one recurring price in `subscription` mode "
-                      "when using prices.", param="line_items")
+        raise invalid(
+            "You must provide at least one recurring price in `subscription` mode "
+            "when using prices.",
+            param="line_items",
+        )
     return items
 
 
@@ -75,46 +116,86 @@ def create(sb: Sandbox, call: Call) -> Obj:
     total = sum(i["amount_total"] for i in items)
     session = template("checkout.session")
     session_id = f"cs_test_{token(58)}"
-    session.update({
-        "id": session_id, "object": "checkout.session", "adaptive_pricing": None,
-        "after_expiration": None, "allow_promotion_codes": None,
-        "amount_subtotal": total, "amount_total": total,
-        "automatic_tax": {"enabled": False, "liability": None, "status": None,
-                          "provider": None},
-        "billing_address_collection": None, "cancel_url": p.str("cancel_url"),
-        "client_reference_id": p.str("client_reference_id"), "client_secret": None,
-        "collected_information": None, "consent": None, "consent_collection": None,
-        "created": now, "currency": items[0]["currency"] if items else p.str("currency"),
-        "currency_conversion": None, "custom_fields": [],
-        "custom_text": {"after_submit": None, "shipping_address": None, "submit": None,
-                        "terms_of_service_acceptance": None},
-        "customer": customer_id, "customer_account": None,
-        "customer_creation": None if customer_id else (p.str("customer_creation")
-                                                        or "if_required"),
-        "customer_details": None, "customer_email": p.str("customer_email"),
-        "discounts": [], "expires_at": now + DAY, "integration_identifier": None,
-        "invoice": None, "invoice_creation": None, "livemode": False, "locale": None,
-        "managed_payments": None, "metadata": merge_metadata({}, p.raw("metadata")),
-        "mode": mode, "origin_context": None, "payment_intent": None, "payment_link": None,
-        "payment_method_collection": "always",
-        "payment_method_configuration_details": None, "payment_method_options": {},
-        "payment_method_types": ["card"],
-        "payment_status": "unpaid" if mode != "setup" else "no_payment_required",
-        "permissions": None, "phone_number_collection": {"enabled": False},
-        "recovered_from": None, "saved_payment_method_options": None, "setup_intent": None,
-        "shipping_address_collection": None, "shipping_cost": None, "shipping_options": [],
-        "status": "open", "submit_type": None, "subscription": None,
-        "success_url": p.str("success_url"),
-        "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
-        "ui_mode": p.str("ui_mode") or "hosted",
-        "url": f"https://checkout.stripe.com/c/pay/{session_id}", "wallet_options": None,
-    })
+    session.update(
+        {
+            "id": session_id,
+            "object": "checkout.session",
+            "adaptive_pricing": None,
+            "after_expiration": None,
+            "allow_promotion_codes": None,
+            "amount_subtotal": total,
+            "amount_total": total,
+            "automatic_tax": {
+                "enabled": False,
+                "liability": None,
+                "status": None,
+                "provider": None,
+            },
+            "billing_address_collection": None,
+            "cancel_url": p.str("cancel_url"),
+            "client_reference_id": p.str("client_reference_id"),
+            "client_secret": None,
+            "collected_information": None,
+            "consent": None,
+            "consent_collection": None,
+            "created": now,
+            "currency": items[0]["currency"] if items else p.str("currency"),
+            "currency_conversion": None,
+            "custom_fields": [],
+            "custom_text": {
+                "after_submit": None,
+                "shipping_address": None,
+                "submit": None,
+                "terms_of_service_acceptance": None,
+            },
+            "customer": customer_id,
+            "customer_account": None,
+            "customer_creation": None
+            if customer_id
+            else (p.str("customer_creation") or "if_required"),
+            "customer_details": None,
+            "customer_email": p.str("customer_email"),
+            "discounts": [],
+            "expires_at": now + DAY,
+            "integration_identifier": None,
+            "invoice": None,
+            "invoice_creation": None,
+            "livemode": False,
+            "locale": None,
+            "managed_payments": None,
+            "metadata": merge_metadata({}, p.raw("metadata")),
+            "mode": mode,
+            "origin_context": None,
+            "payment_intent": None,
+            "payment_link": None,
+            "payment_method_collection": "always",
+            "payment_method_configuration_details": None,
+            "payment_method_options": {},
+            "payment_method_types": ["card"],
+            "payment_status": "unpaid" if mode != "setup" else "no_payment_required",
+            "permissions": None,
+            "phone_number_collection": {"enabled": False},
+            "recovered_from": None,
+            "saved_payment_method_options": None,
+            "setup_intent": None,
+            "shipping_address_collection": None,
+            "shipping_cost": None,
+            "shipping_options": [],
+            "status": "open",
+            "submit_type": None,
+            "subscription": None,
+            "success_url": p.str("success_url"),
+            "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
+            "ui_mode": p.str("ui_mode") or "hosted",
+            "url": f"https://checkout.stripe.com/c/pay/{session_id}",
+            "wallet_options": None,
+        }
+    )
     sb.store.add("checkout.session", session)
     sb.store.checkout_lines[session_id] = items
     # Stripe keeps these for the subscription / payment intent made on completion.
     sb.store.checkout_lines[session_id + ":subscription_data"] = [p.dict("subscription_data")]
-    sb.store.checkout_lines[session_id + ":payment_intent_data"] = [
-        p.dict("payment_intent_data")]
+    sb.store.checkout_lines[session_id + ":payment_intent_data"] = [p.dict("payment_intent_data")]
     return session
 
 
@@ -125,23 +206,37 @@ def retrieve(sb: Sandbox, call: Call) -> Obj:
 def line_items(sb: Sandbox, call: Call) -> Obj:
     call.p(LIST_PARAMS)
     session = sb.store.get("checkout.session", call.match["id"])
-    return paginate(list(sb.store.checkout_lines.get(session["id"], [])), call,
-                    f"/v1/checkout/sessions/{session['id']}/line_items")
+    return paginate(
+        list(sb.store.checkout_lines.get(session["id"], [])),
+        call,
+        f"/v1/checkout/sessions/{session['id']}/line_items",
+    )
 
 
 def expire(sb: Sandbox, call: Call) -> Obj:
     session = sb.store.get("checkout.session", call.match["id"])
     if session["status"] != "open":
-        raise invalid(f"Only Checkout Sessions with a status in [\"open\"] can be expired. "
-                      f"This Checkout Session has a status of \"{session['status']}\".")
+        raise invalid(
+            f'Only Checkout Sessions with a status in ["open"] can be expired. '
+            f'This Checkout Session has a status of "{session["status"]}".'
+        )
     session.update({"status": "expired", "url": None})
     sb.events.emit("checkout.session.expired", session)
     return session
 
 
 def list_(sb: Sandbox, call: Call) -> Obj:
-    p = call.p(LIST_PARAMS | {"customer", "payment_intent", "subscription", "status",
-                              "customer_details", "payment_link"})
+    p = call.p(
+        LIST_PARAMS
+        | {
+            "customer",
+            "payment_intent",
+            "subscription",
+            "status",
+            "customer_details",
+            "payment_link",
+        }
+    )
     objs = sb.store.all("checkout.session")
     for key in ("customer", "payment_intent", "subscription", "status"):
         if p.str(key):
@@ -175,8 +270,14 @@ def complete(sb: Sandbox, session_id: str, body: dict[str, Any]) -> Obj:
     customer = sb.store.maybe("customer", session["customer"])
     needs_customer = session["mode"] == "subscription" or session["customer_creation"] == "always"
     if customer is None and needs_customer:
-        customer = customers.create(sb, Call("POST", "/v1/customers", {
-            "email": email or "customer@example.com", "name": body.get("name") or ""}))
+        customer = customers.create(
+            sb,
+            Call(
+                "POST",
+                "/v1/customers",
+                {"email": email or "customer@example.com", "name": body.get("name") or ""},
+            ),
+        )
     now = sb.now(customer["test_clock"] if customer else None)
     pm = payments.resolve_payment_method(sb, pm_value, "payment_method", now)
     pm["billing_details"]["email"] = email or (customer or {}).get("email")
@@ -185,42 +286,70 @@ def complete(sb: Sandbox, session_id: str, body: dict[str, Any]) -> Obj:
         payments.attach(sb, pm, customer)
         data = sb.store.checkout_lines.get(session_id + ":subscription_data", [{}])[0]
         days = parse_int(data.get("trial_period_days"), "trial_period_days")
-        specs = [ItemSpec(sb.store.get("price", i["price"]["id"]), i["quantity"])
-                 for i in sb.store.checkout_lines[session_id]]
+        specs = [
+            ItemSpec(sb.store.get("price", i["price"]["id"]), i["quantity"])
+            for i in sb.store.checkout_lines[session_id]
+        ]
         sub = lifecycle.create(
-            sb, customer, specs, payment_behavior="default_incomplete",
-            default_payment_method=pm["id"], trial_end=now + days * DAY if days else None,
+            sb,
+            customer,
+            specs,
+            payment_behavior="default_incomplete",
+            default_payment_method=pm["id"],
+            trial_end=now + days * DAY if days else None,
             metadata=merge_metadata({}, data.get("metadata")),
-            description=data.get("description") or None)
+            description=data.get("description") or None,
+        )
         invoice = sb.store.get("invoice", sub["latest_invoice"])
         if invoice["status"] == "open":
             error = invoicing.pay(sb, invoice, now, payment_method=pm["id"])
             if error is not None:
                 raise error
-        session.update({"subscription": sub["id"], "invoice": invoice["id"],
-                        "payment_status": "paid" if invoice["amount_paid"] or not days
-                        else "no_payment_required"})
+        session.update(
+            {
+                "subscription": sub["id"],
+                "invoice": invoice["id"],
+                "payment_status": "paid"
+                if invoice["amount_paid"] or not days
+                else "no_payment_required",
+            }
+        )
     elif session["mode"] == "payment":
         data = sb.store.checkout_lines.get(session_id + ":payment_intent_data", [{}])[0]
         pi = payments.new_payment_intent(
-            sb, amount=session["amount_total"], currency=session["currency"],
-            customer=customer["id"] if customer else None, created=now,
-            payment_method=pm["id"], metadata=merge_metadata({}, data.get("metadata")),
+            sb,
+            amount=session["amount_total"],
+            currency=session["currency"],
+            customer=customer["id"] if customer else None,
+            created=now,
+            payment_method=pm["id"],
+            metadata=merge_metadata({}, data.get("metadata")),
             description=data.get("description") or None,
-            setup_future_usage=data.get("setup_future_usage") or None)
+            setup_future_usage=data.get("setup_future_usage") or None,
+        )
         error = payments.confirm(sb, pi, pm["id"], now)
         if error is not None:
             raise error
         if customer and pi["setup_future_usage"]:
             payments.attach(sb, pm, customer)
         session.update({"payment_intent": pi["id"], "payment_status": "paid"})
-    session.update({
-        "status": "complete", "url": None, "customer": customer["id"] if customer else None,
-        "customer_details": {"address": None, "email": email or (customer or {}).get("email"),
-                             "name": (customer or {}).get("name"), "phone": None,
-                             "tax_exempt": "none", "tax_ids": [], "business_name": None,
-                             "individual_name": None},
-    })
+    session.update(
+        {
+            "status": "complete",
+            "url": None,
+            "customer": customer["id"] if customer else None,
+            "customer_details": {
+                "address": None,
+                "email": email or (customer or {}).get("email"),
+                "name": (customer or {}).get("name"),
+                "phone": None,
+                "tax_exempt": "none",
+                "tax_ids": [],
+                "business_name": None,
+                "individual_name": None,
+            },
+        }
+    )
     sb.events.emit("checkout.session.completed", session)
     return session
 

@@ -14,10 +14,28 @@ from ..params import Params, merge_metadata, parse_int
 from ..sandbox import Sandbox
 from ..store import Obj, snapshot
 
-FIELDS = {"email", "name", "description", "phone", "metadata", "payment_method",
-          "invoice_settings", "test_clock", "address", "shipping", "preferred_locales",
-          "balance", "tax_exempt", "invoice_prefix", "source", "tax", "tax_id_data",
-          "next_invoice_sequence", "cash_balance", "validate"}
+FIELDS = {
+    "email",
+    "name",
+    "description",
+    "phone",
+    "metadata",
+    "payment_method",
+    "invoice_settings",
+    "test_clock",
+    "address",
+    "shipping",
+    "preferred_locales",
+    "balance",
+    "tax_exempt",
+    "invoice_prefix",
+    "source",
+    "tax",
+    "tax_id_data",
+    "next_invoice_sequence",
+    "cash_balance",
+    "validate",
+}
 
 
 def _set_default_pm(sb: Sandbox, customer: Obj, settings: dict[str, Any]) -> None:
@@ -30,11 +48,13 @@ def _set_default_pm(sb: Sandbox, customer: Obj, settings: dict[str, Any]) -> Non
             raise invalid(
                 f"No such PaymentMethod: '{pm_id}'; It's possible this PaymentMethod exists "
                 "on one of your connected accounts, in which case you should retry this "
-                "request on that connected account." if pm is None else
-                f"The customer does not have a payment method with the ID {pm_id}. The "
+                "request on that connected account."
+                if pm is None
+                else f"The customer does not have a payment method with the ID {pm_id}. The "
                 "payment method must be attached to the customer.",
                 param="invoice_settings[default_payment_method]",
-                code="resource_missing")
+                code="resource_missing",
+            )
     customer["invoice_settings"]["default_payment_method"] = pm_id
 
 
@@ -61,22 +81,42 @@ def create(sb: Sandbox, call: Call) -> Obj:
         sb.store.get("test_clock", clock_id, "test_clock")
     now = sb.now(clock_id)
     customer = template("customer")
-    customer.update({
-        "id": new_id("cus", 14), "object": "customer", "address": None, "balance": 0,
-        "created": now, "currency": None, "default_source": None, "delinquent": False,
-        "description": None, "discount": None, "email": None,
-        "invoice_prefix": p.str("invoice_prefix") or token(8).upper(),
-        "invoice_settings": {"custom_fields": None, "default_payment_method": None,
-                             "footer": None, "rendering_options": None},
-        "livemode": False, "metadata": {}, "name": None, "next_invoice_sequence": 1,
-        "phone": None, "preferred_locales": [], "shipping": None, "tax_exempt": "none",
-        "test_clock": clock_id, "customer_account": None,
-    })
+    customer.update(
+        {
+            "id": new_id("cus", 14),
+            "object": "customer",
+            "address": None,
+            "balance": 0,
+            "created": now,
+            "currency": None,
+            "default_source": None,
+            "delinquent": False,
+            "description": None,
+            "discount": None,
+            "email": None,
+            "invoice_prefix": p.str("invoice_prefix") or token(8).upper(),
+            "invoice_settings": {
+                "custom_fields": None,
+                "default_payment_method": None,
+                "footer": None,
+                "rendering_options": None,
+            },
+            "livemode": False,
+            "metadata": {},
+            "name": None,
+            "next_invoice_sequence": 1,
+            "phone": None,
+            "preferred_locales": [],
+            "shipping": None,
+            "tax_exempt": "none",
+            "test_clock": clock_id,
+            "customer_account": None,
+        }
+    )
     _apply(sb, customer, p)
     pm = None
     if p.str("payment_method"):
-        pm = payments.resolve_payment_method(sb, p.req_str("payment_method"),
-                                             "payment_method", now)
+        pm = payments.resolve_payment_method(sb, p.req_str("payment_method"), "payment_method", now)
     sb.store.add("customer", customer)
     sb.events.emit("customer.created", customer)
     if pm is not None:
@@ -113,7 +153,8 @@ def delete(sb: Sandbox, call: Call) -> Obj:
     now = sb.now(customer["test_clock"])
     for sub in sb.store.all("subscription"):
         if sub["customer"] == customer["id"] and sub["status"] not in (
-            "canceled", "incomplete_expired"
+            "canceled",
+            "incomplete_expired",
         ):
             lifecycle.cancel_now(sb, sub, now)
     sb.store.remove("customer", customer["id"])

@@ -15,8 +15,7 @@ def list_(sb: Sandbox, call: Call) -> Obj:
     p = call.p(LIST_PARAMS | {"type", "types", "delivery_success"})
     objs = sb.store.all("event")
     if p.str("type") and p.has("types"):
-        raise invalid("You may only specify one of these parameters: type, types.",
-                      param="types")
+        raise invalid("You may only specify one of these parameters: type, types.", param="types")
     if p.str("type"):
         pattern = p.req_str("type")
         objs = [e for e in objs if fnmatch.fnmatchcase(e["type"], pattern)]

@@ -26,14 +26,26 @@ def retrieve(sb: Sandbox, call: Call) -> Obj:
 
 
 def list_(sb: Sandbox, call: Call) -> Obj:
-    p = call.p(LIST_PARAMS | {"customer", "subscription", "status", "collection_method",
-                              "due_date", "customer_account"})
+    p = call.p(
+        LIST_PARAMS
+        | {
+            "customer",
+            "subscription",
+            "status",
+            "collection_method",
+            "due_date",
+            "customer_account",
+        }
+    )
     objs = sb.store.all("invoice")
     if p.str("customer"):
         objs = [o for o in objs if o["customer"] == p.str("customer")]
     if p.str("subscription"):
-        objs = [o for o in objs
-                if (invoicing.subscription_of(sb, o) or {}).get("id") == p.str("subscription")]
+        objs = [
+            o
+            for o in objs
+            if (invoicing.subscription_of(sb, o) or {}).get("id") == p.str("subscription")
+        ]
     if p.str("status"):
         objs = [o for o in objs if o["status"] == p.str("status")]
     return paginate(objs, call, "/v1/invoices")
@@ -46,8 +58,9 @@ def lines(sb: Sandbox, call: Call) -> Obj:
 
 
 def pay(sb: Sandbox, call: Call) -> Obj:
-    p = call.p({"payment_method", "off_session", "paid_out_of_band", "source", "forgive",
-                "mandate"})
+    p = call.p(
+        {"payment_method", "off_session", "paid_out_of_band", "source", "forgive", "mandate"}
+    )
     invoice = _invoice(sb, call)
     now = _now(sb, invoice)
     if invoice["status"] == "draft":
@@ -105,32 +118,73 @@ def update(sb: Sandbox, call: Call) -> Obj:
 
 def create(sb: Sandbox, call: Call) -> Obj:
     """A one-off invoice collecting the customer's pending (non-subscription) invoice items."""
-    p = call.p({"customer", "auto_advance", "description", "metadata", "collection_method",
-                "pending_invoice_items_behavior", "currency", "default_payment_method",
-                "days_until_due", "subscription"})
+    p = call.p(
+        {
+            "customer",
+            "auto_advance",
+            "description",
+            "metadata",
+            "collection_method",
+            "pending_invoice_items_behavior",
+            "currency",
+            "default_payment_method",
+            "days_until_due",
+            "subscription",
+        }
+    )
     customer = sb.store.get("customer", p.req_str("customer"), "customer")
     now = sb.now(customer["test_clock"])
     specs = []
     if p.str("pending_invoice_items_behavior") == "include":
         for ii in reversed(sb.store.all("invoiceitem")):
             if ii["customer"] == customer["id"] and ii["invoice"] is None and not ii["parent"]:
-                specs.append(LineSpec(amount=ii["amount"], description=ii["description"],
-                                      quantity=ii["quantity"], invoice_item=ii["id"],
-                                      period_start=ii["period"]["start"],
-                                      period_end=ii["period"]["end"]))
+                specs.append(
+                    LineSpec(
+                        amount=ii["amount"],
+                        description=ii["description"],
+                        quantity=ii["quantity"],
+                        invoice_item=ii["id"],
+                        period_start=ii["period"]["start"],
+                        period_end=ii["period"]["end"],
+                    )
+                )
     invoice = invoicing.new_invoice(
-        sb, customer=customer, subscription=None, billing_reason="manual", lines=specs,
-        period_start=now, period_end=now, created=now, currency=p.str("currency") or "usd",
-        description=p.str("description"), metadata=merge_metadata({}, p.raw("metadata")))
+        sb,
+        customer=customer,
+        subscription=None,
+        billing_reason="manual",
+        lines=specs,
+        period_start=now,
+        period_end=now,
+        created=now,
+        currency=p.str("currency") or "usd",
+        description=p.str("description"),
+        metadata=merge_metadata({}, p.raw("metadata")),
+    )
     invoice["auto_advance"] = p.bool("auto_advance", default=False)
     invoice["default_payment_method"] = p.str("default_payment_method")
     return invoice
 
 
 def create_invoice_item(sb: Sandbox, call: Call) -> Obj:
-    p = call.p({"customer", "amount", "currency", "description", "metadata", "invoice",
-                "price", "quantity", "pricing", "period", "subscription", "discountable",
-                "unit_amount_decimal", "price_data"})
+    p = call.p(
+        {
+            "customer",
+            "amount",
+            "currency",
+            "description",
+            "metadata",
+            "invoice",
+            "price",
+            "quantity",
+            "pricing",
+            "period",
+            "subscription",
+            "discountable",
+            "unit_amount_decimal",
+            "price_data",
+        }
+    )
     customer = sb.store.get("customer", p.req_str("customer"), "customer")
     now = sb.now(customer["test_clock"])
     quantity = p.int("quantity", minimum=1) or 1
@@ -142,15 +196,29 @@ def create_invoice_item(sb: Sandbox, call: Call) -> Obj:
     else:
         given = p.int("amount")
         if given is None:
-            raise invalid("Missing required param: amount.", param="amount",
-                          code="parameter_missing")
+            raise invalid(
+                "Missing required param: amount.", param="amount", code="parameter_missing"
+            )
         amount = given
-    sub = sb.store.get("subscription", p.str("subscription"), "subscription") \
-        if p.str("subscription") else None
+    sub = (
+        sb.store.get("subscription", p.str("subscription"), "subscription")
+        if p.str("subscription")
+        else None
+    )
     ii = lifecycle.new_invoice_item(
-        sb, customer, sub, amount=amount, description=p.str("description") or "Invoice item",
-        price=price, quantity=quantity, period=(now, now), proration=False, now=now,
-        currency=p.str("currency") or "usd", metadata=merge_metadata({}, p.raw("metadata")))
+        sb,
+        customer,
+        sub,
+        amount=amount,
+        description=p.str("description") or "Invoice item",
+        price=price,
+        quantity=quantity,
+        period=(now, now),
+        proration=False,
+        now=now,
+        currency=p.str("currency") or "usd",
+        metadata=merge_metadata({}, p.raw("metadata")),
+    )
     target = p.str("invoice")
     if target:
         invoice = sb.store.get("invoice", target, "invoice")
@@ -185,8 +253,7 @@ def list_invoice_payments(sb: Sandbox, call: Call) -> Obj:
         objs = [o for o in objs if o["status"] == p.str("status")]
     payment = p.dict("payment")
     if payment.get("payment_intent"):
-        objs = [o for o in objs if o["payment"].get("payment_intent") ==
-                payment["payment_intent"]]
+        objs = [o for o in objs if o["payment"].get("payment_intent") == payment["payment_intent"]]
     return paginate(objs, call, "/v1/invoice_payments")
 
 

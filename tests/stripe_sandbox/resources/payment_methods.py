@@ -12,8 +12,17 @@ from ..store import Obj
 
 
 def create(sb: Sandbox, call: Call) -> Obj:
-    p = call.p({"type", "card", "billing_details", "metadata", "customer", "payment_method",
-                "allow_redisplay"})
+    p = call.p(
+        {
+            "type",
+            "card",
+            "billing_details",
+            "metadata",
+            "customer",
+            "payment_method",
+            "allow_redisplay",
+        }
+    )
     card = p.dict("card")
     tok = card.get("token") or p.str("payment_method")
     if p.str("type") not in (None, "card"):
@@ -24,7 +33,8 @@ def create(sb: Sandbox, call: Call) -> Obj:
                 "Sending credit card numbers directly to the Stripe API is generally unsafe. "
                 "To continue processing use Stripe.js, the Stripe mobile bindings, or Stripe "
                 "Elements. For testing, use a test token such as tok_visa.",
-                param="card[number]")
+                param="card[number]",
+            )
         raise required("card[token]")
     pm = payments.payment_method_from_token(sb, tok, sb.now())
     details = p.dict("billing_details")
@@ -58,8 +68,9 @@ def update(sb: Sandbox, call: Call) -> Obj:
 def attach(sb: Sandbox, call: Call) -> Obj:
     p = call.p({"customer", "customer_account"})
     customer = sb.store.get("customer", p.req_str("customer"), "customer")
-    pm = payments.resolve_payment_method(sb, call.match["id"], "payment_method",
-                                         sb.now(customer["test_clock"]))
+    pm = payments.resolve_payment_method(
+        sb, call.match["id"], "payment_method", sb.now(customer["test_clock"])
+    )
     return payments.attach(sb, pm, customer)
 
 

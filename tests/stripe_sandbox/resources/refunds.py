@@ -13,26 +13,48 @@ REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 
 
 def create(sb: Sandbox, call: Call) -> Obj:
-    p = call.p({"payment_intent", "charge", "amount", "reason", "metadata",
-                "refund_application_fee", "reverse_transfer", "instructions_email", "origin",
-                "customer", "currency"})
+    p = call.p(
+        {
+            "payment_intent",
+            "charge",
+            "amount",
+            "reason",
+            "metadata",
+            "refund_application_fee",
+            "reverse_transfer",
+            "instructions_email",
+            "origin",
+            "customer",
+            "currency",
+        }
+    )
     if p.str("charge"):
         charge = sb.store.get("charge", p.str("charge"), "charge")
     elif p.str("payment_intent"):
         pi = sb.store.get("payment_intent", p.str("payment_intent"), "payment_intent")
         charge = sb.store.maybe("charge", pi["latest_charge"])
         if charge is None or pi["status"] != "succeeded":
-            raise invalid(f"This PaymentIntent ({pi['id']}) does not have a successful charge "
-                          "to refund.", param="payment_intent")
+            raise invalid(
+                f"This PaymentIntent ({pi['id']}) does not have a successful charge to refund.",
+                param="payment_intent",
+            )
     else:
-        raise invalid("One of the following params should be provided for this request: "
-                      "payment_intent or charge.", code="parameter_missing")
+        raise invalid(
+            "One of the following params should be provided for this request: "
+            "payment_intent or charge.",
+            code="parameter_missing",
+        )
     reason = p.str("reason")
     if reason is not None and reason not in REASONS:
         raise invalid(f"Invalid reason: must be one of {', '.join(REASONS)}", param="reason")
-    return payments.refund(sb, charge, amount=p.int("amount"), reason=reason,
-                           metadata=merge_metadata({}, p.raw("metadata")),
-                           created=sb.now(sb.customer_clock(charge["customer"])))
+    return payments.refund(
+        sb,
+        charge,
+        amount=p.int("amount"),
+        reason=reason,
+        metadata=merge_metadata({}, p.raw("metadata")),
+        created=sb.now(sb.customer_clock(charge["customer"])),
+    )
 
 
 def retrieve(sb: Sandbox, call: Call) -> Obj:

@@ -14,19 +14,55 @@ from ..params import Params, merge_metadata, parse_bool, parse_int
 from ..sandbox import Sandbox
 from ..store import Obj, snapshot
 
-COMMON = {"metadata", "default_payment_method", "description", "payment_behavior",
-          "proration_behavior", "cancel_at_period_end", "cancel_at", "trial_end",
-          "off_session", "collection_method", "payment_settings", "trial_settings",
-          "automatic_tax", "default_tax_rates", "discounts", "days_until_due",
-          "billing_cycle_anchor", "add_invoice_items", "application_fee_percent",
-          "default_source", "on_behalf_of", "transfer_data", "invoice_settings",
-          "pending_invoice_item_interval", "billing_thresholds", "items", "billing_mode"}
-CREATE_FIELDS = COMMON | {"customer", "trial_period_days", "trial_from_plan", "currency",
-                          "backdate_start_date", "billing_cycle_anchor_config"}
-UPDATE_FIELDS = COMMON | {"proration_date", "pause_collection", "cancellation_details",
-                          "trial_from_plan"}
-PAYMENT_BEHAVIORS = ("allow_incomplete", "default_incomplete", "error_if_incomplete",
-                     "pending_if_incomplete")
+COMMON = {
+    "metadata",
+    "default_payment_method",
+    "description",
+    "payment_behavior",
+    "proration_behavior",
+    "cancel_at_period_end",
+    "cancel_at",
+    "trial_end",
+    "off_session",
+    "collection_method",
+    "payment_settings",
+    "trial_settings",
+    "automatic_tax",
+    "default_tax_rates",
+    "discounts",
+    "days_until_due",
+    "billing_cycle_anchor",
+    "add_invoice_items",
+    "application_fee_percent",
+    "default_source",
+    "on_behalf_of",
+    "transfer_data",
+    "invoice_settings",
+    "pending_invoice_item_interval",
+    "billing_thresholds",
+    "items",
+    "billing_mode",
+}
+CREATE_FIELDS = COMMON | {
+    "customer",
+    "trial_period_days",
+    "trial_from_plan",
+    "currency",
+    "backdate_start_date",
+    "billing_cycle_anchor_config",
+}
+UPDATE_FIELDS = COMMON | {
+    "proration_date",
+    "pause_collection",
+    "cancellation_details",
+    "trial_from_plan",
+}
+PAYMENT_BEHAVIORS = (
+    "allow_incomplete",
+    "default_incomplete",
+    "error_if_incomplete",
+    "pending_if_incomplete",
+)
 
 
 def _pm_for_customer(sb: Sandbox, customer: Obj, pm_id: str | None) -> str | None:
@@ -34,9 +70,12 @@ def _pm_for_customer(sb: Sandbox, customer: Obj, pm_id: str | None) -> str | Non
         return None
     pm = sb.store.maybe("payment_method", pm_id)
     if pm is None or pm["customer"] != customer["id"]:
-        raise invalid(f"The customer does not have a payment method with the ID {pm_id}. The "
-                      "payment method must be attached to the customer.",
-                      param="default_payment_method", code="resource_missing")
+        raise invalid(
+            f"The customer does not have a payment method with the ID {pm_id}. The "
+            "payment method must be attached to the customer.",
+            param="default_payment_method",
+            code="resource_missing",
+        )
     return pm_id
 
 
@@ -45,11 +84,15 @@ def _recurring_price(sb: Sandbox, price_id: Any, param: str) -> Obj:
         raise required(param)
     price = sb.store.get("price", str(price_id), param)
     if price["type"] != "recurring":
-        raise invalid("The price specified is set to `type=one_time` but this field only "
-                      "accepts prices with `type=recurring`.", param=param)
+        raise invalid(
+            "The price specified is set to `type=one_time` but this field only "
+            "accepts prices with `type=recurring`.",
+            param=param,
+        )
     if not price["active"]:
-        raise invalid("The price specified is inactive. This field only accepts active "
-                      "prices.", param=param)
+        raise invalid(
+            "The price specified is inactive. This field only accepts active prices.", param=param
+        )
     return price
 
 
@@ -61,8 +104,10 @@ def _trial_end(p: Params, now: int) -> int | None:
         value = parse_int(raw, "trial_end")
         assert value is not None
         if value <= now:
-            raise invalid("Invalid timestamp: must be an integer Unix timestamp in the "
-                          "future.", param="trial_end")
+            raise invalid(
+                "Invalid timestamp: must be an integer Unix timestamp in the future.",
+                param="trial_end",
+            )
         return value
     days = p.int("trial_period_days", minimum=0)
     return now + days * DAY if days else None
@@ -85,13 +130,20 @@ def create(sb: Sandbox, call: Call) -> Obj:
         raise invalid(f"Invalid payment_behavior: {behavior}", param="payment_behavior")
     now = sb.now(customer["test_clock"])
     end_behavior = (p.dict("trial_settings").get("end_behavior") or {}).get(
-        "missing_payment_method") or "create_invoice"
+        "missing_payment_method"
+    ) or "create_invoice"
     return lifecycle.create(
-        sb, customer, specs, payment_behavior=behavior,
+        sb,
+        customer,
+        specs,
+        payment_behavior=behavior,
         default_payment_method=_pm_for_customer(sb, customer, p.str("default_payment_method")),
-        trial_end=_trial_end(p, now), metadata=merge_metadata({}, p.raw("metadata")),
-        cancel_at_period_end=p.bool("cancel_at_period_end"), description=p.str("description"),
-        missing_pm_behavior=end_behavior)
+        trial_end=_trial_end(p, now),
+        metadata=merge_metadata({}, p.raw("metadata")),
+        cancel_at_period_end=p.bool("cancel_at_period_end"),
+        description=p.str("description"),
+        missing_pm_behavior=end_behavior,
+    )
 
 
 def retrieve(sb: Sandbox, call: Call) -> Obj:
@@ -125,8 +177,9 @@ def update(sb: Sandbox, call: Call) -> Obj:
     if sub["status"] in ("canceled", "incomplete_expired") and (
         set(call.params) - {"metadata", "cancellation_details", "expand"}
     ):
-        raise invalid("A canceled subscription can only update its cancellation_details and "
-                      "metadata.")
+        raise invalid(
+            "A canceled subscription can only update its cancellation_details and metadata."
+        )
     before = snapshot(sub)
     behavior = p.str("proration_behavior") or "create_prorations"
     if behavior not in ("create_prorations", "always_invoice", "none"):
@@ -137,20 +190,29 @@ def update(sb: Sandbox, call: Call) -> Obj:
         for index, change in enumerate(changes):
             if change.get("price"):
                 _recurring_price(sb, change["price"], f"items[{index}][price]")
-        invoice = lifecycle.change_items(sb, sub, changes, proration_behavior=behavior,
-                                         proration_date=p.int("proration_date"), now=now)
+        invoice = lifecycle.change_items(
+            sb,
+            sub,
+            changes,
+            proration_behavior=behavior,
+            proration_date=p.int("proration_date"),
+            now=now,
+        )
     if p.has("metadata"):
         sub["metadata"] = merge_metadata(sub["metadata"], p.raw("metadata"))
     if p.has("description"):
         sub["description"] = p.str("description")
     if p.has("default_payment_method"):
-        sub["default_payment_method"] = _pm_for_customer(sb, customer,
-                                                         p.str("default_payment_method"))
+        sub["default_payment_method"] = _pm_for_customer(
+            sb, customer, p.str("default_payment_method")
+        )
     if p.has("pause_collection"):
         pause = p.raw("pause_collection")
         sub["pause_collection"] = (
             {"behavior": pause.get("behavior"), "resumes_at": pause.get("resumes_at")}
-            if isinstance(pause, dict) else None)
+            if isinstance(pause, dict)
+            else None
+        )
     _schedule_cancel(sub, p, now)
     trial_end_now = p.raw("trial_end") == "now" and sub["status"] == "trialing"
     if not trial_end_now and p.raw("trial_end") not in (None, "", "now"):
@@ -174,12 +236,16 @@ def cancel(sb: Sandbox, call: Call) -> Obj:
     p = call.p({"invoice_now", "prorate", "cancellation_details"})
     sub = sb.store.get("subscription", call.match["id"])
     if sub["status"] in ("canceled", "incomplete_expired"):
-        raise invalid(f"No such subscription: '{sub['id']}'", param="id",
-                      code="resource_missing")
+        raise invalid(f"No such subscription: '{sub['id']}'", param="id", code="resource_missing")
     details = p.dict("cancellation_details")
     parse_bool(p.raw("invoice_now"), "invoice_now")
-    return lifecycle.cancel_now(sb, sub, sb.now(sub["test_clock"]),
-                                details.get("comment") or None, details.get("feedback") or None)
+    return lifecycle.cancel_now(
+        sb,
+        sub,
+        sb.now(sub["test_clock"]),
+        details.get("comment") or None,
+        details.get("feedback") or None,
+    )
 
 
 def resume(sb: Sandbox, call: Call) -> Obj:
@@ -189,9 +255,20 @@ def resume(sb: Sandbox, call: Call) -> Obj:
 
 
 def list_(sb: Sandbox, call: Call) -> Obj:
-    p = call.p(LIST_PARAMS | {"customer", "status", "price", "test_clock", "collection_method",
-                              "current_period_end", "current_period_start", "automatic_tax",
-                              "customer_account"})
+    p = call.p(
+        LIST_PARAMS
+        | {
+            "customer",
+            "status",
+            "price",
+            "test_clock",
+            "collection_method",
+            "current_period_end",
+            "current_period_start",
+            "automatic_tax",
+            "customer_account",
+        }
+    )
     objs = sb.store.all("subscription")
     status = p.str("status")
     if status is None:
@@ -204,8 +281,9 @@ def list_(sb: Sandbox, call: Call) -> Obj:
     if p.str("customer"):
         objs = [o for o in objs if o["customer"] == p.str("customer")]
     if p.str("price"):
-        objs = [o for o in objs
-                if any(i["price"]["id"] == p.str("price") for i in o["items"]["data"])]
+        objs = [
+            o for o in objs if any(i["price"]["id"] == p.str("price") for i in o["items"]["data"])
+        ]
     if p.str("test_clock"):
         objs = [o for o in objs if o["test_clock"] == p.str("test_clock")]
     return paginate(objs, call, "/v1/subscriptions")

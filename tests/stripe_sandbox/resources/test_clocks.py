@@ -25,11 +25,19 @@ def create(sb: Sandbox, call: Call) -> Obj:
     frozen = p.int("frozen_time", req=True)
     clock = template("test_helpers.test_clock")
     now = to_ts(wall_now())
-    clock.update({
-        "id": new_id("clock"), "object": "test_helpers.test_clock", "created": now,
-        "deletes_after": now + RETENTION, "frozen_time": frozen, "livemode": False,
-        "name": p.str("name"), "status": "ready", "status_details": {},
-    })
+    clock.update(
+        {
+            "id": new_id("clock"),
+            "object": "test_helpers.test_clock",
+            "created": now,
+            "deletes_after": now + RETENTION,
+            "frozen_time": frozen,
+            "livemode": False,
+            "name": p.str("name"),
+            "status": "ready",
+            "status_details": {},
+        }
+    )
     sb.store.add("test_clock", clock)
     sb.events.emit("test_helpers.test_clock.created", clock)
     return clock
@@ -60,8 +68,10 @@ def advance(sb: Sandbox, call: Call) -> Obj:
     target = p.int("frozen_time", req=True)
     assert target is not None
     if target <= clock["frozen_time"]:
-        raise invalid("The test clock can only be advanced to a time after its current "
-                      "frozen_time.", param="frozen_time")
+        raise invalid(
+            "The test clock can only be advanced to a time after its current frozen_time.",
+            param="frozen_time",
+        )
     clock["status"] = "advancing"
     clock["status_details"] = {"advancing": {"target_frozen_time": target}}
     sb.events.emit("test_helpers.test_clock.advancing", clock)

@@ -1,0 +1,57 @@
+"""The one way the product builds a Stripe client.
+
+Every Stripe call goes through stripe-python's ``StripeClient`` made here, so
+``STRIPE_API_BASE`` redirects all of them at once (to the offline sandbox in
+development and tests, or a proxy), with or without a real key. The API
+version is the one pinned by the stripe-python release in pyproject.toml;
+``STRIPE_API_VERSION`` states it, and importing this module fails if a library
+upgrade moved it, because object shapes change with the version.
+"""
+
+from __future__ import annotations
+
+import stripe
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from stripe._base_address import BaseAddresses
+
+STRIPE_API_VERSION = "2026-10-28.endive"
+
+if stripe.api_version != STRIPE_API_VERSION:  # pragma: no cover - guards upgrades
+    raise RuntimeError(
+        f"stripe-python speaks {stripe.api_version}, the code expects {STRIPE_API_VERSION}:"
+        " review the shapes the services read before moving the pin"
+    )
+
+
+class StripeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    stripe_secret_key: SecretStr | None = None
+    # Overrides api.stripe.com for every call when set.
+    stripe_api_base: str | None = None
+    # stripe-python retries 429/5xx/connection errors with backoff, reusing
+    # the idempotency key, so a retried POST never charges twice.
+    stripe_max_network_retries: int = 2
+
+
+class StripeNotConfigured(RuntimeError):
+    pass
+
+
+def stripe_client(
+    settings: StripeSettings, *, http_client: stripe.HTTPClient | None = None
+) -> stripe.StripeClient:
+    """A client for ``settings``; pass ``stripe.AIOHTTPClient()`` for the ``*_async`` calls."""
+    if settings.stripe_secret_key is None:
+        raise StripeNotConfigured("STRIPE_SECRET_KEY is not set")
+    base: BaseAddresses = {}
+    if settings.stripe_api_base:
+        base["api"] = settings.stripe_api_base.rstrip("/")
+    return stripe.StripeClient(
+        settings.stripe_secret_key.get_secret_value(),
+        stripe_version=STRIPE_API_VERSION,
+        base_addresses=base,
+        http_client=http_client,
+        max_network_retries=settings.stripe_max_network_retries,
+    )
