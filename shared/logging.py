@@ -1,10 +1,14 @@
 """Structured JSON logs.
 
 Context such as ``request_id`` and ``event_id`` is bound with
-``structlog.contextvars.bind_contextvars`` at the edge of a request or a
-message and appears on every line logged while handling it. A redaction
-processor drops values of keys that look like secrets, as a second line of
-defence behind ``SecretStr``.
+:func:`log_context` at the edge of a request or a message and appears on every
+line logged while handling it. It is one ``ContextVar`` holding a small dict
+rather than structlog's one-variable-per-key contextvars: binding it costs
+about a microsecond, which matters on the webhook path where every request
+binds and almost none logs.
+
+A redaction processor drops values of keys that look like secrets, as a
+second line of defence behind ``SecretStr``.
 """
 
 from __future__ import annotations
@@ -12,13 +16,39 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any
 
 import orjson
 import structlog
 
 _SECRET_KEY = re.compile(r"secret|token|password|authorization|api_key|signature", re.IGNORECASE)
+_CONTEXT: ContextVar[Mapping[str, Any]] = ContextVar("log_context", default=MappingProxyType({}))
+
+
+@contextmanager
+def log_context(**values: Any) -> Iterator[None]:
+    """Add ``values`` to every log line written inside the block."""
+    token = _CONTEXT.set({**_CONTEXT.get(), **values})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def current_context() -> Mapping[str, Any]:
+    return _CONTEXT.get()
+
+
+def _merge_context(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in _CONTEXT.get().items():
+        event_dict.setdefault(key, value)
+    return event_dict
 
 
 def _redact_secrets(
@@ -41,7 +71,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(name)s %(message)s")
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            _merge_context,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact_secrets,
@@ -52,8 +82,8 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(service=service)
+    # Set before the event loop starts: every task inherits it.
+    _CONTEXT.set({"service": service})
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import time
 
 import aiohttp
-import structlog
 from aiohttp import web
 
 from services.gateway.auth import principal_of
 from shared import metrics
 from shared.http.errors import ApiError
+from shared.logging import current_context
 
 # One pooled HTTP client per gateway process, opened and closed with the app.
 CLIENT_SESSION = web.AppKey("client_session", aiohttp.ClientSession)
@@ -39,7 +39,7 @@ class Upstream:
             "X-User-Id": principal.user_id,
             "X-User-Role": principal.role.value,
         }
-        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        request_id = current_context().get("request_id")
         if isinstance(request_id, str):
             headers["X-Request-Id"] = request_id
         for name in _FORWARDED_HEADERS:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
 
-import orjson
+import msgspec
 from aiohttp import web
 
 from services.gateway.settings import GatewaySettings
@@ -30,6 +31,20 @@ log = get_logger(__name__)
 # to AMQP's 255-byte limit with room to spare.
 _EVENT_TYPE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 _EVENT_ID = re.compile(r"^evt_[A-Za-z0-9_]{1,250}$")
+
+
+class _EventHead(msgspec.Struct):
+    """What the gateway routes by. msgspec checks the whole body is valid JSON
+    but builds only these three fields, skipping the rest (the event's data,
+    most of the bytes): a fraction of the cost of building the full object,
+    and no garbage per webhook for the collector to chase."""
+
+    id: Any = None
+    type: Any = None
+    object: Any = None
+
+
+_decode_head = msgspec.json.Decoder(_EventHead).decode
 
 
 def _reject(reason: str, status: int, code: str, message: str) -> web.Response:
@@ -63,21 +78,21 @@ class WebhookEndpoint:
             return _reject(exc.reason, 400, f"invalid_{exc.reason}", exc.message)
 
         try:
-            event = orjson.loads(payload)
-        except orjson.JSONDecodeError:
+            head = _decode_head(payload)
+        except msgspec.DecodeError:
             return _reject("payload", 400, "invalid_payload", "body is not JSON")
-        if not isinstance(event, dict):
+        except msgspec.ValidationError:
             return _reject("payload", 400, "invalid_payload", "body is not a JSON object")
-        if event.get("object") == "v2.core.event":
+        if head.object == "v2.core.event":
             return _reject(
                 "thin_event",
                 400,
                 "thin_event_unsupported",
                 "v2 thin events are not accepted here; send snapshot (v1) events",
             )
-        event_id, event_type = event.get("id"), event.get("type")
+        event_id, event_type = head.id, head.type
         if (
-            event.get("object") != "event"
+            head.object != "event"
             or not isinstance(event_id, str)
             or not _EVENT_ID.match(event_id)
             or not isinstance(event_type, str)

@@ -30,7 +30,6 @@ connection): callers retry, and consumers dedupe by message id.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import ssl
 import struct
@@ -91,6 +90,8 @@ class AmqpAddress:
 class _Pending:
     future: asyncio.Future[None]
     message_id: str
+    exchange: str
+    routing_key: str
     deadline: float
     returned: bool = False
 
@@ -111,12 +112,10 @@ class ConfirmConnection(asyncio.Protocol):
         self._next_tag = 1
         self._pending: dict[int, _Pending] = {}
         self._lowest_pending = 1
-        self._by_message_id: dict[str, collections.deque[int]] = collections.defaultdict(
-            collections.deque
-        )
         self._method_frames: dict[tuple[str, str], bytes] = {}
         self._rpc: tuple[type[Any], asyncio.Future[Any]] | None = None
-        self._returning: tuple[commands.Basic.Return, header.ContentHeader | None] | None = None
+        # A basic.return whose content header (carrying the message id) is next.
+        self._returning: commands.Basic.Return | None = None
         self._blocked: str | None = None
         self._last_received = time.monotonic()
         self._timers: list[asyncio.TimerHandle] = []
@@ -235,8 +234,9 @@ class ConfirmConnection(asyncio.Protocol):
         tag = self._next_tag
         self._next_tag += 1
         future: asyncio.Future[None] = self._loop.create_future()
-        self._pending[tag] = _Pending(future, message_id, time.monotonic() + self._confirm_timeout)
-        self._by_message_id[message_id].append(tag)
+        self._pending[tag] = _Pending(
+            future, message_id, exchange, routing_key, time.monotonic() + self._confirm_timeout
+        )
         return future
 
     def _flush(self) -> None:
@@ -251,10 +251,7 @@ class ConfirmConnection(asyncio.Protocol):
         first = self._lowest_pending if multiple else tag
         for current in range(first, tag + 1):
             pending = self._pending.pop(current, None)
-            if pending is None:
-                continue
-            self._forget_message_id(pending.message_id, current)
-            if pending.future.done():
+            if pending is None or pending.future.done():
                 continue
             if error is not None:
                 pending.future.set_exception(error)
@@ -265,27 +262,25 @@ class ConfirmConnection(asyncio.Protocol):
         while self._lowest_pending < self._next_tag and self._lowest_pending not in self._pending:
             self._lowest_pending += 1
 
-    def _forget_message_id(self, message_id: str, tag: int) -> None:
-        tags = self._by_message_id.get(message_id)
-        if tags is None:
-            return
-        with contextlib.suppress(ValueError):
-            tags.remove(tag)
-        if not tags:
-            del self._by_message_id[message_id]
-
-    def _on_return(self, properties: commands.Basic.Properties) -> None:
+    def _on_return(
+        self, returned: commands.Basic.Return, properties: commands.Basic.Properties
+    ) -> None:
         # RabbitMQ sends basic.return before the basic.ack of the same
-        # publish; mark the oldest unconfirmed publish with that message id.
-        tags = self._by_message_id.get(properties.message_id or "")
-        if tags:
-            pending = self._pending.get(tags[0])
-            if pending is not None:
+        # publish; mark the oldest unconfirmed, unmarked publish with that
+        # message id. Returns are rare (a routing mistake), so a scan of the
+        # in-flight publishes is cheaper overall than an index kept per publish.
+        for pending in self._pending.values():
+            if (
+                not pending.returned
+                and pending.message_id == properties.message_id
+                and pending.routing_key == returned.routing_key
+                and pending.exchange == returned.exchange
+            ):
                 pending.returned = True
+                return
 
     def _fail_all(self, error: PublishFailed) -> None:
         pending, self._pending = self._pending, {}
-        self._by_message_id.clear()
         self._lowest_pending = self._next_tag
         for entry in pending.values():
             if not entry.future.done():
@@ -360,14 +355,12 @@ class ConfirmConnection(asyncio.Protocol):
         elif isinstance(value, commands.Basic.Nack):
             self._settle(value.delivery_tag, value.multiple, PublishFailed("nacked"))
         elif isinstance(value, commands.Basic.Return):
-            self._returning = (value, None)
+            self._returning = value
         elif isinstance(value, header.ContentHeader) and self._returning is not None:
-            self._returning = (self._returning[0], value)
-            self._on_return(value.properties)
-            if value.body_size == 0:
-                self._returning = None
+            self._on_return(self._returning, value.properties)
+            self._returning = None
         elif isinstance(value, ContentBody):
-            self._returning = None  # a returned body; we already know its id
+            pass  # the body of a returned message; its header said all we need
         else:
             self._on_control_frame(channel, value)
 

@@ -34,7 +34,6 @@ import aio_pika
 import asyncpg
 import orjson
 import pydantic
-import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from shared import metrics
@@ -42,7 +41,7 @@ from shared.broker.errors import InvalidMessage, PublishFailed, RetryLater
 from shared.broker.publisher import Publisher
 from shared.broker.topology import ConsumerQueue, declare_consumer_queue
 from shared.db import DbConnection
-from shared.logging import get_logger
+from shared.logging import get_logger, log_context
 
 log = get_logger(__name__)
 
@@ -102,9 +101,7 @@ class Consumer:
         gauge.inc()
         started = time.perf_counter()
         try:
-            with structlog.contextvars.bound_contextvars(
-                queue=self.queue.name, message_id=message.message_id
-            ):
+            with log_context(queue=self.queue.name, message_id=message.message_id):
                 await self.process(message)
         finally:
             gauge.dec()
@@ -118,9 +115,7 @@ class Consumer:
         attempt = _attempt(message)
         try:
             body, handler = self._decode(message)
-            with structlog.contextvars.bound_contextvars(
-                event_id=body["id"], event_type=body["type"]
-            ):
+            with log_context(event_id=body["id"], event_type=body["type"]):
                 outcome = await self._apply(body, handler)
         except (InvalidMessage, pydantic.ValidationError) as exc:
             await self._dead_letter(message, attempt, exc)

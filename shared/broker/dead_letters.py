@@ -10,6 +10,7 @@ duplicate (which the consumer's inbox absorbs), never a loss.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -76,14 +77,17 @@ async def inspect(
             dlq = await channel.declare_queue(dead_letter_queue(queue), passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             return DeadLetterQueue(queue=queue, count=0, messages=[], declared=False)
+        # The declare's count of a quorum queue lags: messages another channel
+        # just returned (an inspect a moment ago) may be missing from it, while
+        # basic.get already sees them. So read until the queue is empty.
         count = dlq.declaration_result.message_count or 0
         messages: list[DeadLetter] = []
-        while len(messages) < min(limit, count):
+        while len(messages) < limit:
             message = await dlq.get(no_ack=False, fail=False)
             if message is None:
                 break
             messages.append(DeadLetter.from_message(message))
-        return DeadLetterQueue(queue=queue, count=count, messages=messages)
+        return DeadLetterQueue(queue=queue, count=max(count, len(messages)), messages=messages)
     finally:
         # Closing without ack returns every message we looked at.
         if not channel.is_closed:
@@ -106,15 +110,23 @@ async def redrive(
             dlq = await channel.declare_queue(dead_letter_queue(queue), passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             return 0
-        pending = dlq.declaration_result.message_count or 0
-        for _ in range(min(pending, limit if message_ids is None else pending)):
+        # Not bounded by the declare's message count: it lags (see inspect).
+        # Skipped messages stay unacked on this channel, so get never returns
+        # them twice and the loop ends when the queue has nothing ready; a
+        # message this call moved that failed again straight back into the DLQ
+        # carries this call's token and is left there, not moved in a loop.
+        token = uuid.uuid4().hex
+        while moved < limit:
             message = await dlq.get(no_ack=False, fail=False)
             if message is None:
                 break
             if message_ids is not None and message.message_id not in message_ids:
                 continue  # returned to the DLQ when the channel closes
+            if _text((message.headers or {}).get("x-redrive-id")) == token:
+                continue  # likewise
             headers = dict(message.headers or {})
             headers["x-attempt"] = 0
+            headers["x-redrive-id"] = token
             headers["x-redriven-at"] = datetime.now(UTC).isoformat()
             await publisher.publish(
                 "", queue, message.body, message_id=message.message_id or "", headers=headers
@@ -122,8 +134,6 @@ async def redrive(
             await message.ack()
             moved += 1
             metrics.DEAD_LETTERS_REDRIVEN.labels(queue).inc()
-            if moved >= limit:
-                break
     finally:
         if not channel.is_closed:
             await channel.close()

@@ -4,10 +4,10 @@ aiohttp answers routing and protocol errors (404, 405, 413) with plain text by
 default; clients of a JSON API deserve JSON, so those are rewritten here, and
 an unexpected exception becomes a 500 without leaking its text.
 
-It sits on the webhook hot path, so it is kept to one layer and cheap:
-request ids are a per-process random prefix plus a counter (unique without a
-call into the OS per request), and metric children are looked up once per
-(route, method, status) and cached.
+It sits on the webhook hot path, so it is one layer and cheap: request ids
+are a per-process random prefix plus a counter (unique without a call into
+the OS per request), the log context is a single ContextVar, and metric
+children are looked up once per (route, method, status) and cached.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import structlog
 from aiohttp import web
 
 from shared import metrics
 from shared.http.errors import ApiError, json_error
-from shared.logging import get_logger
+from shared.logging import get_logger, log_context
 
 log = get_logger(__name__)
 
@@ -68,30 +67,22 @@ def _observe(route: str, method: str, status: int, seconds: float) -> None:
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = request.headers.get("X-Request-Id") or f"{_ID_PREFIX}-{next(_id_counter):x}"
     started = time.perf_counter()
-    status = 500
-    with structlog.contextvars.bound_contextvars(request_id=request_id):
+    with log_context(request_id=request_id):
         try:
-            response = await _json_errors(request, handler)
-            status = response.status
-            response.headers["X-Request-Id"] = request_id
-            return response
-        finally:
-            _observe(_route_name(request), request.method, status, time.perf_counter() - started)
-
-
-async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return exc.response()
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = _HTTP_CODES.get(exc.status, "http_error")
-        return json_error(exc.status, code, exc.reason, headers=_keep_headers(exc))
-    except Exception:
-        log.exception("unhandled_error", path=request.path)
-        return json_error(500, "internal_error", "internal error")
+            response = await handler(request)
+        except ApiError as exc:
+            response = exc.response()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = _HTTP_CODES.get(exc.status, "http_error")
+            response = json_error(exc.status, code, exc.reason, headers=_keep_headers(exc))
+        except Exception:
+            log.exception("unhandled_error", path=request.path)
+            response = json_error(500, "internal_error", "internal error")
+    response.headers["X-Request-Id"] = request_id
+    _observe(_route_name(request), request.method, response.status, time.perf_counter() - started)
+    return response
 
 
 def _keep_headers(exc: web.HTTPException) -> dict[str, str]:

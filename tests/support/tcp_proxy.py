@@ -1,7 +1,9 @@
 """A TCP proxy in front of RabbitMQ, to cut the connection like a network would.
 
 ``cut()`` drops every open connection at once (the client sees the socket
-die mid-stream); ``refuse()`` makes new connections fail until ``restore()``.
+die mid-stream); ``refuse()`` makes new connections fail until ``restore()``;
+``stall()`` keeps connections open but holds every byte back until
+``restore()`` (a broker that stopped answering: no error, no confirm).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._refusing = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.port = 0
 
     async def start(self) -> None:
@@ -38,8 +42,12 @@ class TcpProxy:
         self._refusing = True
         self.cut()
 
+    def stall(self) -> None:
+        self._flowing.clear()
+
     def restore(self) -> None:
         self._refusing = False
+        self._flowing.set()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._refusing:
@@ -58,6 +66,7 @@ class TcpProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         finally:

@@ -1,0 +1,182 @@
+"""Numbered SQL migrations: applied once, in order, by exactly one of several
+replicas starting together; a changed or misnamed file stops the start; a
+failing file leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from shared.migrations import MigrationError, migrate
+from tests.support import env
+
+FILES = {
+    "0001_accounts.sql": "CREATE TABLE accounts (id bigint PRIMARY KEY, name text NOT NULL);"
+    " CREATE TABLE applied (file text NOT NULL);"
+    " INSERT INTO applied VALUES ('0001');",
+    "0002_balances.sql": "ALTER TABLE accounts ADD COLUMN balance bigint NOT NULL DEFAULT 0;"
+    " INSERT INTO applied VALUES ('0002');",
+    "0010_seed.sql": "INSERT INTO accounts (id, name, balance) VALUES (1, 'house', 100);"
+    " INSERT INTO applied VALUES ('0010');",
+}
+
+
+@pytest.fixture
+async def schema(db: asyncpg.Connection) -> AsyncIterator[str]:
+    name = f"migrations_test_{uuid.uuid4().hex[:10]}"
+    yield name
+    await db.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Callable[[dict[str, str]], Path]:
+    def write(files: dict[str, str]) -> Path:
+        for name, sql in files.items():
+            (tmp_path / name).write_text(sql)
+        return tmp_path
+
+    return write
+
+
+async def _applied(db: asyncpg.Connection, schema: str) -> list[str]:
+    rows = await db.fetch(f"SELECT file FROM {schema}.applied ORDER BY file")  # noqa: S608
+    return [r["file"] for r in rows]
+
+
+async def _recorded(db: asyncpg.Connection, schema: str) -> list[tuple[int, str]]:
+    rows = await db.fetch(
+        f"SELECT version, name FROM {schema}.schema_migrations ORDER BY version"  # noqa: S608
+    )
+    return [(r["version"], r["name"]) for r in rows]
+
+
+async def test_applies_in_order_once(
+    db: asyncpg.Connection, schema: str, folder: Callable[[dict[str, str]], Path]
+) -> None:
+    directory = folder(FILES)
+
+    first = await migrate(db, schema, directory)
+    second = await migrate(db, schema, directory)
+
+    # 0010 sorts after 0002 and depends on its column: order is by number.
+    assert first == ["0001_accounts", "0002_balances", "0010_seed"]
+    assert second == []
+    assert await _applied(db, schema) == ["0001", "0002", "0010"]
+    assert await _recorded(db, schema) == [
+        (1, "0001_accounts"),
+        (2, "0002_balances"),
+        (10, "0010_seed"),
+    ]
+    assert await db.fetchval(f"SELECT balance FROM {schema}.accounts WHERE id = 1") == 100  # noqa: S608
+
+    # A new file later is applied on the next start, alone.
+    (directory / "0011_more.sql").write_text("INSERT INTO applied VALUES ('0011');")
+    assert await migrate(db, schema, directory) == ["0011_more"]
+    assert await _applied(db, schema) == ["0001", "0002", "0010", "0011"]
+
+
+async def test_replicas_starting_together_apply_each_file_exactly_once(
+    db: asyncpg.Connection, schema: str, folder: Callable[[dict[str, str]], Path]
+) -> None:
+    directory = folder(FILES)
+    # A slow first file widens the window in which the replicas overlap.
+    (directory / "0001_accounts.sql").write_text(
+        "SELECT pg_sleep(0.3); " + FILES["0001_accounts.sql"]
+    )
+    replicas = [await asyncpg.connect(env.DATABASE_URL) for _ in range(5)]
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(migrate(conn, schema, directory) for conn in replicas)), timeout=20
+        )
+    finally:
+        for conn in replicas:
+            await conn.close()
+
+    applied_by = sorted(name for result in results for name in result)
+    assert applied_by == ["0001_accounts", "0002_balances", "0010_seed"]
+    assert sum(1 for result in results if result) == 1  # one replica did all the work
+    assert await _applied(db, schema) == ["0001", "0002", "0010"]
+    assert len(await _recorded(db, schema)) == 3
+
+
+async def test_file_changed_after_it_was_applied_is_refused(
+    db: asyncpg.Connection, schema: str, folder: Callable[[dict[str, str]], Path]
+) -> None:
+    directory = folder(FILES)
+    await migrate(db, schema, directory)
+    (directory / "0002_balances.sql").write_text("ALTER TABLE accounts ADD COLUMN balance numeric;")
+    (directory / "0011_more.sql").write_text("INSERT INTO applied VALUES ('0011');")
+
+    with pytest.raises(MigrationError, match="0002_balances changed after it was applied"):
+        await migrate(db, schema, directory)
+
+    # Nothing after the refused file ran.
+    assert await _applied(db, schema) == ["0001", "0002", "0010"]
+    # And the lock was released: another start is not blocked behind it.
+    (directory / "0002_balances.sql").write_text(FILES["0002_balances.sql"])
+    assert await asyncio.wait_for(migrate(db, schema, directory), 5) == ["0011_more"]
+
+
+@pytest.mark.parametrize(
+    "bad_name", ["1_init.sql", "0001-init.sql", "0001_Init.sql", "0001_init.SQL.sql", "init.sql"]
+)
+async def test_bad_file_name_is_refused(
+    db: asyncpg.Connection,
+    schema: str,
+    folder: Callable[[dict[str, str]], Path],
+    bad_name: str,
+) -> None:
+    directory = folder({bad_name: "CREATE TABLE t (id int);"})
+
+    with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
+        await migrate(db, schema, directory)
+    assert await db.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", schema) == 0
+
+
+async def test_duplicate_numbers_are_refused(
+    db: asyncpg.Connection, schema: str, folder: Callable[[dict[str, str]], Path]
+) -> None:
+    directory = folder({"0001_a.sql": "SELECT 1;", "0001_b.sql": "SELECT 2;"})
+
+    with pytest.raises(MigrationError, match="duplicate migration numbers"):
+        await migrate(db, schema, directory)
+
+
+async def test_failing_migration_rolls_back_and_is_not_recorded(
+    db: asyncpg.Connection, schema: str, folder: Callable[[dict[str, str]], Path]
+) -> None:
+    directory = folder(
+        {
+            "0001_accounts.sql": FILES["0001_accounts.sql"],
+            "0002_broken.sql": "CREATE TABLE half_done (id int);"
+            " INSERT INTO applied VALUES ('0002');"
+            " SELECT 1 / 0;",
+        }
+    )
+
+    with pytest.raises(asyncpg.DivisionByZeroError):
+        await migrate(db, schema, directory)
+
+    assert await _recorded(db, schema) == [(1, "0001_accounts")]
+    assert await _applied(db, schema) == ["0001"]
+    assert await db.fetchval("SELECT to_regclass($1)", f"{schema}.half_done") is None
+
+    # Fixed, it applies on the next start (the lock was released and the
+    # connection is usable).
+    (directory / "0002_broken.sql").write_text(
+        "CREATE TABLE half_done (id int); INSERT INTO applied VALUES ('0002');"
+    )
+    assert await asyncio.wait_for(migrate(db, schema, directory), 5) == ["0002_broken"]
+    assert await _applied(db, schema) == ["0001", "0002"]
+
+
+async def test_invalid_schema_name_is_refused(
+    db: asyncpg.Connection, folder: Callable[[dict[str, str]], Path]
+) -> None:
+    with pytest.raises(MigrationError, match="invalid schema name"):
+        await migrate(db, "billing; DROP SCHEMA public", folder(FILES))

@@ -1,0 +1,126 @@
+"""The confirming publisher says "published" only when the broker has the
+message, and fails fast and clearly otherwise."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import aio_pika
+import pytest
+
+from shared.broker.errors import PublishFailed
+from shared.broker.publisher import Publisher
+from tests.support import env
+from tests.support.amqp import amqp_url_via_port, take_all
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import eventually
+
+
+@pytest.fixture
+async def publisher() -> AsyncIterator[Publisher]:
+    running = Publisher(env.AMQP_URL, name="test-publisher", confirm_timeout=2.0)
+    await running.start(wait=5.0)
+    assert running.ready
+    yield running
+    await running.close()
+
+
+@pytest.fixture
+async def lonely_exchange() -> AsyncIterator[str]:
+    """A topic exchange no queue is bound to."""
+    name = f"test.unbound.{uuid.uuid4().hex[:10]}"
+    connection = await aio_pika.connect(env.AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=False)
+        yield name
+        await channel.exchange_delete(name)
+
+
+async def test_publish_to_an_exchange_without_queues_is_unroutable(
+    publisher: Publisher, lonely_exchange: str
+) -> None:
+    with pytest.raises(PublishFailed) as failed:
+        await publisher.publish(lonely_exchange, "a.b", b"{}", message_id="evt_unroutable")
+    assert failed.value.reason == "unroutable"
+
+    # The channel stays usable: the next publish to the same exchange fails
+    # the same way (not with a closed channel).
+    with pytest.raises(PublishFailed) as again:
+        await publisher.publish(lonely_exchange, "a.b", b"{}", message_id="evt_unroutable_2")
+    assert again.value.reason == "unroutable"
+
+
+async def test_publish_to_a_missing_queue_is_unroutable(publisher: Publisher) -> None:
+    with pytest.raises(PublishFailed) as failed:
+        await publisher.publish(
+            "", f"test.no-such-queue.{uuid.uuid4().hex}", b"{}", message_id="evt_nowhere"
+        )
+    assert failed.value.reason == "unroutable"
+
+
+async def test_confirmed_publish_is_in_the_queue(publisher: Publisher) -> None:
+    queue = f"test.publisher.{uuid.uuid4().hex[:10]}"
+    connection = await aio_pika.connect(env.AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(queue, durable=True, arguments={"x-queue-type": "quorum"})
+        try:
+            await publisher.publish(
+                "", queue, b'{"id": "evt_1"}', message_id="evt_1", headers={"x-test": "yes"}
+            )
+            [message] = await take_all(queue)
+            assert message.body == b'{"id": "evt_1"}'
+            assert message.message_id == "evt_1"
+            assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+            assert message.headers["x-test"] in ("yes", b"yes")
+        finally:
+            await channel.queue_delete(queue)
+
+
+async def test_not_connected_fails_at_once_with_broker_unavailable() -> None:
+    never_started = Publisher(env.AMQP_URL, name="test-never-started", confirm_timeout=2.0)
+
+    started = time.monotonic()
+    with pytest.raises(PublishFailed) as failed:
+        await never_started.publish("stripe.events", "a.b", b"{}", message_id="evt_x")
+    assert failed.value.reason == "broker_unavailable"
+    assert time.monotonic() - started < 0.1
+
+
+async def test_broker_unreachable_fails_at_once_then_recovers() -> None:
+    broker = urlsplit(env.AMQP_URL)
+    proxy = TcpProxy(broker.hostname or "127.0.0.1", broker.port or 5672)
+    await proxy.start()
+    proxy.refuse()
+    publisher = Publisher(
+        amqp_url_via_port(proxy.port), name="test-unreachable", confirm_timeout=2.0
+    )
+    try:
+        await publisher.start(wait=0.5)
+        assert not publisher.ready
+
+        started = time.monotonic()
+        with pytest.raises(PublishFailed) as failed:
+            await publisher.publish("stripe.events", "a.b", b"{}", message_id="evt_y")
+        assert failed.value.reason == "broker_unavailable"
+        assert time.monotonic() - started < 0.1
+
+        proxy.restore()
+        assert await publisher.wait_ready(within=10.0)
+        queue = f"test.publisher.{uuid.uuid4().hex[:10]}"
+        connection = await aio_pika.connect(env.AMQP_URL)
+        async with connection:
+            channel = await connection.channel()
+            await channel.declare_queue(queue, arguments={"x-queue-type": "quorum"}, durable=True)
+            try:
+                await publisher.publish("", queue, b"{}", message_id="evt_z")
+                await eventually(lambda: take_all(queue), until=lambda m: len(m) == 1)
+            finally:
+                await channel.queue_delete(queue)
+    finally:
+        await publisher.close()
+        await proxy.stop()

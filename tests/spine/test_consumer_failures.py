@@ -1,0 +1,412 @@
+"""The consumer base's ack rule under failing handlers: bounded retries with
+growing delays, then the dead-letter queue an operator can see and redrive;
+invalid messages dead-lettered at once; effects applied exactly once.
+
+These tests run a handler of their own on the real ``Consumer`` base, on a
+queue of their own bound to ``stripe.events`` with a routing key nobody else
+uses, and keep the handler's effect in a scratch schema.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import aiohttp
+import asyncpg
+import orjson
+import pytest
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from shared import queues
+from shared.broker.consumer import ANY_TYPE, Consumer, Handler
+from shared.broker.errors import InvalidMessage, RetryLater
+from shared.broker.publisher import Publisher
+from shared.broker.topology import STRIPE_EVENTS, Binding, ConsumerQueue
+from shared.db import DbConnection, create_pool
+from tests.support import env
+from tests.support import stripe_objects as so
+from tests.support.amqp import message_count, publish_raw, take_all
+from tests.support.gateway_client import admin_get, admin_post, post_event
+from tests.support.stack import Stack, delete_queues, queue_family, start_stack
+from tests.support.waiting import eventually
+
+DELAYS = tuple(env.FAST_RETRY_DELAYS_MS)
+
+_INBOX_DDL = """
+CREATE TABLE inbox (
+    queue           text        NOT NULL,
+    event_id        text        NOT NULL,
+    event_type      text        NOT NULL,
+    first_seen_at   timestamptz NOT NULL DEFAULT now(),
+    last_seen_at    timestamptz NOT NULL DEFAULT now(),
+    duplicate_count integer     NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, event_id)
+);
+-- What the test handlers do: no unique key, so a leaked write shows as a row.
+CREATE TABLE effects (event_id text NOT NULL, note text NOT NULL);
+"""
+
+
+class ObservedConsumer(Consumer):
+    """The real consumer; it only notes when each delivery arrived, with its x-attempt."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.deliveries: dict[str, list[tuple[float, int | None]]] = defaultdict(list)
+
+    async def process(self, message: AbstractIncomingMessage) -> None:
+        attempt = (message.headers or {}).get("x-attempt")
+        self.deliveries[message.message_id or ""].append(
+            (time.monotonic(), attempt if isinstance(attempt, int) else None)
+        )
+        await super().process(message)
+
+
+@dataclass
+class Bench:
+    schema: str
+    routing_key: str
+    spec: ConsumerQueue
+    pool: asyncpg.Pool
+    publisher: Publisher
+    connection: AbstractRobustConnection
+    consumers: list[Consumer] = field(default_factory=list)
+
+    async def start(self, handler: Handler) -> ObservedConsumer:
+        consumer = ObservedConsumer(
+            queue=self.spec,
+            pool=self.pool,
+            publisher=self.publisher,
+            handlers={ANY_TYPE: handler},
+            prefetch=8,
+        )
+        await consumer.start(self.connection)
+        self.consumers.append(consumer)
+        return consumer
+
+    def event(self) -> dict[str, Any]:
+        return {
+            "id": so.new_id("evt"),
+            "object": "event",
+            "type": self.routing_key,
+            "created": int(time.time()),
+            "data": {"object": {"id": so.new_id("thing")}},
+        }
+
+    async def send(self, body: dict[str, Any] | bytes, message_id: str | None = None) -> str:
+        raw = body if isinstance(body, bytes) else orjson.dumps(body)
+        mid = message_id or (body["id"] if isinstance(body, dict) else so.new_id("evt"))
+        await publish_raw(STRIPE_EVENTS, self.routing_key, raw, message_id=mid)
+        return mid
+
+    async def effects(self, event_id: str) -> list[str]:
+        rows = await self.pool.fetch(
+            "SELECT note FROM effects WHERE event_id = $1 ORDER BY note", event_id
+        )
+        return [r["note"] for r in rows]
+
+    async def inbox_rows(self, event_id: str) -> int:
+        return await self.pool.fetchval("SELECT count(*) FROM inbox WHERE event_id = $1", event_id)
+
+
+@pytest.fixture
+async def bench() -> AsyncIterator[Bench]:
+    suffix = uuid.uuid4().hex[:10]
+    schema = f"spine_consumer_{suffix}"
+    routing_key = f"test.consumer_failures_{suffix}.event"
+    spec = ConsumerQueue(
+        name=f"test.consumer-failures.{suffix}",
+        bindings=(Binding(STRIPE_EVENTS, routing_key),),
+        retry_delays_ms=DELAYS,
+    )
+    admin = await asyncpg.connect(env.DATABASE_URL)
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    await admin.execute(f"SET search_path TO {schema}; {_INBOX_DDL}")
+    pool = await create_pool(env.DATABASE_URL, schema, min_size=1, max_size=4)
+    publisher = Publisher(env.AMQP_URL, name="test-consumer-failures", confirm_timeout=2.0)
+    await publisher.start(wait=5.0)
+    connection = await aio_pika.connect_robust(env.AMQP_URL)
+    running = Bench(schema, routing_key, spec, pool, publisher, connection)
+    try:
+        yield running
+    finally:
+        for consumer in running.consumers:
+            await consumer.stop(grace=2.0)
+        await connection.close()
+        await publisher.close()
+        await pool.close()
+        await delete_queues(queue_family(spec.name, DELAYS))
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin.close()
+
+
+def _header(message: AbstractIncomingMessage, name: str) -> Any:
+    value = (message.headers or {}).get(name)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _dead_letters(bench: Bench, expected: int = 1) -> list[AbstractIncomingMessage]:
+    await eventually(
+        lambda: message_count(bench.spec.dead_letter_queue),
+        until=lambda n: n >= expected,
+        timeout=10,
+        what=f"{expected} message(s) in {bench.spec.dead_letter_queue}",
+    )
+    return await take_all(bench.spec.dead_letter_queue)
+
+
+async def test_always_failing_handler_backs_off_then_dead_letters_then_redrives(
+    clean_state: None, bench: Bench, http: aiohttp.ClientSession
+) -> None:
+    broken = {"yes": True}
+
+    async def handler(body: dict[str, Any], conn: DbConnection) -> None:
+        await conn.execute(
+            "INSERT INTO effects (event_id, note) VALUES ($1, 'applied')", body["id"]
+        )
+        if broken["yes"]:
+            raise RuntimeError("ledger upstream exploded")
+
+    consumer = await bench.start(handler)
+    stack = await start_stack(webhooks={"dead_letter_queues": bench.spec.name})
+    try:
+        evt = bench.event()
+        await bench.send(evt)
+
+        # The operator sees it in the admin API once the retries are spent.
+        view = await eventually(
+            lambda: admin_get(http, stack.gateway, "/v1/admin/dead-letters", queue=bench.spec.name),
+            until=lambda v: v["queues"][0]["count"] == 1,
+            timeout=10,
+            what="dead letter visible through the admin API",
+        )
+        attempts = consumer.deliveries[evt["id"]]
+        assert len(attempts) == 1 + len(DELAYS)
+        assert [a for _, a in attempts] == [None, 1, 2, 3]
+        gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(attempts)]
+        for gap, delay_ms in zip(gaps, DELAYS, strict=True):
+            assert gap >= delay_ms / 1000 * 0.9, gaps
+        assert gaps == sorted(gaps), f"delays do not grow: {gaps}"
+        # Each failed attempt rolled its write back with it.
+        assert await bench.effects(evt["id"]) == []
+        assert await bench.inbox_rows(evt["id"]) == 0
+
+        queue_view = view["queues"][0]
+        assert queue_view["dead_letter_queue"] == f"{bench.spec.name}.dlq"
+        [letter] = queue_view["messages"]
+        assert letter["message_id"] == evt["id"]
+        assert letter["event_type"] == bench.routing_key
+        assert letter["attempts"] == len(DELAYS)
+        assert letter["last_error"] == "RuntimeError: ledger upstream exploded"
+        assert letter["original_routing_key"] == bench.routing_key
+        # Looking does not consume.
+        again = await admin_get(
+            http, stack.gateway, "/v1/admin/dead-letters", queue=bench.spec.name
+        )
+        assert again["queues"][0]["count"] == 1
+
+        broken["yes"] = False
+        status, answer = await admin_post(
+            http, stack.gateway, "/v1/admin/dead-letters/redrive", {"queue": bench.spec.name}
+        )
+        assert (status, answer) == (200, {"queue": bench.spec.name, "redriven": 1})
+
+        await eventually(
+            lambda: bench.effects(evt["id"]), until=lambda e: e == ["applied"], what="applied"
+        )
+        await eventually(
+            lambda: admin_get(http, stack.gateway, "/v1/admin/dead-letters", queue=bench.spec.name),
+            until=lambda v: v["queues"][0]["count"] == 0,
+            what="dead-letter queue empty",
+        )
+        assert len(consumer.deliveries[evt["id"]]) == 1 + len(DELAYS) + 1
+        assert consumer.deliveries[evt["id"]][-1][1] == 0  # redriven with a fresh attempt count
+        assert await bench.inbox_rows(evt["id"]) == 1
+    finally:
+        await stack.stop()
+
+
+async def test_invalid_message_goes_straight_to_the_dead_letter_queue(bench: Bench) -> None:
+    calls: list[str] = []
+
+    async def handler(body: dict[str, Any], conn: DbConnection) -> None:
+        calls.append(body["id"])
+        raise InvalidMessage("amount must be an integer")
+
+    consumer = await bench.start(handler)
+    evt = bench.event()
+    await bench.send(evt)
+
+    [letter] = await _dead_letters(bench)
+    assert letter.message_id == evt["id"]
+    assert _header(letter, "x-attempt") == 0
+    assert _header(letter, "x-last-error") == "InvalidMessage: amount must be an integer"
+    assert _header(letter, "x-origin-queue") == bench.spec.name
+    assert orjson.loads(letter.body) == evt
+    assert calls == [evt["id"]]
+    assert len(consumer.deliveries[evt["id"]]) == 1
+    assert await bench.inbox_rows(evt["id"]) == 0
+
+
+async def test_retry_later_is_retried_until_it_succeeds_once(bench: Bench) -> None:
+    calls: list[str] = []
+
+    async def handler(body: dict[str, Any], conn: DbConnection) -> None:
+        calls.append(body["id"])
+        if len(calls) < 3:
+            raise RetryLater("customer not seen yet")
+        await conn.execute(
+            "INSERT INTO effects (event_id, note) VALUES ($1, 'applied')", body["id"]
+        )
+
+    consumer = await bench.start(handler)
+    evt = bench.event()
+    await bench.send(evt)
+
+    await eventually(
+        lambda: bench.effects(evt["id"]), until=lambda e: e == ["applied"], what="applied"
+    )
+    assert [a for _, a in consumer.deliveries[evt["id"]]] == [None, 1, 2]
+    assert await bench.inbox_rows(evt["id"]) == 1
+    assert await message_count(bench.spec.dead_letter_queue) == 0
+    # Delivered again (a broker redelivery, a replay): the effect stays single.
+    await bench.send(evt)
+    await eventually(
+        lambda: bench.pool.fetchval(
+            "SELECT duplicate_count FROM inbox WHERE event_id = $1", evt["id"]
+        ),
+        until=lambda n: n == 1,
+        what="duplicate counted",
+    )
+    assert await bench.effects(evt["id"]) == ["applied"]
+    assert len(calls) == 3
+
+
+async def test_non_json_body_is_dead_lettered(bench: Bench) -> None:
+    calls: list[str] = []
+
+    async def handler(body: dict[str, Any], conn: DbConnection) -> None:
+        calls.append(body["id"])
+
+    await bench.start(handler)
+    mid = await bench.send(b"<html>502 Bad Gateway</html>")
+
+    [letter] = await _dead_letters(bench)
+    assert letter.message_id == mid
+    assert letter.body == b"<html>502 Bad Gateway</html>"
+    assert _header(letter, "x-attempt") == 0
+    assert _header(letter, "x-last-error").startswith("InvalidMessage: body is not JSON")
+    assert calls == []
+
+
+async def test_effect_and_inbox_row_commit_together(bench: Bench) -> None:
+    calls: list[str] = []
+
+    async def handler(body: dict[str, Any], conn: DbConnection) -> None:
+        calls.append(body["id"])
+        await conn.execute(
+            "INSERT INTO effects (event_id, note) VALUES ($1, $2)", body["id"], f"try{len(calls)}"
+        )
+        if len(calls) == 1:
+            raise ConnectionResetError("payment provider hung up after our write")
+
+    await bench.start(handler)
+    evt = bench.event()
+    await bench.send(evt)
+
+    # The first attempt wrote, then failed: its write went with its rollback.
+    await eventually(lambda: bench.effects(evt["id"]), what="effect of the retry")
+    assert await bench.effects(evt["id"]) == ["try2"]
+    assert await bench.inbox_rows(evt["id"]) == 1
+    assert len(calls) == 2
+
+
+async def test_operator_always_sees_every_dead_letter_and_a_redrive_moves_each_once(
+    clean_state: None, bench: Bench, http: aiohttp.ClientSession
+) -> None:
+    async def handler(body: dict[str, Any], conn: DbConnection) -> None:
+        raise InvalidMessage("still broken")
+
+    await bench.start(handler)
+    stack = await start_stack(webhooks={"dead_letter_queues": bench.spec.name})
+    try:
+        sent = {await bench.send(bench.event()) for _ in range(3)}
+        await eventually(
+            lambda: message_count(bench.spec.dead_letter_queue),
+            until=lambda n: n == 3,
+            what="three dead letters",
+        )
+        # Looking returns the messages to the queue; looking again at once
+        # (a second operator, a refreshing dashboard) still sees all of them.
+        for _ in range(15):
+            view = await admin_get(
+                http, stack.gateway, "/v1/admin/dead-letters", queue=bench.spec.name
+            )
+            queue_view = view["queues"][0]
+            assert queue_view["count"] == 3
+            assert {m["message_id"] for m in queue_view["messages"]} == sent
+
+        # The handler still fails: each message is moved once and comes back,
+        # not moved round and round within the same redrive.
+        status, answer = await admin_post(
+            http, stack.gateway, "/v1/admin/dead-letters/redrive", {"queue": bench.spec.name}
+        )
+        assert (status, answer) == (200, {"queue": bench.spec.name, "redriven": 3})
+        view = await eventually(
+            lambda: admin_get(http, stack.gateway, "/v1/admin/dead-letters", queue=bench.spec.name),
+            until=lambda v: v["queues"][0]["count"] == 3,
+            what="the three messages back in the dead-letter queue",
+        )
+        assert {m["message_id"] for m in view["queues"][0]["messages"]} == sent
+    finally:
+        await stack.stop()
+
+
+async def test_invalid_subscription_event_is_dead_lettered_without_retries(
+    stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    sub = so.subscription(status="active")
+    sub["status"] = "bogus"
+    evt = so.event("customer.subscription.updated", sub)
+
+    status, _ = await post_event(http, stack.gateway, evt)
+    assert status == 200
+
+    view = await eventually(
+        lambda: admin_get(
+            http, stack.gateway, "/v1/admin/dead-letters", queue=queues.SUBSCRIPTIONS_STRIPE
+        ),
+        until=lambda v: v["queues"][0]["count"] == 1,
+        timeout=10,
+        what="invalid subscription event dead-lettered",
+    )
+    [letter] = view["queues"][0]["messages"]
+    assert letter["message_id"] == evt["id"]
+    assert letter["event_type"] == "customer.subscription.updated"
+    assert letter["attempts"] == 0
+    assert "ValidationError" in letter["last_error"]
+    assert "status" in letter["last_error"]
+    # Nothing half-applied; the ledger still keeps the event as Stripe sent it.
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM subscriptions.subscriptions WHERE stripe_subscription_id = $1",
+            sub["id"],
+        )
+        == 0
+    )
+    assert await db.fetchval("SELECT count(*) FROM subscriptions.inbox") == 0
+    await eventually(
+        lambda: db.fetchval("SELECT count(*) FROM webhooks.events WHERE id = $1", evt["id"]),
+        until=lambda n: n == 1,
+        what="event in the ledger",
+    )
+    # No retry copies are waiting either.
+    for delay in env.FAST_RETRY_DELAYS_MS:
+        assert await message_count(f"{queues.SUBSCRIPTIONS_STRIPE}.retry.{delay}ms") == 0

@@ -1,0 +1,78 @@
+"""Raw AMQP access for tests: publish a message as-is, read a queue's messages."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+
+from tests.support import env
+
+
+def amqp_url_via_port(port: int) -> str:
+    """``env.AMQP_URL`` (same credentials and vhost) reached through another port."""
+    parts = urlsplit(env.AMQP_URL)
+    credentials = parts.netloc.rpartition("@")[0]
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def publish_raw(
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    *,
+    message_id: str,
+    headers: dict[str, Any] | None = None,
+) -> None:
+    connection = await aio_pika.connect(env.AMQP_URL)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        target = (
+            channel.default_exchange
+            if exchange == ""
+            else await channel.get_exchange(exchange, ensure=False)
+        )
+        await target.publish(
+            aio_pika.Message(
+                body,
+                message_id=message_id,
+                headers=headers,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=routing_key,
+            mandatory=True,
+        )
+
+
+async def take_all(queue: str, *, limit: int = 100) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Consume (ack) every message currently in ``queue``; [] when it does not exist."""
+    connection = await aio_pika.connect(env.AMQP_URL)
+    taken: list[aio_pika.abc.AbstractIncomingMessage] = []
+    async with connection:
+        channel = await connection.channel()
+        try:
+            amqp_queue = await channel.declare_queue(queue, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return taken
+        while len(taken) < limit:
+            message = await amqp_queue.get(no_ack=True, fail=False)
+            if message is None:
+                break
+            taken.append(message)
+    return taken
+
+
+async def message_count(queue: str) -> int:
+    """Ready messages in ``queue`` (0 when it does not exist)."""
+    connection = await aio_pika.connect(env.AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        try:
+            amqp_queue = await channel.declare_queue(queue, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return 0
+        return amqp_queue.declaration_result.message_count or 0
