@@ -2,8 +2,8 @@
 
 ``python -m services.subscriptions.seed_catalog [--catalog PATH]``
 
-Uses ``STRIPE_SECRET_KEY`` (default ``sk_test_sandbox``) and, when set,
-``STRIPE_API_BASE`` as the API base (e.g. the test sandbox). Each price is
+Uses ``STRIPE_SECRET_KEY`` and, when set, ``STRIPE_API_BASE`` as the API
+base (e.g. the offline sandbox, which needs no key). Each price is
 looked up by its ``lookup_key`` first; products get stable ids, and every
 create carries an Idempotency-Key derived from the lookup key, so re-running
 after a partial failure, or concurrently, never makes duplicates.
@@ -19,12 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import stripe
-from pydantic import SecretStr
 
 from shared.stripe_client import StripeSettings, stripe_client
 
 CATALOG_PATH = Path(__file__).resolve().parent / "catalog.json"
-DEFAULT_KEY = "sk_test_sandbox"
 INTERVALS = ("day", "week", "month", "year")
 
 
@@ -90,11 +88,7 @@ def load_catalog(path: Path = CATALOG_PATH) -> list[CatalogPrice]:
 
 
 def make_client() -> stripe.StripeClient:
-    settings = StripeSettings()
-    if settings.stripe_secret_key is None:
-        # Seeding the local sandbox needs no real key; it accepts any sk_test_.
-        settings = settings.model_copy(update={"stripe_secret_key": SecretStr(DEFAULT_KEY)})
-    return stripe_client(settings)
+    return stripe_client(StripeSettings())
 
 
 def _ensure_product(client: stripe.StripeClient, item: CatalogPrice) -> tuple[str, bool]:

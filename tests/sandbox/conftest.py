@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import requests
 import stripe
-from sandbox_helpers import REPO_ROOT, Sandbox, free_port
+
+from tests.sandbox.sandbox_helpers import REPO_ROOT, Sandbox, free_port
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import stripe
 from aiohttp import web
-from sandbox_helpers import API_KEY, Sandbox, free_port
+
+from tests.sandbox.sandbox_helpers import API_KEY, Sandbox, free_port
 
 SECRET = "whsec_test_sandbox_secret"
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 import stripe
-from sandbox_helpers import API_KEY, Sandbox, new_customer
 
+from tests.sandbox.sandbox_helpers import API_KEY, Sandbox, new_customer
 from tests.stripe_sandbox.forms import decode
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 import stripe
-from sandbox_helpers import Sandbox, new_customer
+
+from tests.sandbox.sandbox_helpers import Sandbox, new_customer
 
 
 def test_payment_intent_and_refunds(client: stripe.StripeClient) -> None:

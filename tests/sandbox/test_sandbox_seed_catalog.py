@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import stripe
-from sandbox_helpers import REPO_ROOT, Sandbox
 
 from services.subscriptions.seed_catalog import load_catalog
+from tests.sandbox.sandbox_helpers import REPO_ROOT, Sandbox
 
 EXPECTED = {
     "hot_desk_monthly": 19900,

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import stripe
-from sandbox_helpers import Sandbox, new_customer
+
+from tests.sandbox.sandbox_helpers import Sandbox, new_customer
 
 FIXTURES = Path(
     os.environ.get(
