@@ -191,7 +191,11 @@ class ConfirmConnection(asyncio.Protocol):
 
     @property
     def usable(self) -> bool:
-        return not self.closed.done() and self._blocked is None
+        """Open, not blocked by the broker, and confirming: no publish past its deadline."""
+        if self.closed.done() or self._blocked is not None:
+            return False
+        oldest = self._pending.get(self._lowest_pending)
+        return oldest is None or oldest.deadline > time.monotonic()
 
     def publish(
         self,

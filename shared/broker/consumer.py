@@ -72,6 +72,10 @@ class Consumer:
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._consumer_tag: str | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
+        # Export every outcome from the start: an alert on the increase of
+        # dead_lettered must see the series at 0 before the first one.
+        for outcome in ("processed", "duplicate", "retried", "dead_lettered"):
+            metrics.MESSAGES_HANDLED.labels(queue.name, outcome)
 
     async def start(self, connection: AbstractRobustConnection) -> None:
         self._channel = await connection.channel(publisher_confirms=False)

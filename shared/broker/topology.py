@@ -34,6 +34,11 @@ EXCHANGES = (STRIPE_EVENTS, BILLING_EVENTS)
 # Redeliveries after which RabbitMQ itself dead-letters a message (a consumer
 # crashing on it, or a connection dropping mid-handle, each count as one).
 DELIVERY_LIMIT = 20
+# Dead-letter queues are read by peeking (get, then return), and every return
+# counts as a delivery. Quorum queues on RabbitMQ 4 default to a limit of 20
+# and would then drop the dead letter; an explicit, practically unreachable
+# limit keeps it (on 3.x, -1 would drop on the first return instead).
+DEAD_LETTER_DELIVERY_LIMIT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,11 @@ async def declare_exchanges(channel: AbstractChannel) -> dict[str, AbstractExcha
 
 async def declare_consumer_queue(channel: AbstractChannel, spec: ConsumerQueue) -> AbstractQueue:
     exchanges = await declare_exchanges(channel)
-    await channel.declare_queue(spec.dead_letter_queue, durable=True, arguments=_quorum())
+    await channel.declare_queue(
+        spec.dead_letter_queue,
+        durable=True,
+        arguments=_quorum(**{"x-delivery-limit": DEAD_LETTER_DELIVERY_LIMIT}),
+    )
     for delay in sorted(set(spec.retry_delays_ms)):
         await channel.declare_queue(
             f"{spec.name}.retry.{delay}ms",

@@ -199,12 +199,16 @@ async def test_broker_not_confirming_gives_503_within_the_confirm_timeout(
     proxy.stall()
     try:
         status, answer, took = await _timed_post(http, stack, evt)
+        # A broker that takes messages and never confirms is not a ready one.
+        ready_status, readiness = await _readyz(http, stack)
     finally:
         proxy.restore()
 
     assert status == 503
     assert answer["error"]["code"] == "broker_unavailable"
     assert 1.5 < took < ANSWER_BOUND_S  # waited for the 2 s confirm timeout, no longer
+    assert ready_status == 503
+    assert readiness["checks"]["broker"] is False
 
     await _wait_ready(http, stack)
     status, answer, _ = await _timed_post(http, stack, evt)
