@@ -52,11 +52,22 @@ def load_migrations(directory: Path) -> list[Migration]:
     return migrations
 
 
-async def migrate(conn: DbConnection, schema: str, directory: Path) -> list[str]:
-    """Apply pending migrations of ``schema``; return the names applied."""
+# Tables every service schema has because shared code uses them: the
+# consumer's inbox and the API's idempotency keys. Their DDL lives once, here,
+# and is applied to each schema before the service's own migrations.
+SHARED_MIGRATIONS = Path(__file__).parent / "sql"
+
+
+async def migrate(
+    conn: DbConnection, schema: str, directory: Path, *, shared: Path | None = None
+) -> list[str]:
+    """Apply pending migrations of ``schema``: those in ``shared`` first (tracked
+    as source ``shared``), then ``directory`` (source ``service``); return the
+    names applied, shared ones prefixed ``shared/``."""
     if not _SCHEMA.match(schema):
         raise MigrationError(f"invalid schema name: {schema!r}")
-    migrations = load_migrations(directory)
+    sources = [("shared", load_migrations(shared))] if shared is not None else []
+    sources.append(("service", load_migrations(directory)))
     applied_now: list[str] = []
     # Session-level lock: held across the per-file transactions below.
     await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"migrations:{schema}")
@@ -66,33 +77,40 @@ async def migrate(conn: DbConnection, schema: str, directory: Path) -> list[str]
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         await conn.execute(
             f"""CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
-                    version integer PRIMARY KEY,
+                    source text NOT NULL,
+                    version integer NOT NULL,
                     name text NOT NULL,
                     checksum text NOT NULL,
-                    applied_at timestamptz NOT NULL DEFAULT now())"""
+                    applied_at timestamptz NOT NULL DEFAULT now(),
+                    PRIMARY KEY (source, version))"""
         )
-        rows = await conn.fetch(f"SELECT version, name, checksum FROM {schema}.schema_migrations")  # noqa: S608
-        done = {r["version"]: r for r in rows}
-        for migration in migrations:
-            previous = done.get(migration.version)
-            if previous is not None:
-                if previous["checksum"] != migration.checksum:
-                    raise MigrationError(
-                        f"{schema}: migration {migration.name} changed after it was applied"
+        rows = await conn.fetch(
+            f"SELECT source, version, checksum FROM {schema}.schema_migrations"  # noqa: S608
+        )
+        done = {(r["source"], r["version"]): r["checksum"] for r in rows}
+        for source, migrations in sources:
+            for migration in migrations:
+                label = migration.name if source == "service" else f"{source}/{migration.name}"
+                checksum = done.get((source, migration.version))
+                if checksum is not None:
+                    if checksum != migration.checksum:
+                        raise MigrationError(
+                            f"{schema}: migration {label} changed after it was applied"
+                        )
+                    continue
+                async with conn.transaction():
+                    await conn.execute(f"SET LOCAL search_path TO {schema}")
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        f"INSERT INTO {schema}.schema_migrations"  # noqa: S608
+                        " (source, version, name, checksum) VALUES ($1, $2, $3, $4)",
+                        source,
+                        migration.version,
+                        migration.name,
+                        migration.checksum,
                     )
-                continue
-            async with conn.transaction():
-                await conn.execute(f"SET LOCAL search_path TO {schema}")
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    f"INSERT INTO {schema}.schema_migrations (version, name, checksum)"  # noqa: S608
-                    " VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    migration.checksum,
-                )
-            applied_now.append(migration.name)
-            log.info("migration_applied", schema=schema, migration=migration.name)
+                applied_now.append(label)
+                log.info("migration_applied", schema=schema, migration=label)
     finally:
         await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", f"migrations:{schema}")
     return applied_now

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 
 import aio_pika
@@ -23,14 +23,15 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
-from shared.broker.consumer import Consumer
+from shared.broker.consumer import Consumer, Handler
 from shared.broker.publisher import Publisher
+from shared.broker.topology import ConsumerQueue
 from shared.db import create_pool
 from shared.http.health import add_health_routes
 from shared.http.internal_auth import require_service_token
 from shared.http.middleware import observe
 from shared.logging import configure_logging, get_logger
-from shared.migrations import migrate
+from shared.migrations import SHARED_MIGRATIONS, migrate
 from shared.settings import ServiceSettings
 
 log = get_logger(__name__)
@@ -66,7 +67,7 @@ def postgres(settings: ServiceSettings, schema: str, migrations: Path) -> Cleanu
         )
         if settings.migrate_on_start:
             async with pool.acquire() as conn:
-                await migrate(conn, schema, migrations)
+                await migrate(conn, schema, migrations, shared=SHARED_MIGRATIONS)
         app[POOL] = pool
         yield
         await pool.close()
@@ -113,6 +114,36 @@ def consumers(build: Callable[[web.Application], Sequence[Consumer]]) -> Cleanup
         await asyncio.gather(*(c.stop() for c in started))
 
     return ctx
+
+
+def service_app(
+    settings: ServiceSettings,
+    *,
+    name: str,
+    schema: str,
+    migrations: Path,
+    consumes: Sequence[tuple[ConsumerQueue, Mapping[str, Handler]]] = (),
+) -> web.Application:
+    """A service with a schema, a broker connection, its consumers and health routes."""
+    app = base_app(settings)
+    app.cleanup_ctx.extend([postgres(settings, schema, migrations), broker(settings, name)])
+    if consumes:
+        app.cleanup_ctx.append(
+            consumers(
+                lambda app: [
+                    Consumer(
+                        queue=queue,
+                        pool=app[POOL],
+                        publisher=app[PUBLISHER],
+                        handlers=handlers,
+                        prefetch=settings.consumer_prefetch,
+                    )
+                    for queue, handlers in consumes
+                ]
+            )
+        )
+    add_standard_routes(app)
+    return app
 
 
 def add_standard_routes(app: web.Application) -> None:
@@ -169,7 +200,7 @@ async def _tune_gc(_: web.Application) -> None:
 async def _migrate_only(settings: ServiceSettings, schema: str, migrations: Path) -> list[str]:
     conn = await asyncpg.connect(settings.database_url)
     try:
-        return await migrate(conn, schema, migrations)
+        return await migrate(conn, schema, migrations, shared=SHARED_MIGRATIONS)
     finally:
         await conn.close()
 

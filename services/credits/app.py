@@ -19,12 +19,4 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def create_app(settings: CreditsSettings) -> web.Application:
-    app = runtime.base_app(settings)
-    app.cleanup_ctx.extend(
-        [
-            runtime.postgres(settings, SCHEMA, MIGRATIONS),
-            runtime.broker(settings, "credits"),
-        ]
-    )
-    runtime.add_standard_routes(app)
-    return app
+    return runtime.service_app(settings, name="credits", schema=SCHEMA, migrations=MIGRATIONS)

@@ -19,12 +19,4 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def create_app(settings: RetrySettings) -> web.Application:
-    app = runtime.base_app(settings)
-    app.cleanup_ctx.extend(
-        [
-            runtime.postgres(settings, SCHEMA, MIGRATIONS),
-            runtime.broker(settings, "retry"),
-        ]
-    )
-    runtime.add_standard_routes(app)
-    return app
+    return runtime.service_app(settings, name="retry", schema=SCHEMA, migrations=MIGRATIONS)

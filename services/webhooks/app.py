@@ -10,34 +10,20 @@ from services.webhooks.api import SETTINGS, add_routes
 from services.webhooks.ledger import ledger_queue, store_event
 from services.webhooks.settings import WebhooksSettings
 from shared import runtime
-from shared.broker.consumer import ANY_TYPE, Consumer
+from shared.broker.consumer import ANY_TYPE
 
 SCHEMA = "webhooks"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def create_app(settings: WebhooksSettings) -> web.Application:
-    app = runtime.base_app(settings)
-    app[SETTINGS] = settings
-
-    def build_consumers(app: web.Application) -> list[Consumer]:
-        return [
-            Consumer(
-                queue=ledger_queue(settings.retry_delays_ms),
-                pool=app[runtime.POOL],
-                publisher=app[runtime.PUBLISHER],
-                handlers={ANY_TYPE: store_event},
-                prefetch=settings.consumer_prefetch,
-            )
-        ]
-
-    app.cleanup_ctx.extend(
-        [
-            runtime.postgres(settings, SCHEMA, MIGRATIONS),
-            runtime.broker(settings, "webhooks"),
-            runtime.consumers(build_consumers),
-        ]
+    app = runtime.service_app(
+        settings,
+        name="webhooks",
+        schema=SCHEMA,
+        migrations=MIGRATIONS,
+        consumes=[(ledger_queue(settings.retry_delays_ms), {ANY_TYPE: store_event})],
     )
-    runtime.add_standard_routes(app)
+    app[SETTINGS] = settings
     add_routes(app)
     return app

@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shared.migrations import MigrationError, migrate
+from shared.migrations import SHARED_MIGRATIONS, MigrationError, migrate
 from tests.support import env
 
 FILES = {
@@ -180,3 +180,28 @@ async def test_invalid_schema_name_is_refused(
 ) -> None:
     with pytest.raises(MigrationError, match="invalid schema name"):
         await migrate(db, "billing; DROP SCHEMA public", folder(FILES))
+
+
+async def test_shared_tables_come_first_and_are_tracked_apart(
+    db: asyncpg.Connection, schema: str, folder: Callable[[dict[str, str]], Path]
+) -> None:
+    # A service's 0001 and the shared 0001 are different migrations.
+    directory = folder({"0001_accounts.sql": FILES["0001_accounts.sql"]})
+
+    first = await migrate(db, schema, directory, shared=SHARED_MIGRATIONS)
+    again = await migrate(db, schema, directory, shared=SHARED_MIGRATIONS)
+
+    assert first == ["shared/0001_inbox", "shared/0002_idempotency_keys", "0001_accounts"]
+    assert again == []
+    tables = await db.fetch(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
+    )
+    assert {"inbox", "idempotency_keys", "accounts"} <= {t["table_name"] for t in tables}
+    sources = await db.fetch(
+        f"SELECT source, version FROM {schema}.schema_migrations ORDER BY source, version"  # noqa: S608
+    )
+    assert [(r["source"], r["version"]) for r in sources] == [
+        ("service", 1),
+        ("shared", 1),
+        ("shared", 2),
+    ]

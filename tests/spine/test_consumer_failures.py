@@ -15,6 +15,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -30,6 +31,7 @@ from shared.broker.errors import InvalidMessage, RetryLater
 from shared.broker.publisher import Publisher
 from shared.broker.topology import STRIPE_EVENTS, Binding, ConsumerQueue
 from shared.db import DbConnection, create_pool
+from shared.migrations import SHARED_MIGRATIONS, migrate
 from tests.support import env
 from tests.support import stripe_objects as so
 from tests.support.amqp import message_count, publish_raw, take_all
@@ -39,19 +41,8 @@ from tests.support.waiting import eventually
 
 DELAYS = tuple(env.FAST_RETRY_DELAYS_MS)
 
-_INBOX_DDL = """
-CREATE TABLE inbox (
-    queue           text        NOT NULL,
-    event_id        text        NOT NULL,
-    event_type      text        NOT NULL,
-    first_seen_at   timestamptz NOT NULL DEFAULT now(),
-    last_seen_at    timestamptz NOT NULL DEFAULT now(),
-    duplicate_count integer     NOT NULL DEFAULT 0,
-    PRIMARY KEY (queue, event_id)
-);
--- What the test handlers do: no unique key, so a leaked write shows as a row.
-CREATE TABLE effects (event_id text NOT NULL, note text NOT NULL);
-"""
+# What the test handlers do: no unique key, so a leaked write shows as a row.
+_EFFECTS_DDL = "CREATE TABLE effects (event_id text NOT NULL, note text NOT NULL);\n"
 
 
 class ObservedConsumer(Consumer):
@@ -117,7 +108,7 @@ class Bench:
 
 
 @pytest.fixture
-async def bench() -> AsyncIterator[Bench]:
+async def bench(tmp_path: Path) -> AsyncIterator[Bench]:
     suffix = uuid.uuid4().hex[:10]
     schema = f"spine_consumer_{suffix}"
     routing_key = f"test.consumer_failures_{suffix}.event"
@@ -126,9 +117,10 @@ async def bench() -> AsyncIterator[Bench]:
         bindings=(Binding(STRIPE_EVENTS, routing_key),),
         retry_delays_ms=DELAYS,
     )
+    # The schema a service would have: the shared tables (inbox) plus its own.
+    (tmp_path / "0001_effects.sql").write_text(_EFFECTS_DDL)
     admin = await asyncpg.connect(env.DATABASE_URL)
-    await admin.execute(f"CREATE SCHEMA {schema}")
-    await admin.execute(f"SET search_path TO {schema}; {_INBOX_DDL}")
+    await migrate(admin, schema, tmp_path, shared=SHARED_MIGRATIONS)
     pool = await create_pool(env.DATABASE_URL, schema, min_size=1, max_size=4)
     publisher = Publisher(env.AMQP_URL, name="test-consumer-failures", confirm_timeout=2.0)
     await publisher.start(wait=5.0)

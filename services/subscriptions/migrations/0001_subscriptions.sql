@@ -1,16 +1,3 @@
--- Messages this service has applied, per consumer queue: the consumer base
--- inserts here in the same transaction as the effect (exactly-once effect).
-CREATE TABLE inbox (
-    queue           text        NOT NULL,
-    event_id        text        NOT NULL,
-    event_type      text        NOT NULL,
-    first_seen_at   timestamptz NOT NULL DEFAULT now(),
-    last_seen_at    timestamptz NOT NULL DEFAULT now(),
-    duplicate_count integer     NOT NULL DEFAULT 0,
-    PRIMARY KEY (queue, event_id)
-);
-
-
 -- Local mirror of Stripe subscriptions, written only from Stripe's events.
 -- last_event_* is the version of the row: see services/subscriptions/ordering.py.
 CREATE TABLE subscriptions (

@@ -1,5 +1,6 @@
 -- Messages this service has applied, per consumer queue: the consumer base
--- inserts here in the same transaction as the effect (exactly-once effect).
+-- (shared/broker/consumer.py) inserts here in the same transaction as the
+-- effect, which is what makes a redelivered message a no-op.
 CREATE TABLE inbox (
     queue           text        NOT NULL,
     event_id        text        NOT NULL,
@@ -9,4 +10,3 @@ CREATE TABLE inbox (
     duplicate_count integer     NOT NULL DEFAULT 0,
     PRIMARY KEY (queue, event_id)
 );
-
