@@ -10,8 +10,8 @@ The ack rule:
    which step 2 then recognises as a duplicate.
 4. On failure the transaction rolls back (no effect, no inbox row):
    - :class:`InvalidMessage` (or a validation error): straight to ``Q.dlq``.
-   - :class:`RetryLater`: to the next delay queue, bounded by
-     ``retry_later_limit``.
+   - :class:`RetryLater`, or an infrastructure error (``TRANSIENT_ERRORS``):
+     to the next delay queue, bounded by ``retry_later_limit``.
    - anything else: to the next delay queue up to ``len(retry_delays_ms)``
      times, then ``Q.dlq``.
    The copy is published with confirms *before* the original is acked, so a
@@ -46,6 +46,21 @@ from shared.logging import get_logger, log_context
 log = get_logger(__name__)
 
 Handler = Callable[[dict[str, Any], DbConnection], Awaitable[None]]
+# Failures of the infrastructure rather than of the message: the database
+# unreachable or restarting, a lost serialisation race. They get RetryLater's
+# larger bound, so an outage of the database does not dead-letter everything
+# in flight after a few minutes.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+)
+_RETRY_LATER: tuple[type[BaseException], ...] = (RetryLater, *TRANSIENT_ERRORS)
 # "*" matches any type the queue's bindings let through.
 ANY_TYPE = "*"
 # A message dead-lettered for this reason is one a human must look at.
@@ -124,7 +139,7 @@ class Consumer:
         except (InvalidMessage, pydantic.ValidationError) as exc:
             await self._dead_letter(message, attempt, exc)
             return
-        except RetryLater as exc:
+        except _RETRY_LATER as exc:
             if attempt >= self._retry_later_limit:
                 await self._dead_letter(message, attempt, exc)
             else:
@@ -136,7 +151,13 @@ class Consumer:
             else:
                 await self._retry(message, attempt, exc)
             return
-        await message.ack()
+        try:
+            await message.ack()
+        except Exception as exc:
+            # Committed but not acked (the channel died): the broker redelivers
+            # and the inbox turns the redelivery into a no-op.
+            log.warning("ack_failed_redelivery_expected", error=repr(exc))
+            return
         metrics.MESSAGES_HANDLED.labels(self.queue.name, outcome).inc()
 
     def _decode(self, message: AbstractIncomingMessage) -> tuple[dict[str, Any], Handler]:
