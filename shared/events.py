@@ -8,9 +8,17 @@ invalid and goes to the dead-letter queue.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# What Stripe ids and event types look like; checked wherever they enter.
+EVENT_ID = re.compile(r"^evt_[A-Za-z0-9_]{1,250}$")
+SUBSCRIPTION_ID = re.compile(r"^sub_[A-Za-z0-9_]{1,250}$")
+# Dotted lowercase words; also a routing key, so well inside AMQP's 255 bytes.
+EVENT_TYPE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+EVENT_TYPE_MAX_LENGTH = 200
 
 
 class StripeEventData(BaseModel):
@@ -25,8 +33,8 @@ class StripeEvent(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    id: str = Field(pattern=r"^evt_")
-    type: str = Field(min_length=1)
+    id: str = Field(pattern=EVENT_ID.pattern)
+    type: str = Field(pattern=EVENT_TYPE.pattern, max_length=EVENT_TYPE_MAX_LENGTH)
     created: int
     api_version: str | None = None
     livemode: bool = False

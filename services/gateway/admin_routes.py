@@ -14,10 +14,8 @@ from aiohttp import web
 
 from services.gateway.auth import Authenticator, Role, require_role
 from services.gateway.forward import Upstream
+from shared.events import EVENT_ID, SUBSCRIPTION_ID
 from shared.http.errors import ApiError
-
-_EVENT_ID = re.compile(r"^evt_[A-Za-z0-9_]{1,250}$")
-_SUBSCRIPTION_ID = re.compile(r"^sub_[A-Za-z0-9_]{1,250}$")
 
 
 def _path_id(request: web.Request, name: str, pattern: re.Pattern[str]) -> str:
@@ -37,15 +35,15 @@ def add_admin_routes(
         return await webhooks.forward(request, "/internal/events")
 
     async def show_event(request: web.Request) -> web.Response:
-        event_id = _path_id(request, "event_id", _EVENT_ID)
+        event_id = _path_id(request, "event_id", EVENT_ID)
         return await webhooks.forward(request, f"/internal/events/{event_id}")
 
     async def replay_event(request: web.Request) -> web.Response:
-        event_id = _path_id(request, "event_id", _EVENT_ID)
+        event_id = _path_id(request, "event_id", EVENT_ID)
         return await webhooks.forward(request, f"/internal/events/{event_id}/replay")
 
     async def show_subscription(request: web.Request) -> web.Response:
-        sub_id = _path_id(request, "stripe_subscription_id", _SUBSCRIPTION_ID)
+        sub_id = _path_id(request, "stripe_subscription_id", SUBSCRIPTION_ID)
         return await subscriptions.forward(request, f"/internal/subscriptions/{sub_id}")
 
     async def list_dead_letters(request: web.Request) -> web.Response:

@@ -9,7 +9,6 @@ the edge stays up and fast whatever the services behind it are doing.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -22,15 +21,11 @@ from shared import metrics
 from shared.broker.errors import PublishFailed
 from shared.broker.publisher import Publisher
 from shared.broker.topology import STRIPE_EVENTS
+from shared.events import EVENT_ID, EVENT_TYPE, EVENT_TYPE_MAX_LENGTH
 from shared.http.errors import json_error, json_response
 from shared.logging import get_logger
 
 log = get_logger(__name__)
-
-# Stripe event types are dotted lowercase words; also a routing key, so bound
-# to AMQP's 255-byte limit with room to spare.
-_EVENT_TYPE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
-_EVENT_ID = re.compile(r"^evt_[A-Za-z0-9_]{1,250}$")
 
 
 class _EventHead(msgspec.Struct):
@@ -94,10 +89,10 @@ class WebhookEndpoint:
         if (
             head.object != "event"
             or not isinstance(event_id, str)
-            or not _EVENT_ID.match(event_id)
+            or not EVENT_ID.match(event_id)
             or not isinstance(event_type, str)
-            or len(event_type) > 200
-            or not _EVENT_TYPE.match(event_type)
+            or len(event_type) > EVENT_TYPE_MAX_LENGTH
+            or not EVENT_TYPE.match(event_type)
         ):
             return _reject(
                 "payload", 400, "invalid_payload", "body is not a Stripe event (object, id, type)"

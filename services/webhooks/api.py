@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,13 +14,12 @@ from shared import metrics, queues
 from shared.broker import dead_letters
 from shared.broker.errors import PublishFailed
 from shared.broker.topology import STRIPE_EVENTS
+from shared.events import EVENT_TYPE
 from shared.http.errors import ApiError, json_response
 from shared.http.idempotency import run_idempotent
 from shared.runtime import AMQP, POOL, PUBLISHER
 
 _MAX_LIMIT = 200
-# Stripe event types: dotted lowercase words (as the gateway accepts them).
-_EVENT_TYPE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 
 
 def _timestamp(request: web.Request, name: str) -> datetime | None:
@@ -58,7 +56,7 @@ async def list_events(request: web.Request) -> web.Response:
         except (ValueError, TypeError, OverflowError) as exc:
             raise ApiError(400, "invalid_parameter", "cursor is not valid", param="cursor") from exc
     event_type = request.query.get("type") or None
-    if event_type is not None and not _EVENT_TYPE.match(event_type):
+    if event_type is not None and not EVENT_TYPE.match(event_type):
         raise ApiError(400, "invalid_parameter", "type is not an event type", param="type")
     flt = queries.EventFilter(
         type=event_type,
