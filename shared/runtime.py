@@ -85,7 +85,12 @@ async def connect_broker(url: str, name: str) -> AbstractRobustConnection:
         ),
     )
     connection: AbstractRobustConnection = await retrying(
-        aio_pika.connect_robust, url, client_properties={"connection_name": name}
+        aio_pika.connect_robust,
+        url,
+        client_properties={"connection_name": name},
+        # After a connection loss aio-pika retries at a fixed interval (5 s by
+        # default); a second keeps a broker blip from stalling consumers long.
+        reconnect_interval=1,
     )
     return connection
 
