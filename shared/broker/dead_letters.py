@@ -11,6 +11,7 @@ duplicate (which the consumer's inbox absorbs), never a loss.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -47,7 +48,7 @@ class DeadLetter:
             message_id=message.message_id,
             event_type=event_type if isinstance(event_type, str) else None,
             attempts=attempt if isinstance(attempt, int) else 0,
-            last_error=_text(headers.get("x-last-error")),
+            last_error=_text(headers.get("x-last-error")) or _broker_reason(headers),
             failed_at=_text(headers.get("x-failed-at")),
             original_routing_key=_text(headers.get("x-original-routing-key")),
             body=body,
@@ -60,6 +61,18 @@ class DeadLetterQueue:
     count: int
     messages: list[DeadLetter]
     declared: bool = True
+
+
+def _broker_reason(headers: Mapping[str, Any]) -> str | None:
+    """Why RabbitMQ itself dead-lettered a message (no consumer wrote a reason):
+    typically ``delivery_limit``, a message whose handling kept killing the
+    consumer before it could record anything."""
+    deaths = headers.get("x-death")
+    if not isinstance(deaths, list) or not deaths or not isinstance(deaths[0], Mapping):
+        return None
+    reason = _text(deaths[0].get("reason"))
+    queue = _text(deaths[0].get("queue"))
+    return f"dead-lettered by the broker ({reason}) from {queue}" if reason else None
 
 
 def _text(value: Any) -> str | None:
