@@ -124,3 +124,48 @@ async def test_broker_unreachable_fails_at_once_then_recovers() -> None:
     finally:
         await publisher.close()
         await proxy.stop()
+
+
+@pytest.fixture
+async def scratch_queue() -> AsyncIterator[tuple[aio_pika.abc.AbstractChannel, str]]:
+    name = f"test.publisher.{uuid.uuid4().hex[:10]}"
+    connection = await aio_pika.connect(env.AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        yield channel, name
+        await channel.queue_delete(name)
+
+
+async def test_a_body_larger_than_a_frame_arrives_whole(
+    publisher: Publisher, scratch_queue: tuple[aio_pika.abc.AbstractChannel, str]
+) -> None:
+    channel, queue = scratch_queue
+    await channel.declare_queue(queue, durable=True, arguments={"x-queue-type": "quorum"})
+    # The gateway takes bodies up to 1 MiB; frames are 128 KiB: eight body frames.
+    body = bytes(range(256)) * 4096
+    small = b'{"id": "evt_after"}'
+
+    await publisher.publish("", queue, body, message_id="evt_big")
+    await publisher.publish("", queue, small, message_id="evt_after")
+
+    big_message, small_message = await take_all(queue)
+    assert big_message.body == body
+    assert small_message.body == small
+
+
+async def test_a_message_the_broker_refuses_is_nacked(
+    publisher: Publisher, scratch_queue: tuple[aio_pika.abc.AbstractChannel, str]
+) -> None:
+    channel, queue = scratch_queue
+    # A full queue that rejects new publishes: the broker answers basic.nack.
+    # (A classic queue: its length limit is exact, a quorum queue's is not.)
+    await channel.declare_queue(
+        queue, durable=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
+    )
+    await publisher.publish("", queue, b'{"id": "evt_1"}', message_id="evt_1")
+
+    with pytest.raises(PublishFailed) as refused:
+        await publisher.publish("", queue, b'{"id": "evt_2"}', message_id="evt_2")
+
+    assert refused.value.reason == "nacked"
+    assert [m.message_id for m in await take_all(queue)] == ["evt_1"]
