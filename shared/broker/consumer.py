@@ -63,7 +63,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 _RETRY_LATER: tuple[type[BaseException], ...] = (RetryLater, *TRANSIENT_ERRORS)
 # "*" matches any type the queue's bindings let through.
 ANY_TYPE = "*"
-# A message dead-lettered for this reason is one a human must look at.
+# The last error travels in a message header: keep it bounded.
 _ERROR_HEADER_LIMIT = 2_000
 
 
@@ -244,7 +244,12 @@ class Consumer:
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
             return False
-        await message.ack()
+        try:
+            await message.ack()
+        except Exception as exc:
+            # The copy is parked; the original comes back too and the inbox (or
+            # the next failure) deals with the second copy.
+            log.warning("ack_failed_redelivery_expected", error=repr(exc))
         return True
 
 
