@@ -19,17 +19,22 @@ export GATEWAY_PORT="${GATEWAY_PORT:-8080}"
 db_name="${DATABASE_URL##*/}"; db_name="${db_name%%\?*}"
 ensure_database "$db_name"
 
-# Secrets: the environment wins; otherwise reuse the ones generated before.
+# Secrets: the environment wins; otherwise reuse the ones generated before;
+# otherwise generate one, keep it and print it.
 mkdir -p .dev
 secrets_file=.dev/secrets.env
 touch "$secrets_file"; chmod 600 "$secrets_file"
-# shellcheck disable=SC1090
-source "$secrets_file"
 generate() {  # name value
+  local kept
   if [ -z "${!1:-}" ]; then
-    printf -v "$1" '%s' "$2"
-    echo "$1=$2" >> "$secrets_file"
-    say "generated $1 (dev only, kept in $secrets_file): $2"
+    kept="$(grep -m1 "^$1=" "$secrets_file" | cut -d= -f2- || true)"
+    if [ -n "$kept" ]; then
+      printf -v "$1" '%s' "$kept"
+    else
+      printf -v "$1" '%s' "$2"
+      echo "$1=$2" >> "$secrets_file"
+      say "generated $1 (dev only, kept in $secrets_file): $2"
+    fi
   fi
   export "${1?}"
 }
