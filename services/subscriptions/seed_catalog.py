@@ -20,7 +20,7 @@ from typing import Any
 
 import stripe
 
-from shared.stripe_client import StripeSettings, stripe_client
+from shared.stripe_client import StripeNotConfigured, StripeSettings, stripe_client
 
 CATALOG_PATH = Path(__file__).resolve().parent / "catalog.json"
 INTERVALS = ("day", "week", "month", "year")
@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         seed(make_client(), catalog)
+    except StripeNotConfigured as exc:
+        print(f"{exc} (make dev sets STRIPE_API_BASE to the sandbox)", file=sys.stderr)
+        return 2
     except stripe.StripeError as exc:
         print(f"stripe error: {exc}", file=sys.stderr)
         return 1
