@@ -1,18 +1,8 @@
-"""Time as an injectable dependency, always timezone-aware UTC."""
+"""Time conversions. Every datetime in the product is timezone-aware UTC."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Protocol
-
-
-class Clock(Protocol):
-    def now(self) -> datetime: ...
-
-
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
 
 
 def from_unix(seconds: int) -> datetime:

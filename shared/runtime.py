@@ -39,7 +39,6 @@ log = get_logger(__name__)
 POOL = web.AppKey("pool", asyncpg.Pool)
 AMQP = web.AppKey("amqp", AbstractRobustConnection)
 PUBLISHER = web.AppKey("publisher", Publisher)
-CONSUMERS = web.AppKey("consumers", list)
 
 _GC_GEN0_THRESHOLD = 20_000
 
@@ -114,7 +113,6 @@ def consumers(build: Callable[[web.Application], Sequence[Consumer]]) -> Cleanup
         started = list(build(app))
         for consumer in started:
             await consumer.start(app[AMQP])
-        app[CONSUMERS] = started
         yield
         await asyncio.gather(*(c.stop() for c in started))
 
