@@ -34,5 +34,7 @@ class ServiceSettings(StripeSettings):
     # more evenly across replicas and bounds redelivery after a crash.
     consumer_prefetch: int = 32
     # Delays of the retry tiers, in milliseconds. A failing message waits in
-    # tier n on its (n+1)-th retry; past the last tier it is dead-lettered.
+    # tier n on its (n+1)-th retry. A bug's failure is dead-lettered past the
+    # last tier; RetryLater and infrastructure errors (a database outage)
+    # repeat the last tier, up to 20 attempts in all, before they are.
     retry_delays_ms: list[int] = Field(default=[1_000, 5_000, 30_000, 120_000, 600_000])
