@@ -10,6 +10,7 @@ import pytest
 
 from tests.support import env
 from tests.support.stack import Stack, reset_state, start_stack
+from tests.support.tcp_proxy import TcpProxy, proxy_for
 
 
 @pytest.fixture
@@ -35,3 +36,17 @@ async def db() -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(env.DATABASE_URL)
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+async def broker_proxy() -> AsyncIterator[TcpProxy]:
+    """A proxy in front of the test broker, for whoever should lose it."""
+    async with proxy_for(env.AMQP_URL) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+async def database_proxy() -> AsyncIterator[TcpProxy]:
+    """A proxy in front of the test database, for whoever should lose it."""
+    async with proxy_for(env.DATABASE_URL) as proxy:
+        yield proxy

@@ -14,7 +14,7 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.webhook import WebhookEndpoint
 from shared.broker.publisher import Publisher
 from shared.http.health import add_health_routes
-from shared.runtime import PUBLISHER, base_app
+from shared.runtime import base_app
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
@@ -36,7 +36,6 @@ def create_app(settings: GatewaySettings) -> web.Application:
         # The gateway starts even with the broker down: it answers 503 to
         # Stripe until the publisher connects, rather than not answering.
         await publisher.start(wait=5.0)
-        app[PUBLISHER] = publisher
         timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             app[CLIENT_SESSION] = session

@@ -110,34 +110,19 @@ def _ensure_product(client: stripe.StripeClient, item: CatalogPrice) -> tuple[st
 
 
 def _create_price(client: stripe.StripeClient, item: CatalogPrice, product_id: str) -> str:
-    metadata = {"credits": str(item.credits), "lookup_key": item.lookup_key}
-    key = f"seed-catalog-price-{item.lookup_key}"
-    if item.interval is None:
-        price = client.v1.prices.create(
-            params={
-                "product": product_id,
-                "unit_amount": item.unit_amount,
-                "currency": item.currency,
-                "lookup_key": item.lookup_key,
-                "metadata": metadata,
-            },
-            options={"idempotency_key": key},
-        )
-    else:
-        price = client.v1.prices.create(
-            params={
-                "product": product_id,
-                "unit_amount": item.unit_amount,
-                "currency": item.currency,
-                "lookup_key": item.lookup_key,
-                "metadata": metadata,
-                "recurring": {
-                    "interval": item.interval,
-                    "interval_count": item.interval_count,
-                },
-            },
-            options={"idempotency_key": key},
-        )
+    params: dict[str, Any] = {
+        "product": product_id,
+        "unit_amount": item.unit_amount,
+        "currency": item.currency,
+        "lookup_key": item.lookup_key,
+        "metadata": {"credits": str(item.credits), "lookup_key": item.lookup_key},
+    }
+    if item.interval is not None:
+        params["recurring"] = {"interval": item.interval, "interval_count": item.interval_count}
+    price = client.v1.prices.create(
+        params=params,  # type: ignore[arg-type]  # built to the same TypedDict shape
+        options={"idempotency_key": f"seed-catalog-price-{item.lookup_key}"},
+    )
     return price.id
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
@@ -14,8 +13,8 @@ import pytest
 from shared.broker.errors import PublishFailed
 from shared.broker.publisher import Publisher
 from tests.support import env
-from tests.support.amqp import amqp_url_via_port, take_all
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.amqp import take_all
+from tests.support.tcp_proxy import TcpProxy, via_proxy
 from tests.support.waiting import eventually
 
 
@@ -91,13 +90,10 @@ async def test_not_connected_fails_at_once_with_broker_unavailable() -> None:
     assert time.monotonic() - started < 0.1
 
 
-async def test_broker_unreachable_fails_at_once_then_recovers() -> None:
-    broker = urlsplit(env.AMQP_URL)
-    proxy = TcpProxy(broker.hostname or "127.0.0.1", broker.port or 5672)
-    await proxy.start()
-    proxy.refuse()
+async def test_broker_unreachable_fails_at_once_then_recovers(broker_proxy: TcpProxy) -> None:
+    broker_proxy.refuse()
     publisher = Publisher(
-        amqp_url_via_port(proxy.port), name="test-unreachable", confirm_timeout=2.0
+        via_proxy(env.AMQP_URL, broker_proxy), name="test-unreachable", confirm_timeout=2.0
     )
     try:
         await publisher.start(wait=0.5)
@@ -109,7 +105,7 @@ async def test_broker_unreachable_fails_at_once_then_recovers() -> None:
         assert failed.value.reason == "broker_unavailable"
         assert time.monotonic() - started < 0.1
 
-        proxy.restore()
+        broker_proxy.restore()
         assert await publisher.wait_ready(within=10.0)
         queue = f"test.publisher.{uuid.uuid4().hex[:10]}"
         connection = await aio_pika.connect(env.AMQP_URL)
@@ -123,7 +119,6 @@ async def test_broker_unreachable_fails_at_once_then_recovers() -> None:
                 await channel.queue_delete(queue)
     finally:
         await publisher.close()
-        await proxy.stop()
 
 
 @pytest.fixture

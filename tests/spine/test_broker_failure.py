@@ -8,7 +8,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -16,10 +15,9 @@ import pytest
 
 from tests.support import env
 from tests.support import stripe_objects as so
-from tests.support.amqp import amqp_url_via_port
 from tests.support.gateway_client import post_event
 from tests.support.stack import Stack, start_stack
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import TcpProxy, via_proxy
 from tests.support.waiting import eventually
 
 # publish_confirm_timeout is 2 s in the test stack; the answer must come
@@ -28,18 +26,9 @@ ANSWER_BOUND_S = 3.5
 
 
 @pytest.fixture
-async def proxy() -> AsyncIterator[TcpProxy]:
-    broker = urlsplit(env.AMQP_URL)
-    running = TcpProxy(broker.hostname or "127.0.0.1", broker.port or 5672)
-    await running.start()
-    yield running
-    await running.stop()
-
-
-@pytest.fixture
-async def proxied_stack(clean_state: None, proxy: TcpProxy) -> AsyncIterator[Stack]:
+async def proxied_stack(clean_state: None, broker_proxy: TcpProxy) -> AsyncIterator[Stack]:
     """Consumers on the broker directly; only the gateway goes through the proxy."""
-    running = await start_stack(gateway={"amqp_url": amqp_url_via_port(proxy.port)})
+    running = await start_stack(gateway={"amqp_url": via_proxy(env.AMQP_URL, broker_proxy)})
     yield running
     await running.stop()
 
@@ -71,13 +60,16 @@ async def _wait_ready(http: aiohttp.ClientSession, stack: Stack) -> None:
 
 
 async def test_broker_refused_gives_503_then_retry_lands_once(
-    proxied_stack: Stack, proxy: TcpProxy, http: aiohttp.ClientSession, db: asyncpg.Connection
+    proxied_stack: Stack,
+    broker_proxy: TcpProxy,
+    http: aiohttp.ClientSession,
+    db: asyncpg.Connection,
 ) -> None:
     stack = proxied_stack
     assert (await _readyz(http, stack))[0] == 200
     evt = so.event("customer.subscription.created", so.subscription())
 
-    proxy.refuse()
+    broker_proxy.refuse()
     status, answer = await eventually(
         lambda: _readyz(http, stack), until=lambda r: r[0] == 503, what="gateway not ready"
     )
@@ -88,7 +80,7 @@ async def test_broker_refused_gives_503_then_retry_lands_once(
     assert answer["error"]["code"] == "broker_unavailable"
     assert took < ANSWER_BOUND_S
 
-    proxy.restore()
+    broker_proxy.restore()
     await _wait_ready(http, stack)
     # Stripe retries the same delivery.
     status, answer, _ = await _timed_post(http, stack, evt)
@@ -113,7 +105,10 @@ async def test_broker_refused_gives_503_then_retry_lands_once(
 
 
 async def test_connection_cut_mid_stream_loses_nothing_and_stores_nothing_twice(
-    proxied_stack: Stack, proxy: TcpProxy, http: aiohttp.ClientSession, db: asyncpg.Connection
+    proxied_stack: Stack,
+    broker_proxy: TcpProxy,
+    http: aiohttp.ClientSession,
+    db: asyncpg.Connection,
 ) -> None:
     stack = proxied_stack
     events = [so.event("customer.subscription.created", so.subscription()) for _ in range(60)]
@@ -133,7 +128,7 @@ async def test_connection_cut_mid_stream_loses_nothing_and_stores_nothing_twice(
             timeout=10,
             what="first deliveries answered",
         )
-        proxy.refuse()
+        broker_proxy.refuse()
 
     # Stripe sends concurrently: a few deliveries in flight at any time.
     sem = asyncio.Semaphore(4)
@@ -159,7 +154,7 @@ async def test_connection_cut_mid_stream_loses_nothing_and_stores_nothing_twice(
         what="every accepted event in the ledger",
     )
 
-    proxy.restore()
+    broker_proxy.restore()
     await _wait_ready(http, stack)
     by_id = {e["id"]: e for e in events}
     retried = await asyncio.gather(*(post_event(http, stack.gateway, by_id[i]) for i in refused))
@@ -190,19 +185,22 @@ async def test_connection_cut_mid_stream_loses_nothing_and_stores_nothing_twice(
 
 
 async def test_broker_not_confirming_gives_503_within_the_confirm_timeout(
-    proxied_stack: Stack, proxy: TcpProxy, http: aiohttp.ClientSession, db: asyncpg.Connection
+    proxied_stack: Stack,
+    broker_proxy: TcpProxy,
+    http: aiohttp.ClientSession,
+    db: asyncpg.Connection,
 ) -> None:
     stack = proxied_stack
     evt = so.event("customer.subscription.created", so.subscription())
 
     # The connection stays up but nothing comes back: no confirm, no error.
-    proxy.stall()
+    broker_proxy.stall()
     try:
         status, answer, took = await _timed_post(http, stack, evt)
         # A broker that takes messages and never confirms is not a ready one.
         ready_status, readiness = await _readyz(http, stack)
     finally:
-        proxy.restore()
+        broker_proxy.restore()
 
     assert status == 503
     assert answer["error"]["code"] == "broker_unavailable"

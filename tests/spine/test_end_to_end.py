@@ -7,18 +7,9 @@ import aiohttp
 import asyncpg
 
 from tests.support import stripe_objects as so
+from tests.support.gateway_client import post_event
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
-
-
-async def post_event(http: aiohttp.ClientSession, stack: Stack, evt: dict[str, object]) -> int:
-    body = so.body_of(evt)
-    async with http.post(
-        f"{stack.gateway}/webhooks/stripe",
-        data=body,
-        headers={"Stripe-Signature": so.signature(body), "Content-Type": "application/json"},
-    ) as response:
-        return response.status
 
 
 async def test_subscription_event_reaches_ledger_and_subscriptions(
@@ -27,7 +18,7 @@ async def test_subscription_event_reaches_ledger_and_subscriptions(
     sub = so.subscription(status="active", period=(1_790_000_000, 1_792_592_000))
     evt = so.event("customer.subscription.created", sub)
 
-    assert await post_event(http, stack, evt) == 200
+    assert (await post_event(http, stack.gateway, evt))[0] == 200
 
     stored = await eventually(
         lambda: db.fetchrow("SELECT type, payload FROM webhooks.events WHERE id = $1", evt["id"]),

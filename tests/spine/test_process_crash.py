@@ -100,6 +100,36 @@ async def _created(
     return sub_id, now
 
 
+async def _running_with_an_update(
+    processes: list[ServiceProcess],
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    gateway: Stack,
+    db: asyncpg.Connection,
+) -> tuple[ServiceProcess, str, int, dict[str, Any]]:
+    """A running subscriptions process, a subscription it created, and an update to send."""
+    process = _subscriptions(processes, tmp_path)
+    await process.start()
+    sub_id, now = await _created(http, gateway, db)
+    updated = so.event(
+        "customer.subscription.updated",
+        so.subscription(sub_id=sub_id, status="past_due"),
+        created=now - 30,
+    )
+    return process, sub_id, now, updated
+
+
+async def _deliver_and_block(
+    http: aiohttp.ClientSession, gateway: Stack, db: asyncpg.Connection, evt: dict[str, Any]
+) -> None:
+    """Deliver ``evt`` while its row is locked: the consumer takes the message
+    and waits inside its transaction, unacked."""
+    assert (await post_event(http, gateway.gateway, evt))[0] == 200
+    await eventually(
+        lambda: _upserts_waiting_on_a_lock(db), until=lambda n: n == 1, what="upsert blocked"
+    )
+
+
 async def test_killed_mid_transaction_the_message_is_redelivered_and_applied_once(
     gateway_only: Stack,
     processes: list[ServiceProcess],
@@ -107,21 +137,12 @@ async def test_killed_mid_transaction_the_message_is_redelivered_and_applied_onc
     http: aiohttp.ClientSession,
     db: asyncpg.Connection,
 ) -> None:
-    first = _subscriptions(processes, tmp_path)
-    await first.start()
-    sub_id, now = await _created(http, gateway_only, db)
-    updated = so.event(
-        "customer.subscription.updated",
-        so.subscription(sub_id=sub_id, status="past_due"),
-        created=now - 30,
+    first, sub_id, _, updated = await _running_with_an_update(
+        processes, tmp_path, http, gateway_only, db
     )
 
     async with _row_locked(sub_id):
-        assert (await post_event(http, gateway_only.gateway, updated))[0] == 200
-        # The consumer took the message and is inside its transaction, unacked.
-        await eventually(
-            lambda: _upserts_waiting_on_a_lock(db), until=lambda n: n == 1, what="upsert blocked"
-        )
+        await _deliver_and_block(http, gateway_only, db, updated)
         assert await first.kill() == -signal.SIGKILL
 
     second = _subscriptions(processes, tmp_path)
@@ -147,13 +168,8 @@ async def test_sigterm_finishes_the_in_flight_message_and_loses_nothing(
     http: aiohttp.ClientSession,
     db: asyncpg.Connection,
 ) -> None:
-    first = _subscriptions(processes, tmp_path)
-    await first.start()
-    sub_id, now = await _created(http, gateway_only, db)
-    updated = so.event(
-        "customer.subscription.updated",
-        so.subscription(sub_id=sub_id, status="past_due"),
-        created=now - 30,
+    first, sub_id, now, updated = await _running_with_an_update(
+        processes, tmp_path, http, gateway_only, db
     )
 
     deleted = so.event(
@@ -163,10 +179,7 @@ async def test_sigterm_finishes_the_in_flight_message_and_loses_nothing(
     )
 
     async with _row_locked(sub_id):
-        assert (await post_event(http, gateway_only.gateway, updated))[0] == 200
-        await eventually(
-            lambda: _upserts_waiting_on_a_lock(db), until=lambda n: n == 1, what="upsert blocked"
-        )
+        await _deliver_and_block(http, gateway_only, db, updated)
         first.terminate()
         # Shutting down: it stops serving, but waits for the message in hand.
         await eventually(

@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 
 from tests.support import env
-
-
-def amqp_url_via_port(port: int) -> str:
-    """``env.AMQP_URL`` (same credentials and vhost) reached through another port."""
-    parts = urlsplit(env.AMQP_URL)
-    credentials = parts.netloc.rpartition("@")[0]
-    host = parts.hostname or "127.0.0.1"
-    netloc = f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def publish_raw(

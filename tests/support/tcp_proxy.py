@@ -1,4 +1,4 @@
-"""A TCP proxy in front of RabbitMQ, to cut the connection like a network would.
+"""A TCP proxy in front of RabbitMQ or Postgres, to fail the connection like a network would.
 
 ``cut()`` drops every open connection at once (the client sees the socket
 die mid-stream); ``refuse()`` makes new connections fail until ``restore()``;
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 
 class TcpProxy:
@@ -73,3 +75,24 @@ class TcpProxy:
             self._writers.discard(writer)
             with contextlib.suppress(Exception):
                 writer.transport.abort()
+
+
+@contextlib.asynccontextmanager
+async def proxy_for(url: str) -> AsyncIterator[TcpProxy]:
+    """A running proxy in front of the host and port of ``url``."""
+    parts = urlsplit(url)
+    default_port = {"amqp": 5672, "postgresql": 5432}[parts.scheme]
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or default_port)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()
+
+
+def via_proxy(url: str, proxy: TcpProxy) -> str:
+    """``url`` (same credentials, database or vhost) reached through ``proxy``."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    host = f"127.0.0.1:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=f"{credentials}@{host}" if credentials else host))
