@@ -2,7 +2,7 @@
 # One image for the five services and the offline Stripe emulator; the process
 # is chosen by the command (compose and deploy/k8s set it):
 #   python -m services.gateway | services.webhooks | services.subscriptions
-#   | services.credits | services.retry | tests.stripe_sandbox
+#   | services.credits | services.retry | stripe_sandbox
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -21,14 +21,11 @@ RUN groupadd --system --gid 10001 billing \
 COPY pyproject.toml ./
 COPY shared/ ./shared/
 COPY services/ ./services/
+COPY stripe_sandbox/ ./stripe_sandbox/
 # Installs the pinned dependencies (all ship wheels for CPython 3.11, so no
 # compiler is needed). The processes run the source in /app (first on
 # sys.path), which also carries each service's migrations/*.sql.
 RUN pip install --no-cache-dir .
-
-# The emulator is test code: only its own folder, as package tests.stripe_sandbox.
-COPY tests/stripe_sandbox/ ./tests/stripe_sandbox/
-RUN touch tests/__init__.py
 
 USER 10001:10001
 

@@ -123,7 +123,7 @@ async def main() -> None:
                 [
                     sys.executable,
                     "-m",
-                    "tests.stripe_sandbox",
+                    "stripe_sandbox",
                     "--port",
                     sandbox_port,
                     "--webhook-url",

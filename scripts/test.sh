@@ -8,10 +8,13 @@ cd "$ROOT"
 ensure_venv
 ensure_postgres
 ensure_rabbitmq
-export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgresql://$PG_USER@$PG_HOST:$PG_PORT/billing_test}"
-export TEST_AMQP_URL="${TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/billing_test}"
-ensure_database billing_test
-ensure_vhost billing_test
+# TEST_NAMESPACE names the database and the vhost: two checkouts on one
+# machine can run their suites at once without resetting each other's state.
+TEST_NAMESPACE="${TEST_NAMESPACE:-billing_test}"
+export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgresql://$PG_USER@$PG_HOST:$PG_PORT/$TEST_NAMESPACE}"
+export TEST_AMQP_URL="${TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/$TEST_NAMESPACE}"
+ensure_database "$TEST_NAMESPACE"
+ensure_vhost "$TEST_NAMESPACE"
 
 say "ruff"
 "$VENV/bin/ruff" check .

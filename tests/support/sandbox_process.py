@@ -36,7 +36,7 @@ class SandboxProcess:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "tests.stripe_sandbox",
+                "stripe_sandbox",
                 *self._args,
                 cwd=env.ROOT,
                 stdout=log,

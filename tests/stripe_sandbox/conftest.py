@@ -13,7 +13,7 @@ import pytest
 import requests
 import stripe
 
-from tests.sandbox.sandbox_helpers import REPO_ROOT, Sandbox, free_port
+from tests.stripe_sandbox.sandbox_helpers import REPO_ROOT, Sandbox, free_port
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         [
             sys.executable,
             "-m",
-            "tests.stripe_sandbox",
+            "stripe_sandbox",
             "--port",
             str(port),
             "--backoff",

@@ -9,7 +9,7 @@ import sys
 import stripe
 
 from services.subscriptions.seed_catalog import load_catalog
-from tests.sandbox.sandbox_helpers import REPO_ROOT, Sandbox
+from tests.stripe_sandbox.sandbox_helpers import REPO_ROOT, Sandbox
 
 EXPECTED = {
     "hot_desk_monthly": 19900,

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import stripe
 
-from tests.sandbox.sandbox_helpers import Sandbox, new_customer
+from tests.stripe_sandbox.sandbox_helpers import Sandbox, new_customer
 
 
 def test_payment_intent_and_refunds(client: stripe.StripeClient) -> None:

@@ -1,6 +1,6 @@
 """Command line entry point.
 
-``python -m tests.stripe_sandbox --port 12111 [--webhook-url URL --webhook-secret whsec_...]``
+``python -m stripe_sandbox --port 12111 [--webhook-url URL --webhook-secret whsec_...]``
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _pair_webhooks(urls: list[str], secrets: list[str]) -> list[tuple[str, str]]
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.stripe_sandbox", description="Stripe API emulator for tests"
+        prog="python -m stripe_sandbox", description="Stripe API emulator for tests"
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=12111)

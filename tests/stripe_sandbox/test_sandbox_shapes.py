@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import stripe
 
-from tests.sandbox.sandbox_helpers import Sandbox, new_customer
+from tests.stripe_sandbox.sandbox_helpers import Sandbox, new_customer
 from tests.support.env import STRIPE_FIXTURES
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import stripe
 
-from tests.sandbox.sandbox_helpers import Sandbox, new_customer
+from tests.stripe_sandbox.sandbox_helpers import Sandbox, new_customer
 
 DAY = 86_400
 START = 1_767_225_600  # 2026-01-01T00:00:00Z

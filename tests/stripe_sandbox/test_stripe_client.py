@@ -13,7 +13,7 @@ from shared.stripe_client import (
     StripeSettings,
     stripe_client,
 )
-from tests.sandbox.sandbox_helpers import Sandbox
+from tests.stripe_sandbox.sandbox_helpers import Sandbox
 
 
 def _requests_to(sandbox: Sandbox, path: str) -> list[dict[str, object]]:

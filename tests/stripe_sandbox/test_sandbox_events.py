@@ -12,7 +12,7 @@ import pytest
 import stripe
 from aiohttp import web
 
-from tests.sandbox.sandbox_helpers import API_KEY, Sandbox, free_port
+from tests.stripe_sandbox.sandbox_helpers import API_KEY, Sandbox, free_port
 
 SECRET = "whsec_test_sandbox_secret"
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import stripe
 
-from tests.sandbox.sandbox_helpers import API_KEY, Sandbox, new_customer
-from tests.stripe_sandbox.forms import decode
+from stripe_sandbox.forms import decode
+from tests.stripe_sandbox.sandbox_helpers import API_KEY, Sandbox, new_customer
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_VAR = "STRIPE_FIXTURES"
-SHARED_PATH = Path(__file__).resolve().parents[2] / ".." / "shared" / "stripe" / "fixtures3.json"
+SHARED_PATH = Path(__file__).resolve().parents[1] / ".." / "shared" / "stripe" / "fixtures3.json"
 SNAPSHOT_PATH = Path(__file__).resolve().parent / "fixtures_snapshot.json"
 
 RESOURCES = (
