@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from tests.support import env
+from tests.support.amqp_proxy import AmqpProxy, amqp_proxy_for
 from tests.support.stack import Stack, reset_state, start_stack
 from tests.support.tcp_proxy import TcpProxy, proxy_for
 
@@ -42,6 +43,13 @@ async def db() -> AsyncIterator[asyncpg.Connection]:
 async def broker_proxy() -> AsyncIterator[TcpProxy]:
     """A proxy in front of the test broker, for whoever should lose it."""
     async with proxy_for(env.AMQP_URL) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+async def amqp_proxy() -> AsyncIterator[AmqpProxy]:
+    """A proxy in front of the test broker that can slip frames of its own in."""
+    async with amqp_proxy_for(env.AMQP_URL) as proxy:
         yield proxy
 
 

@@ -16,15 +16,25 @@ a confirming publisher needs and batches the rest:
 
 Frame encoding and decoding is pamqp's (the codec aiormq itself uses); this
 module owns only the protocol state: the handshake, delivery tags, returns,
-heartbeats and the broker's flow control (``connection.blocked``).
+heartbeats and flow control, both the broker's (``connection.blocked``) and
+TCP's: when the peer stops reading, the transport pauses and publishes wait
+for it to drain, within their deadline, instead of piling up in memory.
+Incoming frames are bounded by the negotiated ``frame_max``: a peer that
+announces a larger one is cut off before anything is buffered for it.
 
-Guarantees: a future resolves ``None`` only on the broker's ``basic.ack`` for
-that delivery tag with no ``basic.return`` before it (the message was routed
-to at least one queue and persisted by all of them). A ``basic.return``,
-``basic.nack``, a lost connection, a ``connection.blocked`` broker or the
-deadline each fail it with :class:`PublishFailed`. A failed future does not
-prove the message was not delivered (a confirm can be lost with the
-connection): callers retry, and consumers dedupe by message id.
+Guarantees: a publish returns only on the broker's ``basic.ack`` for its
+delivery tag with no ``basic.return`` before it (the message was routed to at
+least one queue and persisted by all of them). A ``basic.return``,
+``basic.nack``, a lost connection, a ``connection.blocked`` broker, a peer
+that stops reading or the deadline each fail it with :class:`PublishFailed`.
+A failed publish does not prove the message was not delivered (a confirm can
+be lost with the connection): callers retry, and consumers dedupe by message
+id.
+
+``amqps://`` connects over TLS with the ``ssl.SSLContext`` given to
+:meth:`ConfirmConnection.open` (see ``shared.broker.tls``), or the system's
+trust store and a host name check without one. ``?heartbeat=N`` in the URL
+sets the heartbeat interval, as it does for aio-pika's connections.
 """
 
 from __future__ import annotations
@@ -35,15 +45,15 @@ import ssl
 import struct
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pamqp import commands, frame, header, heartbeat
 from pamqp.body import ContentBody
 from pamqp.constants import FRAME_END, FRAME_HEADER_SIZE
 
-from shared.broker.errors import PublishFailed
+from shared.broker.errors import BrokerRefused, ProtocolError, PublishFailed
 
 _CHANNEL = 1
 _FRAME_HEAD = struct.Struct(">BHI")
@@ -53,11 +63,21 @@ _ACK_PREFIX = bytes.fromhex("0100010000000d003c0050")
 _ACK_PREFIX_SIZE = len(_ACK_PREFIX)
 _ACK_FIELDS = struct.Struct(">QB")
 _ACK_FRAME_SIZE = _ACK_PREFIX_SIZE + _ACK_FIELDS.size + 1
+# Method, content header, content body, heartbeat: any other type is not AMQP.
+_FRAME_TYPES = frozenset((1, 2, 3, 8))
+# The largest frame either side may send, header and end octet included:
+# RabbitMQ's default. A broker may offer less (we take its offer), never more,
+# since a frame is buffered whole before it is decoded.
+_FRAME_MAX = 131_072
+# Publishes made within one loop iteration go out in one write; past this many
+# bytes further publishes wait for that write instead of growing the batch.
+_BATCH_LIMIT = 1024 * 1024
 # How often expired confirms are failed: a tenth of the deadline, bounded.
 _SWEEP_FRACTION = 10
 _PERSISTENT = 2
 # Unconfirmed this many deadlines past due: the connection is wedged.
 _STALL_TIMEOUTS = 3
+_DEFAULT_HEARTBEAT = 15
 
 
 @dataclass(frozen=True)
@@ -65,9 +85,12 @@ class AmqpAddress:
     host: str
     port: int
     user: str
-    password: str
-    vhost: str
-    tls: bool
+    # Kept out of the repr: addresses end up in logs and tracebacks.
+    password: str = field(repr=False)
+    vhost: str = "/"
+    tls: bool = False
+    # Seconds; None leaves the connection's default. From ``?heartbeat=``.
+    heartbeat: int | None = None
 
     @classmethod
     def parse(cls, url: str) -> AmqpAddress:
@@ -76,6 +99,7 @@ class AmqpAddress:
             raise ValueError(f"not an AMQP URL: {parts.scheme}://...")
         tls = parts.scheme == "amqps"
         vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+        heartbeat = parse_qs(parts.query).get("heartbeat")
         return cls(
             host=parts.hostname or "localhost",
             port=parts.port or (5671 if tls else 5672),
@@ -83,7 +107,13 @@ class AmqpAddress:
             password=unquote(parts.password or "guest"),
             vhost=vhost,
             tls=tls,
+            heartbeat=int(heartbeat[-1]) if heartbeat else None,
         )
+
+    def __str__(self) -> str:
+        """The address as a URL without the password, for logs."""
+        scheme = "amqps" if self.tls else "amqp"
+        return f"{scheme}://{self.user}@{self.host}:{self.port}/{self.vhost}"
 
 
 @dataclass
@@ -99,7 +129,9 @@ class _Pending:
 class ConfirmConnection(asyncio.Protocol):
     """One connection, one channel in confirm mode. Open with :meth:`open`."""
 
-    def __init__(self, *, name: str, confirm_timeout: float, heartbeat_seconds: int = 15) -> None:
+    def __init__(
+        self, *, name: str, confirm_timeout: float, heartbeat_seconds: int = _DEFAULT_HEARTBEAT
+    ) -> None:
         self._name = name
         self._confirm_timeout = confirm_timeout
         self._heartbeat_wanted = heartbeat_seconds
@@ -107,29 +139,50 @@ class ConfirmConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._outbox: list[bytes] = []
+        self._outbox_bytes = 0
         self._flush_scheduled = False
-        self._frame_max = 131_072
+        # Set while a publish may be queued: the transport is not paused by
+        # TCP back-pressure and this iteration's batch has room.
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._paused = False
+        self._frame_max = _FRAME_MAX
         self._next_tag = 1
         self._pending: dict[int, _Pending] = {}
         self._lowest_pending = 1
         self._method_frames: dict[tuple[str, str], bytes] = {}
         self._rpc: tuple[type[Any], asyncio.Future[Any]] | None = None
+        self._opened = False
         # A basic.return whose content header (carrying the message id) is next.
         self._returning: commands.Basic.Return | None = None
         self._blocked: str | None = None
         self._last_received = time.monotonic()
         self._timers: list[asyncio.TimerHandle] = []
+        # Why this side dropped the connection, when it did.
+        self._failure: Exception | None = None
+        # Resolves, with the reason when there is one, once the connection is gone.
         self.closed: asyncio.Future[BaseException | None] = self._loop.create_future()
 
     # --- opening -------------------------------------------------------------
 
-    async def open(self, address: AmqpAddress, exchanges: tuple[str, ...]) -> None:
-        await self._loop.create_connection(
-            lambda: self,
-            address.host,
-            address.port,
-            ssl=ssl.create_default_context() if address.tls else None,
-        )
+    async def open(
+        self,
+        address: AmqpAddress,
+        exchanges: tuple[str, ...],
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """Connect, log in, open a channel in confirm mode and declare ``exchanges``.
+
+        Raises :class:`BrokerRefused` when the broker turns the login or the
+        virtual host down, :class:`ProtocolError` when the peer is not an AMQP
+        broker, ``OSError`` (``ssl.SSLError`` included) or ``ConnectionError``
+        when the network or TLS fails.
+        """
+        if address.heartbeat is not None:
+            self._heartbeat_wanted = address.heartbeat
+        tls = (ssl_context or ssl.create_default_context()) if address.tls else None
+        await self._loop.create_connection(lambda: self, address.host, address.port, ssl=tls)
         try:
             await self._handshake(address, exchanges)
         except BaseException:
@@ -152,6 +205,9 @@ class ConfirmConnection(asyncio.Protocol):
                         "publisher_confirms": True,
                         "basic.nack": True,
                         "connection.blocked": True,
+                        # A refused login is answered with connection.close and
+                        # its reason instead of a silently closed socket.
+                        "authentication_failure_close": True,
                     },
                 },
                 mechanism="PLAIN",
@@ -159,7 +215,7 @@ class ConfirmConnection(asyncio.Protocol):
             ),
         )
         tuned: commands.Connection.Tune = await tune
-        self._frame_max = tuned.frame_max or self._frame_max
+        self._frame_max = min(tuned.frame_max or _FRAME_MAX, _FRAME_MAX)
         beat = min(tuned.heartbeat, self._heartbeat_wanted) or self._heartbeat_wanted
         self._send(0, commands.Connection.TuneOk(tuned.channel_max, self._frame_max, beat))
         await self._call(0, commands.Connection.Open(address.vhost), commands.Connection.OpenOk)
@@ -171,6 +227,7 @@ class ConfirmConnection(asyncio.Protocol):
                 commands.Exchange.Declare(exchange=exchange, exchange_type="topic", durable=True),
                 commands.Exchange.DeclareOk,
             )
+        self._opened = True
         self._start_timers(beat)
 
     def _expect(self, frame_type: type[Any]) -> asyncio.Future[Any]:
@@ -197,7 +254,7 @@ class ConfirmConnection(asyncio.Protocol):
         oldest = self._pending.get(self._lowest_pending)
         return oldest is None or oldest.deadline > time.monotonic()
 
-    def publish(
+    async def publish(
         self,
         exchange: str,
         routing_key: str,
@@ -206,8 +263,49 @@ class ConfirmConnection(asyncio.Protocol):
         message_id: str,
         content_type: str,
         headers: Mapping[str, Any] | None,
+    ) -> None:
+        """One persistent, mandatory publish; returns once the broker confirmed it.
+
+        While the peer does not read (TCP back-pressure) the publish waits for
+        the transport to drain. The wait counts against the confirm's deadline,
+        so a publish ends within ``confirm_timeout`` either way, and nothing
+        piles up in memory for a peer that has stopped reading.
+        """
+        deadline = time.monotonic() + self._confirm_timeout
+        if not self._writable.is_set():
+            await self._wait_writable(deadline)
+        await self._queue(
+            exchange,
+            routing_key,
+            body,
+            message_id=message_id,
+            content_type=content_type,
+            headers=headers,
+            deadline=deadline,
+        )
+
+    async def _wait_writable(self, deadline: float) -> None:
+        # Every waiter wakes at once; each queues only if the ones before it
+        # left room in the batch, and otherwise waits again.
+        while not self._writable.is_set() and not self.closed.done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PublishFailed("timeout", "broker not reading (TCP back-pressure)")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._writable.wait(), remaining)
+
+    def _queue(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str,
+        content_type: str,
+        headers: Mapping[str, Any] | None,
+        deadline: float,
     ) -> asyncio.Future[None]:
-        """Queue one persistent, mandatory publish; the future is its confirm."""
+        """Add one publish to this iteration's write; the future is its confirm."""
         if self.closed.done():
             raise PublishFailed("broker_unavailable", "connection closed")
         if self._blocked is not None:
@@ -226,11 +324,15 @@ class ConfirmConnection(asyncio.Protocol):
             message_id=message_id,
             headers=dict(headers) if headers else None,
         )
+        content_header = frame.marshal(header.ContentHeader(0, len(body), properties), _CHANNEL)
         self._outbox.append(method)
-        self._outbox.append(frame.marshal(header.ContentHeader(0, len(body), properties), _CHANNEL))
+        self._outbox.append(content_header)
         chunk = self._frame_max - FRAME_HEADER_SIZE - 1
         for offset in range(0, len(body), chunk):
             self._outbox.append(frame.marshal(ContentBody(body[offset : offset + chunk]), _CHANNEL))
+        self._outbox_bytes += len(method) + len(content_header) + len(body)
+        if self._outbox_bytes >= _BATCH_LIMIT:
+            self._writable.clear()
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -238,16 +340,18 @@ class ConfirmConnection(asyncio.Protocol):
         tag = self._next_tag
         self._next_tag += 1
         future: asyncio.Future[None] = self._loop.create_future()
-        self._pending[tag] = _Pending(
-            future, message_id, exchange, routing_key, time.monotonic() + self._confirm_timeout
-        )
+        self._pending[tag] = _Pending(future, message_id, exchange, routing_key, deadline)
         return future
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._outbox and self._transport is not None and not self._transport.is_closing():
+            # May call pause_writing before it returns.
             self._transport.write(b"".join(self._outbox))
         self._outbox.clear()
+        self._outbox_bytes = 0
+        if not self._paused:
+            self._writable.set()
 
     # --- confirms ------------------------------------------------------------
 
@@ -332,16 +436,37 @@ class ConfirmConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
 
+    def pause_writing(self) -> None:
+        # The transport's buffer is past its high-water mark: the peer reads
+        # slower than we write. Publishes wait until it drains (see publish).
+        self._paused = True
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._outbox_bytes < _BATCH_LIMIT:
+            self._writable.set()
+
     def data_received(self, data: bytes) -> None:
         self._last_received = time.monotonic()
         self._buffer.extend(data)
         while len(self._buffer) >= FRAME_HEADER_SIZE:
-            _, _, size = _FRAME_HEAD.unpack_from(self._buffer)
+            frame_type, _, size = _FRAME_HEAD.unpack_from(self._buffer)
             end = FRAME_HEADER_SIZE + size + 1
+            # Both checked on the header, before waiting for the body: a peer
+            # announcing a 4 GB frame is cut off, not buffered for.
+            if frame_type not in _FRAME_TYPES:
+                self.abort(ProtocolError(f"not an AMQP peer (frame type {frame_type})"))
+                return
+            if end > self._frame_max:
+                self.abort(
+                    ProtocolError(f"frame of {end} bytes exceeds frame_max {self._frame_max}")
+                )
+                return
             if len(self._buffer) < end:
                 break
             if self._buffer[end - 1] != FRAME_END:
-                self.abort(PublishFailed("broker_unavailable", "corrupt frame from broker"))
+                self.abort(ProtocolError("corrupt frame: no frame end"))
                 return
             if end == _ACK_FRAME_SIZE and self._buffer[:_ACK_PREFIX_SIZE] == _ACK_PREFIX:
                 # basic.ack is most of what arrives: decode it without pamqp.
@@ -377,12 +502,20 @@ class ConfirmConnection(asyncio.Protocol):
             self._blocked = None
         elif isinstance(value, commands.Connection.Close):
             self._send(0, commands.Connection.CloseOk())
-            self.abort(PublishFailed("broker_unavailable", f"broker closed: {value.reply_text}"))
+            reply = f"{value.reply_code} {value.reply_text}"
+            if self._opened:
+                self.abort(PublishFailed("broker_unavailable", f"broker closed: {reply}"))
+            else:
+                self.abort(BrokerRefused(f"broker refused the connection: {reply}"))
         elif isinstance(value, commands.Channel.Close):
             # A channel error (a missing exchange, say) ends this connection's
             # usefulness; the publisher opens a fresh one.
             self._send(channel, commands.Channel.CloseOk())
-            self.abort(PublishFailed("broker_unavailable", f"channel closed: {value.reply_text}"))
+            reply = f"{value.reply_code} {value.reply_text}"
+            if self._opened:
+                self.abort(PublishFailed("broker_unavailable", f"channel closed: {reply}"))
+            else:
+                self.abort(BrokerRefused(f"broker refused the channel: {reply}"))
         elif self._rpc is not None and isinstance(value, self._rpc[0]):
             _, future = self._rpc
             self._rpc = None
@@ -390,21 +523,33 @@ class ConfirmConnection(asyncio.Protocol):
                 future.set_result(value)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        error = PublishFailed("broker_unavailable", f"connection lost: {exc!r}")
+        reason = self._failure or exc
+        error = PublishFailed("broker_unavailable", f"connection lost: {reason!r}")
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
         self._fail_all(error)
         if self._rpc is not None and not self._rpc[1].done():
-            self._rpc[1].set_exception(ConnectionError(str(error)))
+            # An open fails with the reason itself (a refusal, a protocol
+            # error), so whoever logs it can tell what to fix.
+            self._rpc[1].set_exception(self._failure or ConnectionError(str(error)))
+        # Publishes waiting for the transport wake up and find it closed.
+        self._writable.set()
         if not self.closed.done():
-            self.closed.set_result(exc)
+            self.closed.set_result(reason)
 
     # --- closing -------------------------------------------------------------
 
-    def abort(self, error: PublishFailed | None = None) -> None:
+    def abort(self, error: Exception | None = None) -> None:
+        """Drop the connection now; ``error`` says why, to pending publishes and to ``closed``."""
         if error is not None:
-            self._fail_all(error)
+            if self._failure is None:
+                self._failure = error
+            self._fail_all(
+                error
+                if isinstance(error, PublishFailed)
+                else PublishFailed("broker_unavailable", str(error))
+            )
         if self._transport is not None:
             self._transport.abort()
 

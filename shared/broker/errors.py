@@ -21,6 +21,18 @@ class RetryLater(Exception):
     pass
 
 
+class BrokerRefused(Exception):
+    """The broker closed the connection while it was being opened: wrong
+    credentials, a missing virtual host, no permission. Not a network error:
+    the broker answered, and its reply says what to fix."""
+
+
+class ProtocolError(Exception):
+    """The peer does not speak AMQP as agreed: not a broker at all (a wrong
+    port, a proxy's error page), a corrupt frame, or a frame larger than the
+    negotiated maximum."""
+
+
 class PublishFailed(Exception):
     """The broker did not confirm a publish: unreachable, nack, unroutable or timeout."""
 

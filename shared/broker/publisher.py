@@ -9,19 +9,21 @@ upstream before it is durable here.
 
 The wire work is :class:`ConfirmConnection` (see its module for why it is not
 aiormq). This class keeps one open: a background loop reconnects with
-jittered exponential backoff (tenacity). While disconnected, publish fails at
-once instead of queueing: a fast 503 lets Stripe retry; a hanging request
-does not.
+jittered exponential backoff (tenacity), whatever the error, logging each
+failure with its reason; it only ends when the publisher is closed. While
+disconnected, publish fails at once instead of queueing: a fast 503 lets
+Stripe retry; a hanging request does not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from shared import metrics
 from shared.broker.confirm_connection import AmqpAddress, ConfirmConnection
@@ -31,13 +33,25 @@ from shared.logging import get_logger
 
 log = get_logger(__name__)
 
-_CONNECT_ERRORS = (ConnectionError, OSError, TimeoutError)
+# Failures that fix themselves when the network or the broker comes back.
+# Anything else (a refused login, a missing vhost, a peer that is not a
+# broker, a bug) is retried all the same, but logged as an error: it needs
+# someone to act.
+_NETWORK_ERRORS = (ConnectionError, OSError, TimeoutError)
 _HANDSHAKE_TIMEOUT = 10.0
 
 
 class Publisher:
-    def __init__(self, url: str, *, name: str, confirm_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str,
+        confirm_timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._address = AmqpAddress.parse(url)
+        self._ssl_context = ssl_context
         self._name = name
         self._confirm_timeout = confirm_timeout
         self._connection: ConfirmConnection | None = None
@@ -107,24 +121,35 @@ class Publisher:
             name=f"{self._name}:publisher", confirm_timeout=self._confirm_timeout
         )
         async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
-            await connection.open(self._address, EXCHANGES)
+            await connection.open(self._address, EXCHANGES, ssl_context=self._ssl_context)
         return connection
 
+    def _connect_failed(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log_at = log.warning if isinstance(error, _NETWORK_ERRORS) else log.error
+        log_at(
+            "broker_connect_failed",
+            role="publisher",
+            broker=str(self._address),
+            attempt=state.attempt_number,
+            error=repr(error),
+            retry_in=round(state.upcoming_sleep, 2),
+        )
+
     async def _run(self) -> None:
+        # Whatever fails, the loop logs it and tries again: a publisher that
+        # stopped reconnecting would leave the service running but unable to
+        # publish until someone restarted it. Only cancellation (close) ends it.
         while True:
             retrying = AsyncRetrying(
                 wait=wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.2),
-                retry=retry_if_exception_type(_CONNECT_ERRORS),
-                before_sleep=lambda state: log.warning(
-                    "broker_connect_failed",
-                    attempt=state.attempt_number,
-                    error=repr(state.outcome.exception()) if state.outcome else None,
-                ),
+                retry=retry_if_exception_type(Exception),
+                before_sleep=self._connect_failed,
             )
             connection: ConfirmConnection = await retrying(self._connect)
             self._connection = connection
             self._ready.set()
-            log.info("broker_connected", role="publisher")
-            await connection.closed
+            log.info("broker_connected", role="publisher", broker=str(self._address))
+            reason = await connection.closed
             self._ready.clear()
-            log.warning("broker_connection_lost", role="publisher")
+            log.warning("broker_connection_lost", role="publisher", reason=repr(reason))

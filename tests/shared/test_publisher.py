@@ -6,14 +6,18 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import pytest
+import structlog
 
 from shared.broker.errors import PublishFailed
 from shared.broker.publisher import Publisher
 from tests.support import env
 from tests.support.amqp import take_all
+from tests.support.amqp_proxy import AmqpProxy
 from tests.support.tcp_proxy import TcpProxy, via_proxy
 from tests.support.waiting import eventually
 
@@ -164,3 +168,73 @@ async def test_a_message_the_broker_refuses_is_nacked(
 
     assert refused.value.reason == "nacked"
     assert [m.message_id for m in await take_all(queue)] == ["evt_1"]
+
+
+async def _failures_logged(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [entry for entry in logs if entry["event"] == "broker_connect_failed"]
+
+
+async def test_reconnect_loop_survives_a_peer_that_is_not_a_broker(
+    amqp_proxy: AmqpProxy, scratch_queue: tuple[aio_pika.abc.AbstractChannel, str]
+) -> None:
+    # A wrong port or a load balancer answering HTTP: not a network error, a
+    # protocol one. The loop must log it with its reason and keep trying.
+    amqp_proxy.answer_with(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    publisher = Publisher(
+        via_proxy(env.AMQP_URL, amqp_proxy), name="test-not-a-broker", confirm_timeout=2.0
+    )
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await publisher.start()
+            failures = await eventually(
+                lambda: _failures_logged(logs),
+                until=lambda f: len(f) >= 3,
+                what="three failed attempts logged",
+            )
+            assert not publisher.ready
+            assert all("not an AMQP peer" in f["error"] for f in failures), failures
+            assert {f["log_level"] for f in failures} == {"error"}
+
+            amqp_proxy.restore()
+            assert await publisher.wait_ready(within=10.0)
+        channel, queue = scratch_queue
+        await channel.declare_queue(queue, durable=True, arguments={"x-queue-type": "quorum"})
+        await publisher.publish("", queue, b"{}", message_id="evt_after_garbage")
+        assert [m.message_id for m in await take_all(queue)] == ["evt_after_garbage"]
+    finally:
+        await publisher.close()
+
+
+@pytest.mark.parametrize(
+    ("credentials", "vhost", "reason"),
+    [
+        ("guest:guest", "billing_no_such_vhost", "530 NOT_ALLOWED"),
+        ("guest:not-the-password", None, "403 ACCESS_REFUSED"),
+    ],
+)
+async def test_reconnect_loop_logs_the_brokers_refusal_and_keeps_trying(
+    credentials: str, vhost: str | None, reason: str
+) -> None:
+    parts = urlsplit(env.AMQP_URL)
+    url = urlunsplit(
+        parts._replace(
+            netloc=f"{credentials}@{parts.netloc.rpartition('@')[2]}",
+            path=f"/{vhost}" if vhost else parts.path,
+        )
+    )
+    publisher = Publisher(url, name="test-refused", confirm_timeout=2.0)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await publisher.start()
+            failures = await eventually(
+                lambda: _failures_logged(logs),
+                until=lambda f: len(f) >= 3,
+                what="three refused attempts logged",
+            )
+        assert not publisher.ready
+        assert all(reason in f["error"] for f in failures), failures
+        assert all("BrokerRefused" in f["error"] for f in failures), failures
+        assert {f["log_level"] for f in failures} == {"error"}
+        assert "not-the-password" not in str(failures)
+    finally:
+        await publisher.close()
