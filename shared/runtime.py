@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ssl
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
@@ -74,18 +75,28 @@ def postgres(settings: ServiceSettings, schema: str, migrations: Path) -> Cleanu
     return ctx
 
 
-async def connect_broker(url: str, name: str) -> AbstractRobustConnection:
-    """Connect with jittered backoff: a service may start before the broker."""
+async def connect_broker(
+    url: str, name: str, *, ssl_context: ssl.SSLContext | None = None
+) -> AbstractRobustConnection:
+    """Connect with jittered backoff: a service may start before the broker.
+
+    ``ssl_context`` (``ServiceSettings.amqp_ssl_context``) is used for an
+    ``amqps://`` URL, the same one the publisher uses.
+    """
     retrying = AsyncRetrying(
         wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.5),
         retry=retry_if_exception_type((ConnectionError, OSError, asyncio.TimeoutError)),
         before_sleep=lambda state: log.warning(
-            "broker_connect_retry", attempt=state.attempt_number
+            "broker_connect_retry",
+            role="consumers",
+            attempt=state.attempt_number,
+            error=repr(state.outcome.exception()) if state.outcome else None,
         ),
     )
     connection: AbstractRobustConnection = await retrying(
         aio_pika.connect_robust,
         url,
+        ssl_context=ssl_context,
         client_properties={"connection_name": name},
         # After a connection loss aio-pika retries at a fixed interval (5 s by
         # default); a second keeps a broker blip from stalling consumers long.
@@ -96,8 +107,9 @@ async def connect_broker(url: str, name: str) -> AbstractRobustConnection:
 
 def broker(settings: ServiceSettings, name: str) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        connection = await connect_broker(settings.amqp_url, name)
-        publisher = Publisher(settings.amqp_url, name=name)
+        tls = settings.amqp_ssl_context()
+        connection = await connect_broker(settings.amqp_url, name, ssl_context=tls)
+        publisher = Publisher(settings.amqp_url, name=name, ssl_context=tls)
         await publisher.start(wait=10.0)
         app[AMQP] = connection
         app[PUBLISHER] = publisher

@@ -3,22 +3,28 @@
 Each service subclasses :class:`ServiceSettings` with its own fields. Secrets
 are ``SecretStr`` without a default: a service refuses to start without them
 rather than run with a guessable value, and ``SecretStr`` keeps them out of
-reprs and logs.
+reprs and logs. The database and broker URLs may carry passwords too: they are
+kept out of the settings' repr.
 """
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+import ssl
+
+from pydantic import Field, FilePath, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.broker.tls import client_context
 from shared.stripe_client import StripeSettings
 
 
 class ServiceSettings(StripeSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
 
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/billing"
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    database_url: str = Field(default="postgresql://postgres@127.0.0.1:5432/billing", repr=False)
+    # amqps:// for TLS (then see the amqp_* TLS settings below). ?heartbeat=N
+    # sets the heartbeat in seconds for every broker connection.
+    amqp_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/", repr=False)
     # Shared secret the gateway presents to the services' internal APIs.
     service_token: SecretStr
 
@@ -29,6 +35,18 @@ class ServiceSettings(StripeSettings):
     db_pool_min: int = 1
     db_pool_max: int = 10
 
+    # TLS to the broker, for an amqps:// AMQP_URL (managed RabbitMQ). The
+    # broker's certificate is always verified: against this CA bundle, or the
+    # system's trust store when unset.
+    amqp_ca_file: FilePath | None = None
+    # A client certificate, for brokers that require one (mutual TLS); the key
+    # may be in the certificate file.
+    amqp_cert_file: FilePath | None = None
+    amqp_key_file: FilePath | None = None
+    # Off only for a broker reached by a name its certificate does not list;
+    # the certificate must still be signed by the CA.
+    amqp_verify_hostname: bool = True
+
     # Consumers: prefetch bounds the messages one replica holds unacked, and so
     # the handlers it runs at once. Higher hides DB latency; lower spreads work
     # more evenly across replicas and bounds redelivery after a crash.
@@ -38,3 +56,29 @@ class ServiceSettings(StripeSettings):
     # last tier; RetryLater and infrastructure errors (a database outage)
     # repeat the last tier, up to 20 attempts in all, before they are.
     retry_delays_ms: list[int] = Field(default=[1_000, 5_000, 30_000, 120_000, 600_000])
+
+    @model_validator(mode="after")
+    def _tls_settings_need_amqps(self) -> ServiceSettings:
+        tls_files = (self.amqp_ca_file, self.amqp_cert_file, self.amqp_key_file)
+        if any(f is not None for f in tls_files) and not self.amqp_tls:
+            # Certificates configured for a plain connection: someone believes
+            # the traffic is encrypted when it is not.
+            raise ValueError("AMQP_CA_FILE/AMQP_CERT_FILE/AMQP_KEY_FILE need an amqps:// AMQP_URL")
+        if self.amqp_key_file is not None and self.amqp_cert_file is None:
+            raise ValueError("AMQP_KEY_FILE needs AMQP_CERT_FILE")
+        return self
+
+    @property
+    def amqp_tls(self) -> bool:
+        return self.amqp_url.startswith("amqps://")
+
+    def amqp_ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for every broker connection; None for a plain amqp:// URL."""
+        if not self.amqp_tls:
+            return None
+        return client_context(
+            ca_file=self.amqp_ca_file,
+            cert_file=self.amqp_cert_file,
+            key_file=self.amqp_key_file,
+            verify_hostname=self.amqp_verify_hostname,
+        )

@@ -23,6 +23,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
         settings.amqp_url,
         name="gateway",
         confirm_timeout=settings.publish_confirm_timeout,
+        ssl_context=settings.amqp_ssl_context(),
     )
     token = settings.service_token.get_secret_value()
     upstreams = {
