@@ -4,6 +4,9 @@ The pool sets ``search_path`` to the service's schema on every connection, so
 queries name tables without a schema and a service cannot read another's
 tables by accident. Row values come back as Python types; JSON columns are
 decoded with orjson.
+
+Pool queries are bounded in time (``command_timeout``); migrations are not:
+they run on a connection of their own from :func:`connect_unbounded`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,12 @@ async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
 
 
 async def create_pool(
-    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10
+    dsn: str,
+    schema: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    command_timeout: float = 30.0,
 ) -> asyncpg.Pool[Any]:
     pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
         dsn,
@@ -38,6 +46,20 @@ async def create_pool(
         server_settings={"search_path": schema, "timezone": "UTC"},
         # A statement stuck behind a lock must fail and be retried by the
         # consumer, not hold a connection forever.
-        command_timeout=30,
+        command_timeout=command_timeout,
     )
     return pool
+
+
+async def connect_unbounded(dsn: str) -> asyncpg.Connection[Any]:
+    """A connection whose statements may run as long as they need.
+
+    No client-side command timeout, and ``statement_timeout`` off whatever the
+    role's or database's default (managed Postgres often sets one). For
+    migrations: an index build on a large table takes minutes, and one failed
+    half way only starts over on the next start, and fails again.
+    """
+    conn: asyncpg.Connection[Any] = await asyncpg.connect(
+        dsn, command_timeout=None, server_settings={"statement_timeout": "0", "timezone": "UTC"}
+    )
+    return conn

@@ -4,21 +4,33 @@ Files are ``services/<svc>/migrations/NNNN_name.sql``; each runs once, in its
 own transaction, and is recorded in ``<schema>.schema_migrations`` with a
 checksum. Replicas starting at the same time serialise on a Postgres advisory
 lock keyed by the schema, so exactly one applies each file and the others find
-it done. A file changed after it was applied is refused loudly: silently
-diverging schemas are worse than a failed start.
+it done. A replica waits for that lock as long as it takes (a long index build
+holds it for minutes), saying so in its log, rather than time out and restart
+into the same wait. A file changed after it was applied is refused loudly:
+silently diverging schemas are worse than a failed start.
+
+Migrations need a connection without statement timeouts: use
+:func:`migrate_database`, which opens one, rather than a pooled connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.db import DbConnection
+from shared.db import DbConnection, connect_unbounded
 from shared.logging import get_logger
 
 log = get_logger(__name__)
+
+# How often a replica waiting for the migration lock tries it again, and how
+# often it says in the log that it is still waiting.
+LOCK_POLL_SECONDS = 0.5
+LOCK_LOG_SECONDS = 5.0
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -58,19 +70,39 @@ def load_migrations(directory: Path) -> list[Migration]:
 SHARED_MIGRATIONS = Path(__file__).parent / "sql"
 
 
+async def migrate_database(
+    dsn: str, schema: str, directory: Path, *, shared: Path | None = None
+) -> list[str]:
+    """:func:`migrate` on a connection of its own, without statement timeouts."""
+    conn = await connect_unbounded(dsn)
+    try:
+        return await migrate(conn, schema, directory, shared=shared)
+    finally:
+        await conn.close()
+
+
 async def migrate(
-    conn: DbConnection, schema: str, directory: Path, *, shared: Path | None = None
+    conn: DbConnection,
+    schema: str,
+    directory: Path,
+    *,
+    shared: Path | None = None,
 ) -> list[str]:
     """Apply pending migrations of ``schema``: those in ``shared`` first (tracked
     as source ``shared``), then ``directory`` (source ``service``); return the
-    names applied, shared ones prefixed ``shared/``."""
+    names applied, shared ones prefixed ``shared/``.
+
+    ``conn`` must allow statements as long as the migrations need (see
+    :func:`migrate_database`); waiting for another replica's lock takes no
+    long statement.
+    """
     if not _SCHEMA.match(schema):
         raise MigrationError(f"invalid schema name: {schema!r}")
     sources = [("shared", load_migrations(shared))] if shared is not None else []
     sources.append(("service", load_migrations(directory)))
     applied_now: list[str] = []
     # Session-level lock: held across the per-file transactions below.
-    await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"migrations:{schema}")
+    await _wait_for_lock(conn, schema)
     try:
         # The schema name is checked against _SCHEMA above; identifiers cannot
         # be bound as parameters.
@@ -112,5 +144,34 @@ async def migrate(
                 applied_now.append(label)
                 log.info("migration_applied", schema=schema, migration=label)
     finally:
-        await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", f"migrations:{schema}")
+        await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", _lock_key(schema))
     return applied_now
+
+
+def _lock_key(schema: str) -> str:
+    return f"migrations:{schema}"
+
+
+async def _wait_for_lock(conn: DbConnection, schema: str) -> None:
+    """Take the schema's migration lock, however long another replica holds it.
+
+    Polled with ``pg_try_advisory_lock`` rather than a blocking
+    ``pg_advisory_lock``: no statement outlives a timeout, and the log says
+    why a start is taking long.
+    """
+    started = time.monotonic()
+    next_log = started
+    while not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", _lock_key(schema)):
+        now = time.monotonic()
+        if now >= next_log:
+            log.info(
+                "migrations_waiting_for_lock",
+                schema=schema,
+                waited_seconds=round(now - started, 1),
+                detail="another replica is migrating this schema",
+            )
+            next_log = now + LOCK_LOG_SECONDS
+        await asyncio.sleep(LOCK_POLL_SECONDS)
+    waited = time.monotonic() - started
+    if waited >= LOCK_POLL_SECONDS:
+        log.info("migrations_lock_taken", schema=schema, waited_seconds=round(waited, 1))

@@ -32,7 +32,7 @@ from shared.http.health import add_health_routes
 from shared.http.internal_auth import require_service_token
 from shared.http.middleware import observe
 from shared.logging import configure_logging, get_logger
-from shared.migrations import SHARED_MIGRATIONS, migrate
+from shared.migrations import SHARED_MIGRATIONS, migrate_database
 from shared.settings import ServiceSettings
 
 log = get_logger(__name__)
@@ -59,15 +59,19 @@ def base_app(
 
 def postgres(settings: ServiceSettings, schema: str, migrations: Path) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if settings.migrate_on_start:
+            # Not on a pooled connection: the pool's command timeout would
+            # fail a long index build, or the wait behind another replica.
+            await migrate_database(
+                settings.database_url, schema, migrations, shared=SHARED_MIGRATIONS
+            )
         pool = await create_pool(
             settings.database_url,
             schema,
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
+            command_timeout=settings.db_command_timeout,
         )
-        if settings.migrate_on_start:
-            async with pool.acquire() as conn:
-                await migrate(conn, schema, migrations, shared=SHARED_MIGRATIONS)
         app[POOL] = pool
         yield
         await pool.close()
@@ -213,11 +217,9 @@ async def _tune_gc(_: web.Application) -> None:
 
 
 async def _migrate_only(settings: ServiceSettings, schema: str, migrations: Path) -> list[str]:
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        return await migrate(conn, schema, migrations, shared=SHARED_MIGRATIONS)
-    finally:
-        await conn.close()
+    return await migrate_database(
+        settings.database_url, schema, migrations, shared=SHARED_MIGRATIONS
+    )
 
 
 def main(

@@ -34,6 +34,10 @@ class ServiceSettings(StripeSettings):
 
     db_pool_min: int = 1
     db_pool_max: int = 10
+    # Seconds any one query of the pool may take: a statement stuck behind a
+    # lock fails (and its message is retried) instead of holding a connection
+    # forever. Migrations run on a connection of their own without it.
+    db_command_timeout: float = Field(default=30.0, gt=0)
 
     # TLS to the broker, for an amqps:// AMQP_URL (managed RabbitMQ). The
     # broker's certificate is always verified: against this CA bundle, or the

@@ -1,6 +1,7 @@
 """Numbered SQL migrations: applied once, in order, by exactly one of several
 replicas starting together; a changed or misnamed file stops the start; a
-failing file leaves nothing behind."""
+failing file leaves nothing behind; a long file is not cut short by a
+statement timeout, and a replica waits for another's lock as long as it takes."""
 
 from __future__ import annotations
 
@@ -11,9 +12,15 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import structlog
+from aiohttp import web
 
+from shared import migrations
 from shared.migrations import SHARED_MIGRATIONS, MigrationError, migrate
+from shared.runtime import POOL, postgres
+from shared.settings import ServiceSettings
 from tests.support import env
+from tests.support.waiting import eventually
 
 FILES = {
     "0001_accounts.sql": "CREATE TABLE accounts (id bigint PRIMARY KEY, name text NOT NULL);"
@@ -205,3 +212,66 @@ async def test_shared_tables_come_first_and_are_tracked_apart(
         ("shared", 1),
         ("shared", 2),
     ]
+
+
+async def test_a_migration_longer_than_any_statement_timeout_applies_at_start(
+    db: asyncpg.Connection, schema: str, folder: Callable[[dict[str, str]], Path]
+) -> None:
+    # An index build on a big table takes minutes. Here: a server-side
+    # statement_timeout of 0.5 s on every session (as managed Postgres often
+    # sets by default) and a pool command timeout of 0.5 s, against a longer file.
+    directory = folder(
+        {"0001_slow_index.sql": "SELECT pg_sleep(1.2); CREATE TABLE built (id int PRIMARY KEY);"}
+    )
+    settings = ServiceSettings(
+        service_token="t" * 32,
+        database_url=f"{env.DATABASE_URL}?statement_timeout=500",
+        db_command_timeout=0.5,
+    )
+    app = web.Application()
+    app.cleanup_ctx.append(postgres(settings, schema, directory))
+    runner = web.AppRunner(app)
+    await runner.setup()  # what a service's start runs
+    try:
+        # With the shared tables, as every service's start applies them.
+        assert (1, "0001_slow_index") in await _recorded(db, schema)
+        assert await db.fetchval("SELECT to_regclass($1)", f"{schema}.built") is not None
+        # The pool itself keeps its bounds.
+        with pytest.raises((TimeoutError, asyncpg.QueryCanceledError)):
+            await app[POOL].fetchval("SELECT pg_sleep(1.2)")
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_second_replica_waits_for_the_lock_saying_so_then_finds_the_work_done(
+    db: asyncpg.Connection,
+    schema: str,
+    folder: Callable[[dict[str, str]], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(migrations, "LOCK_LOG_SECONDS", 0.5, raising=False)
+    directory = folder(
+        {"0001_slow.sql": "SELECT pg_sleep(1.5); CREATE TABLE built (id int PRIMARY KEY);"}
+    )
+    first = await asyncpg.connect(env.DATABASE_URL)
+    # The second replica's connection times out any statement after 0.5 s:
+    # waiting for the lock must not be one long statement.
+    second = await asyncpg.connect(env.DATABASE_URL, command_timeout=0.5)
+    try:
+        first_run = asyncio.create_task(migrate(first, schema, directory))
+        await eventually(
+            lambda: db.fetchval("SELECT to_regnamespace($1) IS NOT NULL", schema),
+            what="the first replica migrating",
+        )
+        with structlog.testing.capture_logs() as logs:
+            second_applied = await asyncio.wait_for(migrate(second, schema, directory), 20)
+        assert await first_run == ["0001_slow"]
+    finally:
+        await first.close()
+        await second.close()
+
+    assert second_applied == []
+    waiting = [e for e in logs if e["event"] == "migrations_waiting_for_lock"]
+    assert len(waiting) >= 2, logs  # said so at once, and again while it lasted
+    assert {e["schema"] for e in waiting} == {schema}
+    assert [e["event"] for e in logs][-1] == "migrations_lock_taken"
