@@ -88,6 +88,12 @@ MESSAGES_IN_FLIGHT = Gauge(
     "Messages being handled right now.",
     ["queue"],
 )
+MESSAGES_HELD = Gauge(
+    "consumer_messages_held",
+    "Failed messages kept unacknowledged because their copy to a retry or dead-letter "
+    "queue could not be published yet (broker alarm, publisher disconnected).",
+    ["queue"],
+)
 DEAD_LETTERS_REDRIVEN = Counter(
     "dead_letters_redriven_total",
     "Dead-lettered messages sent back to their queue by an operator.",

@@ -15,7 +15,10 @@ The ack rule:
    - anything else: to the next delay queue up to ``len(retry_delays_ms)``
      times, then ``Q.dlq``.
    The copy is published with confirms *before* the original is acked, so a
-   failure in between yields a duplicate, never a loss.
+   failure in between yields a duplicate, never a loss. While the copy cannot
+   be published (broker alarm, publisher disconnected) the original is held
+   unacked and the copy retried with backoff; it is never handed back to the
+   queue, where each redelivery would count against the delivery limit.
 
 The attempt count travels in the ``x-attempt`` header; the last error in
 ``x-last-error`` so an operator reading the dead-letter queue sees why.
@@ -31,10 +34,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
+import aiormq
 import asyncpg
 import orjson
 import pydantic
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from shared import metrics
 from shared.broker.errors import InvalidMessage, PublishFailed, RetryLater
@@ -65,6 +70,9 @@ _RETRY_LATER: tuple[type[BaseException], ...] = (RetryLater, *TRANSIENT_ERRORS)
 ANY_TYPE = "*"
 # The last error travels in a message header: keep it bounded.
 _ERROR_HEADER_LIMIT = 2_000
+# Between attempts to publish a held message's copy: quick for a blip,
+# at most a few seconds once the publisher is back.
+_COPY_BACKOFF = wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2)
 
 
 class Consumer:
@@ -87,6 +95,7 @@ class Consumer:
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._consumer_tag: str | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._stopping = asyncio.Event()
         # Export every outcome from the start: an alert on the increase of
         # dead_lettered must see the series at 0 before the first one.
         for outcome in ("processed", "duplicate", "retried", "dead_lettered"):
@@ -100,7 +109,13 @@ class Consumer:
         log.info("consumer_started", queue=self.queue.name, prefetch=self._prefetch)
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop taking messages, let in-flight ones finish, then close the channel."""
+        """Stop taking messages, let in-flight ones finish, then close the channel.
+
+        A message held for a copy that cannot be published gives up at once:
+        closing the channel returns it to the queue unacknowledged, with its
+        attempt count as it was, for the next consumer.
+        """
+        self._stopping.set()
         if self._channel is None:
             return
         if self._consumer_tag is not None and not self._channel.is_closed:
@@ -229,20 +244,7 @@ class Consumer:
         )
         headers.setdefault("x-original-exchange", message.exchange or "")
         headers.setdefault("x-original-routing-key", message.routing_key or "")
-        try:
-            await self._publisher.publish(
-                "",
-                target_queue,
-                message.body,
-                message_id=message.message_id or "",
-                headers=headers,
-            )
-        except PublishFailed as exc:
-            # Could not park the message elsewhere: hand it back to the broker.
-            # It is redelivered, and the queue's delivery limit bounds how often.
-            log.error("republish_failed", target=target_queue, error=str(exc))
-            with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
+        if not await self._publish_copy(message, target_queue, headers):
             return False
         try:
             await message.ack()
@@ -250,6 +252,105 @@ class Consumer:
             # The copy is parked; the original comes back too and the inbox (or
             # the next failure) deals with the second copy.
             log.warning("ack_failed_redelivery_expected", error=repr(exc))
+        return True
+
+    async def _publish_copy(
+        self, message: AbstractIncomingMessage, target_queue: str, headers: dict[str, Any]
+    ) -> bool:
+        """Publish the copy of ``message``, holding ``message`` unacked until it is confirmed.
+
+        The original is never handed back (nack, requeue) for a copy that
+        failed: it would come straight back, fail again, and the queue's
+        delivery limit would dead-letter it within milliseconds, its retry
+        tiers unused. Held, it keeps its attempt count; prefetch bounds how
+        many one consumer holds, so while the broker refuses publishes the
+        consumer stops taking new messages instead of spinning through them.
+
+        False when the consumer stops, or the channel the original came on
+        closes, before the copy got through: the original then goes back to
+        the queue unacked, as it was.
+        """
+        hold = _Hold(self.queue.name, target_queue)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(PublishFailed),
+            wait=_COPY_BACKOFF,
+            stop=lambda _: self._stopping.is_set() or _delivery_channel_closed(message),
+            sleep=self._pause_unless_stopping,
+            before_sleep=hold.copy_failed,
+            reraise=True,
+        )
+        published = False
+        try:
+            await retrying(
+                self._publisher.publish,
+                "",
+                target_queue,
+                message.body,
+                message_id=message.message_id or "",
+                headers=headers,
+            )
+            published = True
+        except PublishFailed:
+            pass
+        finally:
+            # Also when the task is cancelled: its channel closed under it.
+            hold.end(published=published)
+        return published
+
+    async def _pause_unless_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+class _Hold:
+    """The log lines and the held-messages gauge of one held message."""
+
+    def __init__(self, queue: str, target_queue: str) -> None:
+        self._queue = queue
+        self._target = target_queue
+        self._since: float | None = None
+        self._error: BaseException | None = None
+
+    def copy_failed(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        self._error = error
+        if self._since is None:
+            self._since = time.monotonic()
+            metrics.MESSAGES_HELD.labels(self._queue).inc()
+            log.warning("message_held_copy_failed", target=self._target, error=repr(error))
+        else:
+            # The gauge says it for as long as it lasts; one line per retry
+            # per held message would flood the log during an outage.
+            log.debug(
+                "message_held_copy_failed",
+                target=self._target,
+                attempt=state.attempt_number,
+                error=repr(error),
+            )
+
+    def end(self, *, published: bool) -> None:
+        if self._since is None:
+            if not published:
+                log.warning("message_returned_unacked", target=self._target)
+            return
+        metrics.MESSAGES_HELD.labels(self._queue).dec()
+        held_seconds = round(time.monotonic() - self._since, 3)
+        if published:
+            log.info("message_held_copy_published", target=self._target, held_seconds=held_seconds)
+        else:
+            log.warning(
+                "message_returned_unacked",
+                target=self._target,
+                held_seconds=held_seconds,
+                error=repr(self._error),
+            )
+
+
+def _delivery_channel_closed(message: AbstractIncomingMessage) -> bool:
+    """True once the channel ``message`` came on is gone: the broker has it back."""
+    try:
+        return bool(message.channel.is_closed)
+    except aiormq.exceptions.ChannelInvalidStateError:
         return True
 
 
