@@ -206,7 +206,7 @@ class Consumer:
                     body["id"],
                     self.queue.name,
                 )
-                log.info("duplicate_skipped")
+                log.debug("duplicate_skipped")
                 return "duplicate"
             await handler(body, conn)
         return "processed"

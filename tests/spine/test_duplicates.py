@@ -1,5 +1,6 @@
 """Stripe delivers the same event more than once: each delivery is accepted,
-its effect happens once, and the duplicates are counted."""
+its effect happens once, and the duplicates are counted (in the inbox and a
+metric), and logged only at debug level."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import time
 
 import aiohttp
 import asyncpg
+import structlog
+from prometheus_client import REGISTRY
 
 from shared import queues
 from tests.support import stripe_objects as so
@@ -143,3 +146,33 @@ async def test_late_duplicate_does_not_roll_back_a_newer_update(
     }
     shown = await admin_get(http, stack.gateway, f"/v1/admin/subscriptions/{sub_id}")
     assert shown["status"] == "past_due"
+
+
+async def test_a_duplicate_is_counted_and_logged_at_debug_only(
+    stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    # A benchmark or a replay sends thousands: one info line each drowned the log.
+    def duplicates_counted() -> float:
+        value = REGISTRY.get_sample_value(
+            "consumer_messages_total",
+            {"queue": queues.SUBSCRIPTIONS_STRIPE, "outcome": "duplicate"},
+        )
+        return value or 0.0
+
+    before = duplicates_counted()
+    evt = so.event("customer.subscription.created", so.subscription(status="active"))
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            assert (await post_event(http, stack.gateway, evt))[0] == 200
+        await _wait_duplicates(db, evt["id"], 2)
+        await eventually(
+            lambda: _now(duplicates_counted()), until=lambda n: n == before + 2, what="metric"
+        )
+
+    skipped = [entry for entry in logs if entry["event"] == "duplicate_skipped"]
+    assert skipped, "the duplicates are still logged, for whoever runs at debug"
+    assert {entry["log_level"] for entry in skipped} == {"debug"}
+
+
+async def _now(value: float) -> float:
+    return value
