@@ -22,6 +22,8 @@ COPY pyproject.toml ./
 COPY shared/ ./shared/
 COPY services/ ./services/
 COPY stripe_sandbox/ ./stripe_sandbox/
+# The catalog the operator edits (CATALOG_PATH can point at a mounted one).
+COPY catalog.toml ./
 # Installs the pinned dependencies (all ship wheels for CPython 3.11, so no
 # compiler is needed). The processes run the source in /app (first on
 # sys.path), which also carries each service's migrations/*.sql.

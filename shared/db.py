@@ -16,6 +16,8 @@ from typing import Any, TypeAlias
 import asyncpg
 import orjson
 
+from shared import metrics
+
 # What handlers receive: a pooled connection, or a bare one in scripts.
 DbConnection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
 
@@ -63,3 +65,12 @@ async def connect_unbounded(dsn: str) -> asyncpg.Connection[Any]:
         dsn, command_timeout=None, server_settings={"statement_timeout": "0", "timezone": "UTC"}
     )
     return conn
+
+
+def observe_pool(pool: asyncpg.Pool[Any], schema: str) -> None:
+    """Export the pool's size and use as gauges, read at scrape time."""
+    metrics.DB_POOL_CONNECTIONS.labels(schema, "open").set_function(pool.get_size)
+    metrics.DB_POOL_CONNECTIONS.labels(schema, "in_use").set_function(
+        lambda: pool.get_size() - pool.get_idle_size()
+    )
+    metrics.DB_POOL_CONNECTIONS.labels(schema, "max").set_function(pool.get_max_size)

@@ -13,12 +13,21 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# What Stripe ids and event types look like; checked wherever they enter.
-EVENT_ID = re.compile(r"^evt_[A-Za-z0-9_]{1,250}$")
-SUBSCRIPTION_ID = re.compile(r"^sub_[A-Za-z0-9_]{1,250}$")
+# What Stripe ids and event types look like; checked wherever they enter,
+# always with fullmatch (a "$" would let a trailing newline through).
+EVENT_ID_PATTERN = r"evt_[A-Za-z0-9_]{1,250}"
+SUBSCRIPTION_ID_PATTERN = r"sub_[A-Za-z0-9_]{1,250}"
 # Dotted lowercase words; also a routing key, so well inside AMQP's 255 bytes.
-EVENT_TYPE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+EVENT_TYPE_PATTERN = r"[a-z0-9_]+(\.[a-z0-9_]+)*"
 EVENT_TYPE_MAX_LENGTH = 200
+EVENT_ID = re.compile(EVENT_ID_PATTERN)
+SUBSCRIPTION_ID = re.compile(SUBSCRIPTION_ID_PATTERN)
+EVENT_TYPE = re.compile(EVENT_TYPE_PATTERN)
+
+
+def stripe_id_pattern(prefix: str) -> str:
+    """The pattern of a Stripe id with ``prefix`` (``cus``, ``in``, ``pi``...)."""
+    return rf"{prefix}_[A-Za-z0-9_]{{1,250}}"
 
 
 class StripeEventData(BaseModel):
@@ -33,8 +42,9 @@ class StripeEvent(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    id: str = Field(pattern=EVENT_ID.pattern)
-    type: str = Field(pattern=EVENT_TYPE.pattern, max_length=EVENT_TYPE_MAX_LENGTH)
+    # pydantic's patterns use Rust's regex engine, where "$" is the end of the text.
+    id: str = Field(pattern=f"^{EVENT_ID_PATTERN}$")
+    type: str = Field(pattern=f"^{EVENT_TYPE_PATTERN}$", max_length=EVENT_TYPE_MAX_LENGTH)
     created: int
     api_version: str | None = None
     livemode: bool = False

@@ -22,9 +22,19 @@ HTTP_REQUESTS = Counter(
 )
 HTTP_REQUEST_SECONDS = Histogram(
     "http_request_duration_seconds",
-    "Time to answer an HTTP request, by route.",
-    ["route"],
+    "Time to answer an HTTP request, by route template and method.",
+    ["route", "method"],
     buckets=_FAST_BUCKETS,
+)
+HTTP_REQUESTS_IN_FLIGHT = Gauge(
+    "http_requests_in_flight",
+    "HTTP requests being answered right now, by route template.",
+    ["route"],
+)
+DB_POOL_CONNECTIONS = Gauge(
+    "db_pool_connections",
+    "Postgres connections of a service's pool, by schema and state (open, in_use, max).",
+    ["schema", "state"],
 )
 
 # --- Gateway: Stripe webhooks -----------------------------------------------
@@ -53,6 +63,11 @@ API_AUTH_FAILURES = Counter(
     "gateway_api_auth_failures_total",
     "Client API requests refused by authentication or authorisation, by reason.",
     ["reason"],
+)
+API_RATE_LIMITED = Counter(
+    "gateway_api_rate_limited_total",
+    "Client API requests refused with 429, by who was counted (member, staff, anonymous).",
+    ["scope"],
 )
 UPSTREAM_REQUEST_SECONDS = Histogram(
     "gateway_upstream_request_seconds",
@@ -116,4 +131,40 @@ SUBSCRIPTION_EVENTS_APPLIED = Counter(
     "subscriptions_events_applied_total",
     "Subscription events applied to local state, by outcome (applied, stale).",
     ["outcome"],
+)
+
+# --- Stripe (every service that calls it) -----------------------------------
+STRIPE_CALLS = Counter(
+    "stripe_calls_total",
+    "Calls to Stripe's API after the call policy's retries, by call and outcome "
+    "(ok, card_error, unavailable, error).",
+    ["call", "outcome"],
+)
+STRIPE_CALL_SECONDS = Histogram(
+    "stripe_call_duration_seconds",
+    "Time one call to Stripe took, retries included.",
+    ["call"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0),
+)
+
+# --- Outbox (every service that emits domain events) -------------------------
+OUTBOX_PUBLISHED = Counter(
+    "outbox_events_published_total",
+    "Domain events relayed from the outbox to the broker and confirmed, by type.",
+    ["event_type"],
+)
+OUTBOX_RELAY_LAG_SECONDS = Histogram(
+    "outbox_relay_lag_seconds",
+    "Time from a domain event's commit to its broker confirm.",
+    buckets=_FAST_BUCKETS,
+)
+OUTBOX_PENDING = Gauge(
+    "outbox_pending_events",
+    "Domain events committed but not yet confirmed by the broker, by schema.",
+    ["schema"],
+)
+OUTBOX_OLDEST_PENDING_SECONDS = Gauge(
+    "outbox_oldest_pending_age_seconds",
+    "Age of the oldest domain event not yet confirmed by the broker, by schema.",
+    ["schema"],
 )

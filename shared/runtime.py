@@ -2,19 +2,23 @@
 
 Resources live on the aiohttp app under typed keys and are opened and closed
 by ``cleanup_ctx`` entries, in order: Postgres (with migrations), then the
-broker, then the consumers. aiohttp closes them in reverse, so on SIGTERM a
-service first stops consuming and lets in-flight messages finish, then closes
-the broker, then the pool.
+broker, then Stripe, the outbox relay and housekeeping, then the consumers.
+aiohttp closes them in reverse, so on SIGTERM a service first stops consuming
+and lets in-flight messages finish, then relays what its outbox still holds,
+then closes the broker, then the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import ssl
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import asyncpg
@@ -24,22 +28,32 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
-from shared.broker.consumer import Consumer, Handler
+from shared import audit
+from shared.api.service import IdempotencySettings, ServiceRoutes
+from shared.broker.consumer import Consumer
+from shared.broker.handlers import Handlers
 from shared.broker.publisher import Publisher
 from shared.broker.topology import ConsumerQueue
-from shared.db import create_pool
+from shared.clock import Clock, SystemClock
+from shared.db import create_pool, observe_pool
+from shared.http import idempotency
 from shared.http.health import add_health_routes
 from shared.http.internal_auth import require_service_token
 from shared.http.middleware import observe
 from shared.logging import configure_logging, get_logger
 from shared.migrations import SHARED_MIGRATIONS, migrate_database
+from shared.outbox import OutboxRelay, purge_published
 from shared.settings import ServiceSettings
+from shared.stripe_calls import StripeCalls, fetch_object
+from shared.stripe_client import StripeNotConfigured
 
 log = get_logger(__name__)
 
 POOL = web.AppKey("pool", asyncpg.Pool)
 AMQP = web.AppKey("amqp", AbstractRobustConnection)
 PUBLISHER = web.AppKey("publisher", Publisher)
+STRIPE = web.AppKey("stripe", StripeCalls)
+CLOCK = web.AppKey("clock", Clock)
 
 _GC_GEN0_THRESHOLD = 20_000
 
@@ -72,6 +86,7 @@ def postgres(settings: ServiceSettings, schema: str, migrations: Path) -> Cleanu
             max_size=settings.db_pool_max,
             command_timeout=settings.db_command_timeout,
         )
+        observe_pool(pool, schema)
         app[POOL] = pool
         yield
         await pool.close()
@@ -124,6 +139,57 @@ def broker(settings: ServiceSettings, name: str) -> CleanupCtx:
     return ctx
 
 
+def stripe(settings: ServiceSettings) -> CleanupCtx:
+    """The service's Stripe (``shared/stripe_calls.py``), when one is configured."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        try:
+            calls = StripeCalls(settings)
+        except StripeNotConfigured:
+            log.warning("stripe_not_configured")
+            yield
+            return
+        app[STRIPE] = calls
+        yield
+        await calls.close()
+
+    return ctx
+
+
+def outbox_relay(settings: ServiceSettings, schema: str) -> CleanupCtx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        relay = OutboxRelay(app[POOL], app[PUBLISHER], dsn=settings.database_url, schema=schema)
+        await relay.start()
+        yield
+        await relay.stop()
+
+    return ctx
+
+
+def housekeeping(settings: ServiceSettings) -> CleanupCtx:
+    """Periodic clean-up every replica may run: each statement is idempotent."""
+
+    async def sweep(app: web.Application) -> None:
+        while True:
+            try:
+                await idempotency.purge_expired(
+                    app[POOL], timedelta(seconds=settings.idempotency_key_ttl_seconds)
+                )
+                await purge_published(app[POOL], timedelta(days=settings.outbox_retention_days))
+            except Exception as exc:
+                log.warning("housekeeping_failed", error=repr(exc))
+            await asyncio.sleep(settings.housekeeping_interval_seconds)
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(sweep(app), name="housekeeping")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
+
+
 def consumers(build: Callable[[web.Application], Sequence[Consumer]]) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         started = list(build(app))
@@ -141,26 +207,57 @@ def service_app(
     name: str,
     schema: str,
     migrations: Path,
-    consumes: Sequence[tuple[ConsumerQueue, Mapping[str, Handler]]] = (),
+    consumes: Sequence[tuple[ConsumerQueue, Handlers]] = (),
+    routes: ServiceRoutes | None = None,
+    clock: Clock | None = None,
 ) -> web.Application:
-    """A service with a schema, a broker connection, its consumers and health routes."""
+    """A service with a schema, a broker connection, Stripe, its outbox relay,
+    its consumers, its API and health routes."""
     app = base_app(settings)
-    app.cleanup_ctx.extend([postgres(settings, schema, migrations), broker(settings, name)])
+    app[CLOCK] = clock or SystemClock()
+    app.cleanup_ctx.extend(
+        [
+            postgres(settings, schema, migrations),
+            broker(settings, name),
+            stripe(settings),
+            outbox_relay(settings, schema),
+            housekeeping(settings),
+        ]
+    )
     if consumes:
-        app.cleanup_ctx.append(
-            consumers(
-                lambda app: [
-                    Consumer(
-                        queue=queue,
-                        pool=app[POOL],
-                        publisher=app[PUBLISHER],
-                        handlers=handlers,
-                        prefetch=settings.consumer_prefetch,
-                    )
-                    for queue, handlers in consumes
-                ]
+
+        def build(app: web.Application) -> list[Consumer]:
+            calls = app.get(STRIPE)
+
+            async def fetch(kind: str, object_id: str) -> dict[str, Any]:
+                if calls is None:
+                    raise StripeNotConfigured("no Stripe to settle an ordering tie with")
+                return await fetch_object(calls, kind, object_id)
+
+            return [
+                Consumer(
+                    queue=queue,
+                    pool=app[POOL],
+                    publisher=app[PUBLISHER],
+                    handlers=handlers,
+                    source=name,
+                    prefetch=settings.consumer_prefetch,
+                    clock=app[CLOCK],
+                    fetch=fetch,
+                )
+                for queue, handlers in consumes
+            ]
+
+        app.cleanup_ctx.append(consumers(build))
+    if routes is not None:
+        routes.configure(
+            IdempotencySettings(
+                ttl=timedelta(seconds=settings.idempotency_key_ttl_seconds),
+                lease=timedelta(seconds=settings.idempotency_lease_seconds),
             )
         )
+        routes.install(app, lambda: app[POOL])
+    audit.add_internal_route(app, name, lambda: app[POOL])
     add_standard_routes(app)
     return app
 

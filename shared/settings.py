@@ -61,6 +61,15 @@ class ServiceSettings(StripeSettings):
     # repeat the last tier, up to 20 attempts in all, before they are.
     retry_delays_ms: list[int] = Field(default=[1_000, 5_000, 30_000, 120_000, 600_000])
 
+    # Idempotency-Key: how long a key is remembered (Stripe keeps 24 h), and
+    # how long a request may hold one before a retry may take it over (a
+    # request that died). Longer than the slowest Stripe call it may make.
+    idempotency_key_ttl_seconds: int = Field(default=24 * 3600, gt=0)
+    idempotency_lease_seconds: float = Field(default=60.0, gt=0)
+    # Published outbox rows are kept this long for inspection, then purged.
+    outbox_retention_days: int = Field(default=7, ge=1)
+    housekeeping_interval_seconds: float = Field(default=3600.0, gt=0)
+
     @model_validator(mode="after")
     def _tls_settings_need_amqps(self) -> ServiceSettings:
         tls_files = (self.amqp_ca_file, self.amqp_cert_file, self.amqp_key_file)

@@ -11,7 +11,7 @@ upgrade moved it, because object shapes change with the version.
 from __future__ import annotations
 
 import stripe
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from stripe._base_address import BaseAddresses
 
@@ -30,9 +30,15 @@ class StripeSettings(BaseSettings):
     stripe_secret_key: SecretStr | None = None
     # Overrides api.stripe.com for every call when set.
     stripe_api_base: str | None = None
-    # stripe-python retries 429/5xx/connection errors with backoff, reusing
-    # the idempotency key, so a retried POST never charges twice.
+    # Scripts (make seed) use stripe-python's own retries, which reuse the
+    # idempotency key. Services use shared/stripe_calls.py instead, which
+    # turns these off and applies the settings below.
     stripe_max_network_retries: int = 2
+    # The services' call policy: attempts and total time for one call, and
+    # the timeout of one HTTP request to Stripe.
+    stripe_call_attempts: int = Field(default=4, ge=1)
+    stripe_call_budget_seconds: float = Field(default=15.0, gt=0)
+    stripe_timeout_seconds: float = Field(default=20.0, gt=0)
 
 
 class StripeNotConfigured(RuntimeError):
@@ -44,7 +50,10 @@ OFFLINE_KEY = "sk_test_offline"
 
 
 def stripe_client(
-    settings: StripeSettings, *, http_client: stripe.HTTPClient | None = None
+    settings: StripeSettings,
+    *,
+    http_client: stripe.HTTPClient | None = None,
+    max_network_retries: int | None = None,
 ) -> stripe.StripeClient:
     """A client for ``settings``; pass ``stripe.AIOHTTPClient()`` for the ``*_async`` calls.
 
@@ -66,5 +75,7 @@ def stripe_client(
         stripe_version=STRIPE_API_VERSION,
         base_addresses=base,
         http_client=http_client,
-        max_network_retries=settings.stripe_max_network_retries,
+        max_network_retries=settings.stripe_max_network_retries
+        if max_network_retries is None
+        else max_network_retries,
     )

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import asyncpg
 import pytest
+import stripe
 
+from shared.stripe_client import StripeSettings
+from shared.stripe_client import stripe_client as make_stripe_client
 from tests.support import env
 from tests.support.amqp_proxy import AmqpProxy, amqp_proxy_for
+from tests.support.sandbox_process import SandboxProcess
 from tests.support.stack import Stack, reset_state, start_stack
 from tests.support.tcp_proxy import TcpProxy, proxy_for
 
@@ -24,6 +29,33 @@ async def stack(clean_state: None) -> AsyncIterator[Stack]:
     running = await start_stack()
     yield running
     await running.stop()
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path) -> AsyncIterator[SandboxProcess]:
+    """The Stripe sandbox as its own process, delivering nowhere yet."""
+    process = SandboxProcess(tmp_path / "sandbox.log")
+    await process.start()
+    yield process
+    await process.stop()
+
+
+@pytest.fixture
+async def stripe_stack(clean_state: None, sandbox: SandboxProcess) -> AsyncIterator[Stack]:
+    """The whole product against the sandbox: every service calls it, and it
+    delivers signed webhooks to the gateway, as Stripe would."""
+    running = await start_stack(stripe_api_base=sandbox.url)
+    await sandbox.deliver_to(f"{running.gateway}/webhooks/stripe")
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def stripe_client(sandbox: SandboxProcess) -> AsyncIterator[stripe.StripeClient]:
+    """stripe-python pointed at the sandbox: what a test does "in Stripe"."""
+    http_client = stripe.AIOHTTPClient()
+    yield make_stripe_client(StripeSettings(stripe_api_base=sandbox.url), http_client=http_client)
+    await http_client.close_async()  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture

@@ -13,10 +13,13 @@ from aiohttp import web
 
 from services.credits.settings import CreditsSettings
 from shared import runtime
+from shared.clock import Clock
 
 SCHEMA = "credits"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def create_app(settings: CreditsSettings) -> web.Application:
-    return runtime.service_app(settings, name="credits", schema=SCHEMA, migrations=MIGRATIONS)
+def create_app(settings: CreditsSettings, *, clock: Clock | None = None) -> web.Application:
+    return runtime.service_app(
+        settings, name="credits", schema=SCHEMA, migrations=MIGRATIONS, clock=clock
+    )

@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from services.gateway.admin_routes import add_admin_routes
-from services.gateway.auth import Authenticator
+from services.gateway.auth import Authenticator, TokenRules
 from services.gateway.forward import CLIENT_SESSION, Upstream
+from services.gateway.rate_limit import RateLimits
+from services.gateway.routes import add_api_routes
 from services.gateway.settings import GatewaySettings
 from services.gateway.webhook import WebhookEndpoint
 from shared.broker.publisher import Publisher
@@ -51,7 +52,24 @@ def create_app(settings: GatewaySettings) -> web.Application:
     add_health_routes(app, {"broker": broker_ready})
     app.router.add_post("/webhooks/stripe", WebhookEndpoint(settings, publisher).handle)
     authenticator = Authenticator(
-        settings.jwt_secret.get_secret_value(), leeway=settings.jwt_leeway_seconds
+        TokenRules(
+            secret=settings.jwt_secret.get_secret_value(),
+            leeway=settings.jwt_leeway_seconds,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            max_lifetime=settings.jwt_max_lifetime_seconds,
+        )
     )
-    add_admin_routes(app, authenticator, upstreams)
+    limits = RateLimits(
+        member=settings.rate_limit_member,
+        staff=settings.rate_limit_staff,
+        anonymous=settings.rate_limit_anonymous,
+    )
+    add_api_routes(
+        app,
+        authenticator=authenticator,
+        limits=limits,
+        upstreams=upstreams,
+        title="Billing backbone API",
+    )
     return app

@@ -2,61 +2,78 @@
 
 PyJWT does the verification. The algorithm list is fixed to HS256, so a token
 claiming ``alg: none`` (or RS256 signed with our secret as a "public key")
-fails; ``exp``, ``sub`` and ``role`` are required. Every failure is a 401
-with a reason we count; an authenticated caller without the role is a 403.
+fails; ``exp``, ``sub`` and ``role`` are required; ``iss`` and ``aud`` are
+checked when configured; a token whose ``exp`` lies further ahead than the
+maximum lifetime is refused. Each refusal is a 401 whose code says which
+(missing, malformed, expired, badly signed, unacceptable claims), counted by
+reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import re
+import time
 from dataclasses import dataclass
-from enum import StrEnum
+from typing import Any
 
 import jwt
-from aiohttp import web
+from jwt.types import Options
 
 from shared import metrics
+from shared.api.caller import Caller, Role
 from shared.http.errors import ApiError
 
-
-class Role(StrEnum):
-    MEMBER = "member"
-    STAFF = "staff"
-    ADMIN = "admin"
-
-
-@dataclass(frozen=True)
-class Principal:
-    user_id: str
-    role: Role
-
-
-_REQUEST_PRINCIPAL = web.RequestKey("principal", Principal)
+# Metric reason -> the error code a client sees.
+_CODES = {
+    "missing": "token_missing",
+    "malformed": "token_malformed",
+    "algorithm": "token_malformed",
+    "expired": "token_expired",
+    "signature": "token_signature_invalid",
+    "claims": "token_claims_invalid",
+}
 
 
 def _unauthorized(reason: str, message: str) -> ApiError:
     metrics.API_AUTH_FAILURES.labels(reason).inc()
-    return ApiError(401, "unauthorized", message)
+    return ApiError(401, _CODES[reason], message, headers={"WWW-Authenticate": "Bearer"})
+
+
+@dataclass(frozen=True)
+class TokenRules:
+    secret: str
+    leeway: int = 0
+    issuer: str | None = None
+    audience: str | None = None
+    max_lifetime: int = 24 * 3600
 
 
 class Authenticator:
-    def __init__(self, secret: str, leeway: int = 0) -> None:
-        self._secret = secret
-        self._leeway = leeway
+    def __init__(self, rules: TokenRules) -> None:
+        self._rules = rules
+        required = ["exp", "sub", "role"]
+        if rules.issuer is not None:
+            required.append("iss")
+        if rules.audience is not None:
+            required.append("aud")
+        self._options: Options = {"require": required}
 
-    def authenticate(self, authorization: str | None) -> Principal:
+    def authenticate(self, authorization: str | None) -> Caller:
         if not authorization:
             raise _unauthorized("missing", "missing bearer token")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _unauthorized("malformed", "expected 'Authorization: Bearer <token>'")
+        rules = self._rules
         try:
             claims = jwt.decode(
                 token.strip(),
-                self._secret,
+                rules.secret,
                 algorithms=["HS256"],
-                leeway=self._leeway,
-                options={"require": ["exp", "sub", "role"]},
+                leeway=rules.leeway,
+                issuer=rules.issuer,
+                audience=rules.audience,
+                options=self._options,
             )
         except jwt.ExpiredSignatureError as exc:
             raise _unauthorized("expired", "token expired") from exc
@@ -66,36 +83,37 @@ class Authenticator:
             raise _unauthorized("algorithm", "token algorithm not allowed") from exc
         except jwt.MissingRequiredClaimError as exc:
             raise _unauthorized("claims", f"token lacks the {exc.claim} claim") from exc
+        except (jwt.InvalidIssuerError, jwt.InvalidAudienceError) as exc:
+            raise _unauthorized("claims", f"token not accepted here: {exc}") from exc
         except jwt.InvalidTokenError as exc:
             raise _unauthorized("malformed", "token malformed") from exc
+        return self._caller(claims)
+
+    def _caller(self, claims: dict[str, Any]) -> Caller:
+        exp = claims["exp"]
+        if not isinstance(exp, int | float) or exp - time.time() > self._rules.max_lifetime:
+            raise _unauthorized("claims", "token lifetime exceeds the maximum allowed")
         sub, role = claims.get("sub"), claims.get("role")
-        if not isinstance(sub, str) or not sub:
-            raise _unauthorized("claims", "token sub must be a non-empty string")
+        if not isinstance(sub, str) or not _SUB.fullmatch(sub):
+            raise _unauthorized("claims", "token sub must be 1-255 printable characters")
         try:
-            return Principal(user_id=sub, role=Role(str(role)))
+            parsed = Role(str(role))
         except ValueError as exc:
             raise _unauthorized("claims", "token role unknown") from exc
+        return Caller(
+            user_id=sub,
+            role=parsed,
+            email=_optional(claims.get("email"), _EMAIL),
+            tier=_optional(claims.get("discount_tier"), _TIER),
+        )
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The user id is a path of records and a header value: printable, bounded.
+_SUB = re.compile(r"[\x21-\x7e]{1,255}")
+# Optional claims travel on to the services in headers: only plain values.
+_EMAIL = re.compile(r"[^@\s]{1,128}@[^@\s]{1,128}")
+_TIER = re.compile(r"[a-z0-9_-]{1,64}")
 
 
-def require_role(authenticator: Authenticator, *roles: Role) -> Callable[[Handler], Handler]:
-    """Decorate a handler: authenticate, then check the caller holds one of ``roles``."""
-
-    def decorate(handler: Handler) -> Handler:
-        async def wrapped(request: web.Request) -> web.StreamResponse:
-            principal = authenticator.authenticate(request.headers.get("Authorization"))
-            if principal.role not in roles:
-                metrics.API_AUTH_FAILURES.labels("role").inc()
-                raise ApiError(403, "forbidden", f"requires role {' or '.join(roles)}")
-            request[_REQUEST_PRINCIPAL] = principal
-            return await handler(request)
-
-        return wrapped
-
-    return decorate
-
-
-def principal_of(request: web.Request) -> Principal:
-    return request[_REQUEST_PRINCIPAL]
+def _optional(value: Any, pattern: re.Pattern[str]) -> str | None:
+    return value if isinstance(value, str) and pattern.fullmatch(value) else None

@@ -2,9 +2,11 @@
 
 The gateway holds no business state: it checks who is calling and what the
 path looks like, then relays to the owning service's ``/internal`` API with
-the service token, the caller's identity, the request id and any
-``Idempotency-Key``. The owner's answer (status and JSON body) goes back as
-it is; no answer becomes a 502, a slow one a 504.
+the service token, the caller's identity (the owner checks ownership itself),
+the request id and any ``Idempotency-Key``. The owner's JSON answer goes back
+as it is. No answer, a slow answer, or something that is not the owner's JSON
+becomes a 503 with ``Retry-After``: the client may retry, and a retry with
+the same ``Idempotency-Key`` is safe.
 """
 
 from __future__ import annotations
@@ -14,16 +16,19 @@ import time
 import aiohttp
 from aiohttp import web
 
-from services.gateway.auth import principal_of
 from shared import metrics
+from shared.api.caller import Caller
 from shared.http.errors import ApiError
-from shared.logging import current_context
+from shared.logging import current_context, get_logger
+
+log = get_logger(__name__)
 
 # One pooled HTTP client per gateway process, opened and closed with the app.
 CLIENT_SESSION = web.AppKey("client_session", aiohttp.ClientSession)
 _FORWARDED_HEADERS = ("Idempotency-Key", "Content-Type")
 # Headers of the owner's answer the client needs to see.
 _RELAYED_HEADERS = ("Idempotent-Replayed", "Retry-After")
+_RETRY_AFTER = {"Retry-After": "2"}
 
 
 class Upstream:
@@ -32,16 +37,31 @@ class Upstream:
         self._base_url = base_url.rstrip("/")
         self._auth = f"Bearer {service_token}"
 
-    async def forward(self, request: web.Request, path: str) -> web.Response:
-        principal = principal_of(request)
-        headers = {
-            "Authorization": self._auth,
-            "X-User-Id": principal.user_id,
-            "X-User-Role": principal.role.value,
-        }
+    def headers(self, caller: Caller | None) -> dict[str, str]:
+        headers = {"Authorization": self._auth}
+        if caller is not None:
+            headers.update(caller.headers())
         request_id = current_context().get("request_id")
         if isinstance(request_id, str):
             headers["X-Request-Id"] = request_id
+        return headers
+
+    async def get_json(
+        self, session: aiohttp.ClientSession, path: str, params: dict[str, str]
+    ) -> object:
+        """A GET of the owner's internal API for the gateway's own use (fan-out)."""
+        try:
+            async with session.get(
+                f"{self._base_url}{path}", params=params, headers=self.headers(None)
+            ) as response:
+                if response.status != 200:
+                    raise self._unavailable(f"answered {response.status}")
+                return await response.json()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._unavailable(repr(exc)) from exc
+
+    async def forward(self, request: web.Request, path: str, caller: Caller | None) -> web.Response:
+        headers = self.headers(caller)
         for name in _FORWARDED_HEADERS:
             if name in request.headers:
                 headers[name] = request.headers[name]
@@ -60,13 +80,23 @@ class Upstream:
                 content_type = upstream.content_type
                 relayed = {h: v for h in _RELAYED_HEADERS if (v := upstream.headers.get(h))}
         except TimeoutError as exc:
-            metrics.UPSTREAM_FAILURES.labels(self.name).inc()
-            raise ApiError(504, "upstream_timeout", f"{self.name} did not answer in time") from exc
+            raise self._unavailable("timeout", code="upstream_timeout") from exc
         except aiohttp.ClientError as exc:
-            metrics.UPSTREAM_FAILURES.labels(self.name).inc()
-            raise ApiError(502, "upstream_unavailable", f"{self.name} is unavailable") from exc
+            raise self._unavailable(repr(exc)) from exc
         finally:
             metrics.UPSTREAM_REQUEST_SECONDS.labels(self.name).observe(
                 time.perf_counter() - started
             )
-        return web.Response(body=payload, status=status, content_type=content_type, headers=relayed)
+        if status != 204 and content_type != "application/json":
+            raise self._unavailable(f"answered {status} {content_type}")
+        return web.Response(
+            body=payload if status != 204 else None,
+            status=status,
+            content_type=content_type if status != 204 else None,
+            headers=relayed,
+        )
+
+    def _unavailable(self, why: str, code: str = "upstream_unavailable") -> ApiError:
+        log.warning("upstream_unavailable", upstream=self.name, why=why)
+        metrics.UPSTREAM_FAILURES.labels(self.name).inc()
+        return ApiError(503, code, f"{self.name} is unavailable, retry later", headers=_RETRY_AFTER)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import limits
 from pydantic import Field, SecretStr, field_validator
 
 from shared.settings import ServiceSettings
@@ -20,14 +21,40 @@ class GatewaySettings(ServiceSettings):
     publish_confirm_timeout: float = 5.0
     max_webhook_bytes: int = 1024 * 1024
 
+    # HS256 key: at least 32 bytes (RFC 7518 wants a key as long as the hash).
     jwt_secret: SecretStr
-    jwt_leeway_seconds: int = 0
+    jwt_leeway_seconds: int = Field(default=0, ge=0, le=300)
+    # When set, tokens must carry this issuer / audience.
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    # A token whose exp lies further ahead than this is refused: a leaked
+    # token must not stay useful for months.
+    jwt_max_lifetime_seconds: int = Field(default=24 * 3600, gt=0)
+
+    # Client API rate limits (the `limits` notation: "<count>/<period>"),
+    # counted by each gateway replica on its own. Webhooks are never limited.
+    rate_limit_member: str = "120/minute"
+    rate_limit_staff: str = "1200/minute"
+    rate_limit_anonymous: str = "60/minute"
 
     webhooks_url: str = "http://127.0.0.1:8081"
     subscriptions_url: str = "http://127.0.0.1:8082"
     credits_url: str = "http://127.0.0.1:8083"
     retry_url: str = "http://127.0.0.1:8084"
     upstream_timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value().encode()) < 32:
+            raise ValueError("JWT_SECRET must be at least 32 bytes")
+        return value
+
+    @field_validator("rate_limit_member", "rate_limit_staff", "rate_limit_anonymous")
+    @classmethod
+    def _a_rate(cls, value: str) -> str:
+        limits.parse(value)  # raises ValueError for anything it cannot read
+        return value
 
     @field_validator("stripe_webhook_secrets")
     @classmethod

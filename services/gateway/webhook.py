@@ -89,10 +89,10 @@ class WebhookEndpoint:
         if (
             head.object != "event"
             or not isinstance(event_id, str)
-            or not EVENT_ID.match(event_id)
+            or not EVENT_ID.fullmatch(event_id)
             or not isinstance(event_type, str)
             or len(event_type) > EVENT_TYPE_MAX_LENGTH
-            or not EVENT_TYPE.match(event_type)
+            or not EVENT_TYPE.fullmatch(event_type)
         ):
             return _reject(
                 "payload", 400, "invalid_payload", "body is not a Stripe event (object, id, type)"

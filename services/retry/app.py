@@ -13,10 +13,13 @@ from aiohttp import web
 
 from services.retry.settings import RetrySettings
 from shared import runtime
+from shared.clock import Clock
 
 SCHEMA = "retry"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def create_app(settings: RetrySettings) -> web.Application:
-    return runtime.service_app(settings, name="retry", schema=SCHEMA, migrations=MIGRATIONS)
+def create_app(settings: RetrySettings, *, clock: Clock | None = None) -> web.Application:
+    return runtime.service_app(
+        settings, name="retry", schema=SCHEMA, migrations=MIGRATIONS, clock=clock
+    )

@@ -6,29 +6,23 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.subscriptions.api import add_routes
-from services.subscriptions.handlers import apply_subscription_event, stripe_events_queue
+from services.subscriptions.api import routes
+from services.subscriptions.handlers import handlers, stripe_events_queue
 from services.subscriptions.settings import SubscriptionsSettings
 from shared import runtime
-from shared.broker.consumer import ANY_TYPE
+from shared.clock import Clock
 
 SCHEMA = "subscriptions"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def create_app(settings: SubscriptionsSettings) -> web.Application:
-    app = runtime.service_app(
+def create_app(settings: SubscriptionsSettings, *, clock: Clock | None = None) -> web.Application:
+    return runtime.service_app(
         settings,
         name="subscriptions",
         schema=SCHEMA,
         migrations=MIGRATIONS,
-        # Every customer.subscription.* event carries a subscription snapshot.
-        consumes=[
-            (
-                stripe_events_queue(settings.retry_delays_ms),
-                {ANY_TYPE: apply_subscription_event},
-            )
-        ],
+        consumes=[(stripe_events_queue(settings.retry_delays_ms), handlers)],
+        routes=routes,
+        clock=clock,
     )
-    add_routes(app)
-    return app

@@ -7,15 +7,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.subscriptions.ordering import LIFECYCLE_RANK, TERMINAL_STATUS
-from shared import metrics, queues
+from shared import metrics, mirror, queues
+from shared.broker.handlers import Context, Handlers
 from shared.broker.topology import STRIPE_EVENTS, Binding, ConsumerQueue
 from shared.clock import from_unix
-from shared.db import DbConnection
 from shared.events import StripeEvent
 from shared.logging import get_logger
 
 log = get_logger(__name__)
+
+handlers = Handlers()
 
 SubscriptionStatus = Literal[
     "incomplete",
@@ -27,6 +28,8 @@ SubscriptionStatus = Literal[
     "unpaid",
     "paused",
 ]
+# Stripe never moves a subscription out of these.
+ENDED = frozenset({"canceled", "incomplete_expired"})
 
 
 class _Price(BaseModel):
@@ -84,6 +87,15 @@ class SubscriptionSnapshot(BaseModel):
                 return item.price.id
         return None
 
+    def progress(self) -> tuple[int, ...]:
+        """What only moves forward: the period end, then whether it has ended."""
+        _, end = self.period()
+        return (int(end.timestamp()) if end else 0, int(self.status in ENDED))
+
+
+class SubscriptionEvent(StripeEvent):
+    pass
+
 
 def stripe_events_queue(retry_delays_ms: list[int]) -> ConsumerQueue:
     return ConsumerQueue(
@@ -93,15 +105,13 @@ def stripe_events_queue(retry_delays_ms: list[int]) -> ConsumerQueue:
     )
 
 
-# Applies the snapshot only when the event is newer than the row's last one
-# (row-value comparison implements services/subscriptions/ordering.py), and
-# never moves a canceled subscription to another status.
 _UPSERT = """
 INSERT INTO subscriptions AS s (
     stripe_subscription_id, stripe_customer_id, status, price_id,
     current_period_start, current_period_end, cancel_at_period_end, canceled_at,
-    last_event_id, last_event_type, last_event_created, last_event_rank)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+    last_event_id, last_event_type, last_event_created,
+    version_created, version_progress, version_digest)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13)
 ON CONFLICT (stripe_subscription_id) DO UPDATE SET
     stripe_customer_id = EXCLUDED.stripe_customer_id,
     status = EXCLUDED.status,
@@ -113,20 +123,38 @@ ON CONFLICT (stripe_subscription_id) DO UPDATE SET
     last_event_id = EXCLUDED.last_event_id,
     last_event_type = EXCLUDED.last_event_type,
     last_event_created = EXCLUDED.last_event_created,
-    last_event_rank = EXCLUDED.last_event_rank,
+    version_created = EXCLUDED.version_created,
+    version_progress = EXCLUDED.version_progress,
+    version_digest = EXCLUDED.version_digest,
     updated_at = now()
-WHERE (s.last_event_created, s.last_event_rank, s.last_event_id)
-      < (EXCLUDED.last_event_created, EXCLUDED.last_event_rank, EXCLUDED.last_event_id)
-  AND NOT (s.status = $13 AND EXCLUDED.status <> $13)
-RETURNING true
 """
 
 
-async def apply_subscription_event(body: dict[str, Any], conn: DbConnection) -> None:
-    event = StripeEvent.model_validate(body)
-    snapshot = SubscriptionSnapshot.model_validate(event.data.object)
+@handlers.on("customer.subscription.*", model=SubscriptionEvent)
+async def apply_subscription_event(event: SubscriptionEvent, ctx: Context) -> None:
+    snapshot = SubscriptionSnapshot.model_validate(ctx.fetched or event.data.object)
+    state = snapshot.model_dump(mode="json")
+    verdict = await mirror.decide(
+        ctx,
+        kind="subscription",
+        table="subscriptions",
+        id_column="stripe_subscription_id",
+        stripe_id=snapshot.id,
+        version=mirror.Version.of(event.created, *snapshot.progress()),
+        state_digest=mirror.digest(state),
+    )
+    if verdict is mirror.Verdict.APPLY:
+        held = await ctx.conn.fetchval(
+            "SELECT status FROM subscriptions WHERE stripe_subscription_id = $1", snapshot.id
+        )
+        if held in ENDED and snapshot.status not in ENDED:
+            verdict = mirror.Verdict.STALE  # Stripe never revives an ended subscription
+    metrics.SUBSCRIPTION_EVENTS_APPLIED.labels(verdict.value).inc()
+    if verdict is not mirror.Verdict.APPLY:
+        log.debug("subscription_event_not_applied", subscription=snapshot.id, verdict=verdict.value)
+        return
     start, end = snapshot.period()
-    applied = await conn.fetchval(
+    await ctx.conn.execute(
         _UPSERT,
         snapshot.id,
         snapshot.customer,
@@ -139,10 +167,6 @@ async def apply_subscription_event(body: dict[str, Any], conn: DbConnection) -> 
         event.id,
         event.type,
         from_unix(event.created),
-        LIFECYCLE_RANK.get(event.type, 1),
-        TERMINAL_STATUS,
+        list(snapshot.progress()),
+        mirror.digest(state),
     )
-    outcome = "applied" if applied else "stale"
-    metrics.SUBSCRIPTION_EVENTS_APPLIED.labels(outcome).inc()
-    if not applied:
-        log.info("stale_subscription_event", subscription=snapshot.id)

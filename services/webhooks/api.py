@@ -1,181 +1,135 @@
-"""The webhooks service's internal API (reached through the gateway's /v1/admin)."""
+"""The webhooks service's API (``services/webhooks/contract.py``), served on ``/internal``."""
 
 from __future__ import annotations
-
-from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 from aiohttp import web
 
-from services.webhooks import queries
+from services.webhooks import contract, queries
 from services.webhooks.settings import WebhooksSettings
-from shared import metrics, queues
+from shared import audit, metrics, queues
+from shared.api.pagination import Page
+from shared.api.service import Call, Empty, ServiceRoutes
 from shared.broker import dead_letters
 from shared.broker.errors import PublishFailed
 from shared.broker.topology import STRIPE_EVENTS
-from shared.events import EVENT_TYPE
-from shared.http.errors import ApiError, json_response
-from shared.http.idempotency import run_idempotent
-from shared.runtime import AMQP, POOL, PUBLISHER
-
-_MAX_LIMIT = 200
-
-
-def _timestamp(request: web.Request, name: str) -> datetime | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    try:
-        if raw.isdigit():
-            return datetime.fromtimestamp(int(raw), UTC)
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        if value.tzinfo is None:
-            raise ApiError(400, "invalid_parameter", f"{name} needs a timezone", param=name)
-        # In UTC, so a time at the edge of the calendar fails here, not in the query.
-        return value.astimezone(UTC)
-    except (ValueError, OverflowError, OSError) as exc:
-        # OSError: unix seconds beyond the platform's time_t.
-        raise ApiError(
-            400, "invalid_parameter", f"{name} must be unix seconds or ISO 8601", param=name
-        ) from exc
-
-
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= _MAX_LIMIT:
-        raise ApiError(400, "invalid_parameter", f"limit must be 1-{_MAX_LIMIT}", param="limit")
-    return int(raw)
-
-
-async def list_events(request: web.Request) -> web.Response:
-    cursor = None
-    if "cursor" in request.query:
-        try:
-            cursor = queries.decode_cursor(request.query["cursor"])
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise ApiError(400, "invalid_parameter", "cursor is not valid", param="cursor") from exc
-    event_type = request.query.get("type") or None
-    if event_type is not None and not EVENT_TYPE.match(event_type):
-        raise ApiError(400, "invalid_parameter", "type is not an event type", param="type")
-    flt = queries.EventFilter(
-        type=event_type,
-        created_gte=_timestamp(request, "created_gte"),
-        created_lt=_timestamp(request, "created_lt"),
-        cursor=cursor,
-        limit=_limit(request),
-    )
-    data, next_cursor = await queries.list_events(request.app[POOL], queues.WEBHOOKS_LEDGER, flt)
-    return json_response(
-        {"data": data, "has_more": next_cursor is not None, "next_cursor": next_cursor}
-    )
-
-
-async def show_event(request: web.Request) -> web.Response:
-    event = await queries.get_event(
-        request.app[POOL], queues.WEBHOOKS_LEDGER, request.match_info["event_id"]
-    )
-    if event is None:
-        raise ApiError(404, "not_found", "no such event")
-    return json_response(event)
-
-
-async def replay_event(request: web.Request) -> web.Response:
-    event_id = request.match_info["event_id"]
-    pool = request.app[POOL]
-
-    async def replay() -> tuple[int, Any]:
-        event = await queries.get_event(pool, queues.WEBHOOKS_LEDGER, event_id)
-        if event is None:
-            raise ApiError(404, "not_found", "no such event")
-        # Same id, so every consumer that already applied it skips it; the
-        # ones that never did (dead-lettered, bound later) apply it now.
-        try:
-            await request.app[PUBLISHER].publish(
-                STRIPE_EVENTS,
-                event["type"],
-                orjson.dumps(event["payload"]),
-                message_id=event_id,
-                headers={"x-replayed": True},
-            )
-        except PublishFailed as exc:
-            raise ApiError(503, "broker_unavailable", "could not publish, retry later") from exc
-        await queries.mark_replayed(pool, event_id)
-        metrics.LEDGER_EVENTS_REPLAYED.inc()
-        return 202, {"id": event_id, "replayed": True}
-
-    return await run_idempotent(pool, request, b"", replay)
-
-
-def _known_queue(settings: WebhooksSettings, queue: Any) -> str:
-    known = settings.dead_letter_queue_names()
-    if not isinstance(queue, str) or queue not in known:
-        raise ApiError(400, "invalid_parameter", f"queue must be one of {known}", param="queue")
-    return queue
-
-
-async def list_dead_letters(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
-    limit = settings.dead_letter_peek_limit
-    if "limit" in request.query:
-        limit = _limit(request)
-    names = settings.dead_letter_queue_names()
-    if "queue" in request.query:
-        names = [_known_queue(settings, request.query["queue"])]
-    views = [await dead_letters.inspect(request.app[AMQP], q, limit=limit) for q in names]
-    return json_response(
-        {
-            "queues": [
-                {
-                    "queue": v.queue,
-                    "dead_letter_queue": f"{v.queue}.dlq",
-                    "declared": v.declared,
-                    "count": v.count,
-                    "messages": [m.__dict__ for m in v.messages],
-                }
-                for v in views
-            ]
-        }
-    )
-
-
-async def redrive_dead_letters(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
-    body = await request.read()
-    try:
-        params = orjson.loads(body or b"{}")
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", "body is not JSON") from exc
-    if not isinstance(params, dict):
-        raise ApiError(400, "invalid_json", "body must be a JSON object")
-    queue = _known_queue(settings, params.get("queue"))
-    ids = params.get("message_ids")
-    if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)):
-        raise ApiError(
-            400, "invalid_parameter", "message_ids must be a list of strings", param="message_ids"
-        )
-
-    async def redrive() -> tuple[int, Any]:
-        try:
-            moved = await dead_letters.redrive(
-                request.app[AMQP],
-                request.app[PUBLISHER],
-                queue,
-                message_ids=set(ids) if ids is not None else None,
-            )
-        except PublishFailed as exc:
-            raise ApiError(503, "broker_unavailable", "could not publish, retry later") from exc
-        return 200, {"queue": queue, "redriven": moved}
-
-    return await run_idempotent(request.app[POOL], request, body, redrive)
-
+from shared.db import DbConnection
+from shared.http.errors import invalid_field, not_found, unavailable
+from shared.runtime import AMQP, PUBLISHER
 
 SETTINGS = web.AppKey("settings", WebhooksSettings)
 
+routes = ServiceRoutes("webhooks", contract.ENDPOINTS)
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/internal/events", list_events)
-    app.router.add_get("/internal/events/{event_id}", show_event)
-    app.router.add_post("/internal/events/{event_id}/replay", replay_event)
-    app.router.add_get("/internal/dead-letters", list_dead_letters)
-    app.router.add_post("/internal/dead-letters/redrive", redrive_dead_letters)
+
+@routes.implement(contract.LIST_EVENTS)
+async def list_events(
+    call: Call[Empty, contract.EventsQuery],
+) -> Page[contract.EventSummary]:
+    return await queries.list_events(call.pool, queues.WEBHOOKS_LEDGER, call.query)
+
+
+@routes.implement(contract.SHOW_EVENT)
+async def show_event(call: Call[Empty, Empty]) -> contract.EventDetail:
+    event = await queries.get_event(call.pool, queues.WEBHOOKS_LEDGER, call.path["event_id"])
+    if event is None:
+        raise not_found("event")
+    return event
+
+
+@routes.implement(contract.REPLAY_EVENT)
+async def replay_event(call: Call[contract.ReplayRequest, Empty]) -> contract.ReplayResult:
+    event_id = call.path["event_id"]
+    event = await queries.get_event(call.pool, queues.WEBHOOKS_LEDGER, event_id)
+    if event is None:
+        raise not_found("event")
+    # Same id, so every consumer that already applied it skips it; the ones
+    # that never did (dead-lettered, bound later) apply it now.
+    try:
+        await call.request.app[PUBLISHER].publish(
+            STRIPE_EVENTS,
+            event.type,
+            orjson.dumps(event.payload),
+            message_id=event_id,
+            headers={"x-replayed": True},
+        )
+    except PublishFailed as exc:
+        raise unavailable("broker") from exc
+    metrics.LEDGER_EVENTS_REPLAYED.inc()
+
+    async def effect(conn: DbConnection) -> contract.ReplayResult:
+        await queries.mark_replayed(conn, event_id)
+        await audit.record(
+            conn,
+            caller=call.caller,
+            action="event.replay",
+            target_type="event",
+            target_id=event_id,
+            reason=call.body.reason,
+            request_id=call.request_id,
+        )
+        return contract.ReplayResult(id=event_id, replayed=True)
+
+    return await call.commit(effect)
+
+
+def _known_queue(settings: WebhooksSettings, queue: str, field: str = "queue") -> str:
+    known = settings.dead_letter_queue_names()
+    if queue not in known:
+        raise invalid_field(field, f"must be one of {known}")
+    return queue
+
+
+@routes.implement(contract.LIST_DEAD_LETTERS)
+async def list_dead_letters(call: Call[Empty, contract.DeadLettersQuery]) -> contract.DeadLetters:
+    settings = call.request.app[SETTINGS]
+    limit = call.query.limit or settings.dead_letter_peek_limit
+    names = settings.dead_letter_queue_names()
+    if call.query.queue is not None:
+        names = [_known_queue(settings, call.query.queue)]
+    connection = call.request.app[AMQP]
+    views = [await dead_letters.inspect(connection, q, limit=limit) for q in names]
+    return contract.DeadLetters(
+        queues=[
+            contract.DeadLetterQueueView(
+                queue=v.queue,
+                dead_letter_queue=f"{v.queue}.dlq",
+                declared=v.declared,
+                count=v.count,
+                messages=[contract.DeadLetterView(**m.__dict__) for m in v.messages],
+            )
+            for v in views
+        ]
+    )
+
+
+@routes.implement(contract.REDRIVE_DEAD_LETTERS)
+async def redrive_dead_letters(
+    call: Call[contract.RedriveRequest, Empty],
+) -> contract.RedriveResult:
+    queue = _known_queue(call.request.app[SETTINGS], call.body.queue)
+    ids = call.body.message_ids
+    try:
+        moved = await dead_letters.redrive(
+            call.request.app[AMQP],
+            call.request.app[PUBLISHER],
+            queue,
+            message_ids=set(ids) if ids is not None else None,
+        )
+    except PublishFailed as exc:
+        raise unavailable("broker") from exc
+
+    async def effect(conn: DbConnection) -> contract.RedriveResult:
+        await audit.record(
+            conn,
+            caller=call.caller,
+            action="dead_letters.redrive",
+            target_type="queue",
+            target_id=queue,
+            reason=call.body.reason,
+            request_id=call.request_id,
+            details={"message_ids": ids, "redriven": moved},
+        )
+        return contract.RedriveResult(queue=queue, redriven=moved)
+
+    return await call.commit(effect)

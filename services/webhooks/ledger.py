@@ -2,18 +2,18 @@
 
 Bound to ``#`` on ``stripe.events``. The consumer base has already recorded
 the event id in ``inbox`` (duplicates never reach this function and are
-counted there), so this only writes the event row.
+counted there), so this only writes the event row, verbatim.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from shared import metrics, queues
+from shared.broker.handlers import ANY_TYPE, Context, Handlers
 from shared.broker.topology import STRIPE_EVENTS, Binding, ConsumerQueue
 from shared.clock import from_unix
-from shared.db import DbConnection
 from shared.events import StripeEvent
+
+handlers = Handlers()
 
 
 def ledger_queue(retry_delays_ms: list[int]) -> ConsumerQueue:
@@ -24,9 +24,9 @@ def ledger_queue(retry_delays_ms: list[int]) -> ConsumerQueue:
     )
 
 
-async def store_event(body: dict[str, Any], conn: DbConnection) -> None:
-    event = StripeEvent.model_validate(body)
-    await conn.execute(
+@handlers.on(ANY_TYPE, model=StripeEvent)
+async def store_event(event: StripeEvent, ctx: Context) -> None:
+    await ctx.conn.execute(
         "INSERT INTO events (id, type, api_version, livemode, created_at, payload)"
         " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
         event.id,
@@ -34,6 +34,6 @@ async def store_event(body: dict[str, Any], conn: DbConnection) -> None:
         event.api_version,
         event.livemode,
         from_unix(event.created),
-        body,
+        dict(ctx.body),
     )
     metrics.LEDGER_EVENTS_STORED.labels(event.type).inc()

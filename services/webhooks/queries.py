@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
-import orjson
+
+from services.webhooks.contract import EventDetail, EventsQuery, EventSummary
+from shared.api.pagination import Page, decode_cursor, page_of
+from shared.db import DbConnection
 
 # Summary columns for listings; the payload only on the single-event view.
 _SUMMARY = (
@@ -18,49 +19,23 @@ _SUMMARY = (
 _FROM = "FROM events e LEFT JOIN inbox i ON i.event_id = e.id AND i.queue = $1"
 
 
-@dataclass(frozen=True)
-class EventFilter:
-    type: str | None = None
-    created_gte: datetime | None = None
-    created_lt: datetime | None = None
-    cursor: tuple[datetime, str] | None = None
-    limit: int = 50
-
-
-def encode_cursor(created_at: datetime, event_id: str) -> str:
-    raw = orjson.dumps([created_at.isoformat(), event_id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Raise ValueError (TypeError, OverflowError) for anything that is not a cursor we issued."""
-    padded = cursor + "=" * (-len(cursor) % 4)
-    created, event_id = orjson.loads(base64.urlsafe_b64decode(padded))
-    value = datetime.fromisoformat(created)
-    if value.tzinfo is None or not isinstance(event_id, str):
-        raise ValueError("not a cursor we issued")
-    return value.astimezone(UTC), event_id
-
-
 def _summary(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": row["id"],
         "type": row["type"],
         "api_version": row["api_version"],
         "livemode": row["livemode"],
-        "created": row["created_at"].isoformat(),
-        "received_at": row["received_at"].isoformat(),
+        "created": row["created_at"],
+        "received_at": row["received_at"],
         "duplicates": row["duplicate_count"],
         "replay_count": row["replay_count"],
-        "last_replayed_at": row["last_replayed_at"].isoformat()
-        if row["last_replayed_at"]
-        else None,
+        "last_replayed_at": row["last_replayed_at"],
     }
 
 
 async def list_events(
-    pool: asyncpg.Pool[Any], queue: str, flt: EventFilter
-) -> tuple[list[dict[str, Any]], str | None]:
+    pool: asyncpg.Pool[Any], queue: str, query: EventsQuery
+) -> Page[EventSummary]:
     clauses: list[str] = []
     args: list[Any] = [queue]
 
@@ -68,31 +43,31 @@ async def list_events(
         args.append(value)
         return f"${len(args)}"
 
-    if flt.type is not None:
-        clauses.append(f"e.type = {arg(flt.type)}")
-    if flt.created_gte is not None:
-        clauses.append(f"e.created_at >= {arg(flt.created_gte)}")
-    if flt.created_lt is not None:
-        clauses.append(f"e.created_at < {arg(flt.created_lt)}")
-    if flt.cursor is not None:
-        created, event_id = flt.cursor
+    if query.type is not None:
+        clauses.append(f"e.type = {arg(query.type)}")
+    if query.created_gte is not None:
+        clauses.append(f"e.created_at >= {arg(query.created_gte)}")
+    if query.created_lt is not None:
+        clauses.append(f"e.created_at < {arg(query.created_lt)}")
+    if query.cursor is not None:
+        created, event_id = decode_cursor(query.cursor, datetime, str)
         clauses.append(f"(e.created_at, e.id) < ({arg(created)}, {arg(event_id)})")
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     # Only placeholders are interpolated; values travel as parameters.
     sql = (
         f"SELECT {_SUMMARY} {_FROM} {where}"
-        f" ORDER BY e.created_at DESC, e.id DESC LIMIT {arg(flt.limit + 1)}"
+        f" ORDER BY e.created_at DESC, e.id DESC LIMIT {arg(query.limit + 1)}"
     )
     rows = await pool.fetch(sql, *args)
-    page = rows[: flt.limit]
-    next_cursor = None
-    if len(rows) > flt.limit:
-        last = page[-1]
-        next_cursor = encode_cursor(last["created_at"], last["id"])
-    return [_summary(r) for r in page], next_cursor
+    return page_of(
+        rows,
+        query.limit,
+        lambda r: EventSummary.model_validate(_summary(r)),
+        lambda r: (r["created_at"], r["id"]),
+    )
 
 
-async def get_event(pool: asyncpg.Pool[Any], queue: str, event_id: str) -> dict[str, Any] | None:
+async def get_event(pool: asyncpg.Pool[Any], queue: str, event_id: str) -> EventDetail | None:
     row = await pool.fetchrow(
         f"SELECT {_SUMMARY}, e.payload {_FROM} WHERE e.id = $2",
         queue,
@@ -100,11 +75,11 @@ async def get_event(pool: asyncpg.Pool[Any], queue: str, event_id: str) -> dict[
     )
     if row is None:
         return None
-    return {**_summary(row), "payload": row["payload"]}
+    return EventDetail.model_validate({**_summary(row), "payload": row["payload"]})
 
 
-async def mark_replayed(pool: asyncpg.Pool[Any], event_id: str) -> None:
-    await pool.execute(
+async def mark_replayed(conn: DbConnection, event_id: str) -> None:
+    await conn.execute(
         "UPDATE events SET replay_count = replay_count + 1, last_replayed_at = now() WHERE id = $1",
         event_id,
     )

@@ -2,10 +2,14 @@
 
 The ack rule:
 
-1. Decode the message and find the handler for its ``type``.
+1. Decode the message once, find the handler registered for its ``type``
+   (``shared/broker/handlers.py``) and validate it against the handler's model.
 2. In one Postgres transaction, record the message id in the service's
    ``inbox`` table and run the handler. If the id is already there, this is a
-   duplicate (Stripe's, the broker's, or a replay): skip the effect.
+   duplicate (Stripe's, the broker's, or a replay): skip the effect. A handler
+   that needs Stripe's current object raises ``Refetch``: the transaction
+   rolls back, the object is read from Stripe outside any transaction, and
+   step 2 runs again with it.
 3. Commit, then ack. A crash between commit and ack redelivers the message,
    which step 2 then recognises as a duplicate.
 4. On failure the transaction rolls back (no effect, no inbox row):
@@ -29,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,14 +47,14 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from shared import metrics
 from shared.broker.errors import InvalidMessage, PublishFailed, RetryLater
+from shared.broker.handlers import Context, Fetcher, Handlers, Refetch, Registration
 from shared.broker.publisher import Publisher
 from shared.broker.topology import ConsumerQueue, declare_consumer_queue
-from shared.db import DbConnection
+from shared.clock import Clock, SystemClock
 from shared.logging import get_logger, log_context
+from shared.outbox import Outbox
 
 log = get_logger(__name__)
-
-Handler = Callable[[dict[str, Any], DbConnection], Awaitable[None]]
 # Failures of the infrastructure rather than of the message: the database
 # unreachable or restarting, a lost serialisation race. They get RetryLater's
 # larger bound, so an outage of the database does not dead-letter everything
@@ -66,8 +70,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.DeadlockDetectedError,
 )
 _RETRY_LATER: tuple[type[BaseException], ...] = (RetryLater, *TRANSIENT_ERRORS)
-# "*" matches any type the queue's bindings let through.
-ANY_TYPE = "*"
 # The last error travels in a message header: keep it bounded.
 _ERROR_HEADER_LIMIT = 2_000
 # Between attempts to publish a held message's copy: quick for a blip,
@@ -82,14 +84,20 @@ class Consumer:
         queue: ConsumerQueue,
         pool: asyncpg.Pool[Any],
         publisher: Publisher,
-        handlers: Mapping[str, Handler],
+        handlers: Handlers,
+        source: str,
         prefetch: int = 32,
         retry_later_limit: int = 20,
+        clock: Clock | None = None,
+        fetch: Fetcher | None = None,
     ) -> None:
         self.queue = queue
         self._pool = pool
         self._publisher = publisher
-        self._handlers = dict(handlers)
+        self._handlers = handlers
+        self._source = source
+        self._clock = clock or SystemClock()
+        self._fetch = fetch
         self._prefetch = prefetch
         self._retry_later_limit = retry_later_limit
         self._channel: aio_pika.abc.AbstractChannel | None = None
@@ -148,9 +156,9 @@ class Consumer:
     async def process(self, message: AbstractIncomingMessage) -> None:
         attempt = _attempt(message)
         try:
-            body, handler = self._decode(message)
+            body, registration = self._decode(message)
             with log_context(event_id=body["id"], event_type=body["type"]):
-                outcome = await self._apply(body, handler)
+                outcome = await self._apply(body, registration)
         except (InvalidMessage, pydantic.ValidationError) as exc:
             await self._dead_letter(message, attempt, exc)
             return
@@ -175,7 +183,7 @@ class Consumer:
             return
         metrics.MESSAGES_HANDLED.labels(self.queue.name, outcome).inc()
 
-    def _decode(self, message: AbstractIncomingMessage) -> tuple[dict[str, Any], Handler]:
+    def _decode(self, message: AbstractIncomingMessage) -> tuple[dict[str, Any], Registration]:
         try:
             body = orjson.loads(message.body)
         except orjson.JSONDecodeError as exc:
@@ -185,12 +193,32 @@ class Consumer:
         event_type = body.get("type")
         if not isinstance(event_type, str):
             raise InvalidMessage("body has no string type")
-        handler = self._handlers.get(event_type) or self._handlers.get(ANY_TYPE)
-        if handler is None:
+        registration = self._handlers.lookup(event_type)
+        if registration is None:
             raise InvalidMessage(f"no handler for {event_type} on {self.queue.name}")
-        return body, handler
+        return body, registration
 
-    async def _apply(self, body: dict[str, Any], handler: Handler) -> str:
+    async def _apply(self, body: dict[str, Any], registration: Registration) -> str:
+        # Validated once, before any transaction: a message that does not fit
+        # its model is invalid whatever the database holds.
+        event = registration.model.model_validate(body)
+        try:
+            return await self._apply_once(body, registration, event, fetched=None)
+        except Refetch as request:
+            if self._fetch is None:
+                raise RetryLater(f"{request}: this consumer cannot read Stripe") from request
+            # Outside any transaction: Stripe's latency never holds row locks.
+            fetched = await self._fetch(request.kind, request.object_id)
+            return await self._apply_once(body, registration, event, fetched=fetched)
+
+    async def _apply_once(
+        self,
+        body: dict[str, Any],
+        registration: Registration,
+        event: Any,
+        *,
+        fetched: Mapping[str, Any] | None,
+    ) -> str:
         async with self._pool.acquire() as conn, conn.transaction():
             first_time = await conn.fetchval(
                 "INSERT INTO inbox (event_id, event_type, queue) VALUES ($1, $2, $3)"
@@ -208,7 +236,16 @@ class Consumer:
                 )
                 log.debug("duplicate_skipped")
                 return "duplicate"
-            await handler(body, conn)
+            ctx = Context(
+                conn=conn,
+                clock=self._clock,
+                outbox=Outbox(conn, source=self._source, clock=self._clock),
+                message_id=body["id"],
+                queue=self.queue.name,
+                body=body,
+                fetched=fetched,
+            )
+            await registration.handle(event, ctx)
         return "processed"
 
     async def _retry(

@@ -1,79 +1,193 @@
-"""``Idempotency-Key`` for state-changing internal API calls.
+"""``Idempotency-Key``: a retried request gets the first answer, never a second effect.
 
-The first request with a key claims it (a row with its request hash) and, once
-done, stores its response; a retry with the same key and the same request gets
-that response again with ``Idempotent-Replayed: true``; the same key with a
-different request is a 422, and a retry while the first is still running a
-409. A failed attempt (an exception) releases the key so it can be retried.
-Keys are scoped by caller (``X-User-Id``) and kept in the service's own schema
-(table ``idempotency_keys``).
+A state-changing call that carries a key goes through three steps:
+
+1. **Claim** (its own short transaction): the key is recorded with the
+   request's fingerprint and a *lease*. A key already completed answers its
+   stored response (``Idempotent-Replayed: true``); the same key with another
+   request is a 422; a key whose lease is live belongs to a request still
+   running: 409. A key whose lease ran out belongs to a request that died
+   (process killed, connection lost) before finishing: this request takes it
+   over and runs the operation again.
+2. **Effect**: the operation runs. Calls to Stripe pass an idempotency key
+   *derived* from this one (:meth:`Claim.derived_key`), so a re-run after a
+   crash or a timeout gets Stripe's first answer instead of a second object.
+3. **Complete**, in the same transaction as the effect: the stored response
+   is written only if this request still holds the lease. A request that lost
+   its lease to a takeover rolls its effect back, so two runs can never both
+   commit. A crash between effect and response is impossible because they are
+   one commit; a crash before it leaves a lease that expires.
+
+Business refusals (4xx raised by the operation) are stored like successes, as
+Stripe does, so a retry sees the same refusal; unexpected failures release
+the key so the client may retry at once. Keys expire after
+``idempotency_key_ttl_seconds`` (24 h, as Stripe's) and are then forgotten.
+Keys are scoped by caller: two users may use the same key.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
-from aiohttp import web
 
-from shared.http.errors import ApiError, json_response
+from shared.db import DbConnection
+from shared.http.errors import ApiError, bad_request, conflict, unprocessable
 
-Operation = Callable[[], Awaitable[tuple[int, Any]]]
-_MAX_KEY_LENGTH = 255
+HEADER = "Idempotency-Key"
+_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
+# Outcomes a retry should see again; anything else (5xx, a 409 for a lease,
+# 429) releases the key.
+STORED_ERROR_STATUSES = frozenset({400, 402, 404, 409, 422})
 
 
-async def run_idempotent(
-    pool: asyncpg.Pool[Any], request: web.Request, body: bytes, operation: Operation
-) -> web.Response:
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        status, payload = await operation()
-        return json_response(payload, status=status)
-    if not key or len(key) > _MAX_KEY_LENGTH:
-        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 characters")
-    scope = request.headers.get("X-User-Id", "")
-    request_hash = hashlib.sha256(
-        b"%s %s\n%s" % (request.method.encode(), request.path_qs.encode(), body)
+def read_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not _KEY.match(value):
+        raise bad_request(
+            "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII", HEADER
+        )
+    return value
+
+
+def fingerprint(method: str, path: str, canonical_body: bytes) -> str:
+    return hashlib.sha256(
+        b"%s %s\n%s" % (method.encode(), path.encode(), canonical_body)
     ).hexdigest()
 
-    claimed = await pool.fetchval(
-        "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)"
-        " ON CONFLICT (scope, key) DO NOTHING RETURNING true",
-        scope,
-        key,
-        request_hash,
-    )
-    if not claimed:
-        row = await pool.fetchrow(
-            "SELECT request_hash, status, response FROM idempotency_keys"
-            " WHERE scope = $1 AND key = $2",
+
+@dataclass(frozen=True)
+class Replay:
+    status: int
+    response: Any
+
+
+@dataclass(frozen=True)
+class Claim:
+    scope: str
+    key: str
+    token: uuid.UUID
+
+    def derived_key(self, namespace: str, purpose: str) -> str:
+        """The idempotency key for one Stripe call made on behalf of this request.
+
+        Deterministic, so every run of the same request sends the same key;
+        distinct per ``purpose``, so two different calls of one request never
+        collide.
+        """
+        digest = hashlib.sha256(f"{namespace}\0{self.scope}\0{self.key}\0{purpose}".encode())
+        return f"{namespace}-{digest.hexdigest()[:48]}"
+
+
+class LeaseLost(ApiError):
+    def __init__(self) -> None:
+        super().__init__(
+            409, "idempotency_conflict", "another request with this Idempotency-Key took over"
+        )
+
+
+async def claim(
+    pool: asyncpg.Pool[Any],
+    *,
+    scope: str,
+    key: str,
+    request_fingerprint: str,
+    ttl: timedelta,
+    lease: timedelta,
+) -> Claim | Replay:
+    async with pool.acquire() as conn, conn.transaction():
+        # An expired key is forgotten: the request runs as if it were new.
+        await conn.execute(
+            "DELETE FROM idempotency_keys"
+            " WHERE scope = $1 AND key = $2 AND created_at < now() - $3::interval",
+            scope,
+            key,
+            ttl,
+        )
+        token = await conn.fetchval(
+            "INSERT INTO idempotency_keys (scope, key, request_hash, lease_token, leased_until)"
+            " VALUES ($1, $2, $3, gen_random_uuid(), now() + $4::interval)"
+            " ON CONFLICT (scope, key) DO NOTHING RETURNING lease_token",
+            scope,
+            key,
+            request_fingerprint,
+            lease,
+        )
+        if token is not None:
+            return Claim(scope, key, token)
+        row = await conn.fetchrow(
+            "SELECT request_hash, status, response, leased_until > now() AS running"
+            " FROM idempotency_keys WHERE scope = $1 AND key = $2 FOR UPDATE",
             scope,
             key,
         )
-        if row is None:  # released between our insert and select: ask for a retry
-            raise ApiError(409, "idempotency_conflict", "request with this key in progress")
-        if row["request_hash"] != request_hash:
-            raise ApiError(
-                422, "idempotency_key_reused", "Idempotency-Key was used with another request"
+        if row is None:  # released by its holder a moment ago
+            raise _in_progress()
+        if row["request_hash"] != request_fingerprint:
+            raise unprocessable(
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request",
+                **{HEADER: "already used for another request"},
             )
-        if row["status"] is None:
-            raise ApiError(409, "idempotency_conflict", "request with this key in progress")
-        return json_response(
-            row["response"], status=row["status"], headers={"Idempotent-Replayed": "true"}
+        if row["status"] is not None:
+            return Replay(row["status"], row["response"])
+        if row["running"]:
+            raise _in_progress()
+        # The holder died without finishing: take the key over.
+        token = await conn.fetchval(
+            "UPDATE idempotency_keys"
+            " SET lease_token = gen_random_uuid(), leased_until = now() + $3::interval"
+            " WHERE scope = $1 AND key = $2 RETURNING lease_token",
+            scope,
+            key,
+            lease,
         )
+        return Claim(scope, key, token)
 
-    try:
-        status, payload = await operation()
-    except BaseException:
-        await pool.execute("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2", scope, key)
-        raise
-    await pool.execute(
-        "UPDATE idempotency_keys SET status = $3, response = $4 WHERE scope = $1 AND key = $2",
-        scope,
-        key,
-        status,
-        payload,
+
+def _in_progress() -> ApiError:
+    return conflict(
+        "idempotency_in_progress",
+        "a request with this Idempotency-Key is still running; retry shortly",
+        **{HEADER: "in progress"},
     )
-    return json_response(payload, status=status)
+
+
+async def complete(conn: DbConnection, held: Claim, status: int, response: Any) -> None:
+    """Store the answer; call inside the effect's transaction. Raises :class:`LeaseLost`
+    (rolling the effect back) if a takeover happened meanwhile."""
+    result = await conn.execute(
+        "UPDATE idempotency_keys SET status = $4, response = $5, completed_at = now(),"
+        " lease_token = NULL, leased_until = NULL"
+        " WHERE scope = $1 AND key = $2 AND lease_token = $3",
+        held.scope,
+        held.key,
+        held.token,
+        status,
+        response,
+    )
+    if result != "UPDATE 1":
+        raise LeaseLost()
+
+
+async def release(pool: asyncpg.Pool[Any], held: Claim) -> None:
+    """Give the key up after an unexpected failure: the client may retry at once."""
+    await pool.execute(
+        "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND lease_token = $3",
+        held.scope,
+        held.key,
+        held.token,
+    )
+
+
+async def purge_expired(pool: asyncpg.Pool[Any], ttl: timedelta) -> int:
+    result = await pool.execute(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - $1::interval", ttl
+    )
+    return int(result.split()[-1])

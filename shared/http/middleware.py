@@ -4,6 +4,13 @@ aiohttp answers routing and protocol errors (404, 405, 413) with plain text by
 default; clients of a JSON API deserve JSON, so those are rewritten here, and
 an unexpected exception becomes a 500 without leaking its text.
 
+Request ids: a client's ``X-Request-Id`` is kept when it is sane (a short
+token of safe characters), so a caller can follow its own id through the
+logs; otherwise one is made. Every answer carries it back, every log line of
+the request carries it, and the gateway passes it to the service it forwards
+to. Metrics are by route template (``/v1/subscriptions/{subscription_id}``),
+never the raw path, so ids cannot explode label cardinality.
+
 It sits on the webhook hot path, so it is one layer and cheap: request ids
 are a per-process random prefix plus a counter (unique without a call into
 the OS per request), the log context is a single ContextVar, and metric
@@ -13,6 +20,7 @@ children are looked up once per (route, method, status) and cached.
 from __future__ import annotations
 
 import itertools
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +38,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _HTTP_CODES = {
     400: "bad_request",
+    429: "rate_limited",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
@@ -40,6 +49,7 @@ _HTTP_CODES = {
 }
 
 _ID_PREFIX = secrets.token_hex(4)
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _id_counter = itertools.count(1)
 _children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
@@ -56,17 +66,27 @@ def _observe(route: str, method: str, status: int, seconds: float) -> None:
     if child is None:
         child = (
             metrics.HTTP_REQUESTS.labels(route, method, str(status)),
-            metrics.HTTP_REQUEST_SECONDS.labels(route),
+            metrics.HTTP_REQUEST_SECONDS.labels(route, method),
         )
         _children[key] = child
     child[0].inc()
     child[1].observe(seconds)
 
 
+def request_id_of(request: web.Request) -> str:
+    offered = request.headers.get("X-Request-Id")
+    if offered and _SANE_REQUEST_ID.fullmatch(offered):
+        return offered
+    return f"{_ID_PREFIX}-{next(_id_counter):x}"
+
+
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-Id") or f"{_ID_PREFIX}-{next(_id_counter):x}"
+    request_id = request_id_of(request)
+    route = _route_name(request)
     started = time.perf_counter()
+    in_flight = metrics.HTTP_REQUESTS_IN_FLIGHT.labels(route)
+    in_flight.inc()
     with log_context(request_id=request_id):
         try:
             response = await handler(request)
@@ -78,10 +98,16 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             code = _HTTP_CODES.get(exc.status, "http_error")
             response = json_error(exc.status, code, exc.reason, headers=_keep_headers(exc))
         except Exception:
-            log.exception("unhandled_error", path=request.path)
-            response = json_error(500, "internal_error", "internal error")
+            # The id in the answer is the one on this log line: support can
+            # find the stack trace from what the client saw.
+            log.exception("unhandled_error", method=request.method, route=route)
+            response = json_error(
+                500, "internal_error", "internal error; quote the request_id when reporting it"
+            )
+        finally:
+            in_flight.dec()
     response.headers["X-Request-Id"] = request_id
-    _observe(_route_name(request), request.method, response.status, time.perf_counter() - started)
+    _observe(route, request.method, response.status, time.perf_counter() - started)
     return response
 
 

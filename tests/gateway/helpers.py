@@ -65,7 +65,7 @@ def a_valid_event(event_type: str = "invoice.paid") -> dict[str, Any]:
 def assert_error(
     status: int, answer: Any, expected_status: int, code: str, message: str | None = None
 ) -> None:
-    """The documented error shape: ``{"error": {"code", "message"}}``."""
+    """The documented error shape: ``{"error": {"code", "message", "details", "request_id"}}``."""
     assert status == expected_status, answer
     assert isinstance(answer, dict)
     assert set(answer) == {"error"}, answer
@@ -73,6 +73,9 @@ def assert_error(
     assert error["code"] == code, answer
     assert isinstance(error["message"], str)
     assert error["message"], answer
+    assert isinstance(error["details"], list), answer
+    assert all(set(d) == {"field", "reason"} for d in error["details"]), answer
+    assert isinstance(error["request_id"], str) and error["request_id"], answer
     if message is not None:
         assert message in error["message"], answer
 

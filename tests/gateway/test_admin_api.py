@@ -22,6 +22,8 @@ from tests.gateway.helpers import (
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
 
+REASON = b'{"reason": "operator check"}'
+
 
 async def duplicates_seen(db: asyncpg.Connection, event_id: str) -> tuple[Any, Any]:
     """Duplicates counted by (the ledger, the subscriptions consumer)."""
@@ -43,7 +45,9 @@ async def test_replay_publishes_the_event_again_and_consumers_skip_it(
 ) -> None:
     evt, row = await delivered_subscription_event(http, stack.gateway, db)
 
-    status, answer, _ = await admin(http, stack.gateway, "POST", f"/events/{evt['id']}/replay")
+    status, answer, _ = await admin(
+        http, stack.gateway, "POST", f"/events/{evt['id']}/replay", data=REASON
+    )
 
     assert (status, answer) == (202, {"id": evt["id"], "replayed": True})
     await eventually(
@@ -61,6 +65,20 @@ async def test_replay_publishes_the_event_again_and_consumers_skip_it(
     assert (shown["replay_count"], shown["duplicates"]) == (1, 1)
     assert shown["last_replayed_at"] is not None
     assert await db.fetchval("SELECT count(*) FROM webhooks.events") == 1
+    # The staff write is in the audit log: who, role, action, target, why, request.
+    status, logged, _ = await admin(
+        http, stack.gateway, "GET", "/audit", params={"target": evt["id"]}
+    )
+    assert status == 200, logged
+    [entry] = logged["data"]
+    assert (entry["service"], entry["action"], entry["target_type"]) == (
+        "webhooks",
+        "event.replay",
+        "event",
+    )
+    assert (entry["actor_id"], entry["actor_role"]) == ("user_test_operator", "admin")
+    assert entry["reason"] == "operator check"
+    assert entry["request_id"]
 
 
 async def test_replay_with_the_same_idempotency_key_publishes_once(
@@ -70,8 +88,8 @@ async def test_replay_with_the_same_idempotency_key_publishes_once(
     key = {"Idempotency-Key": f"replay-once-{evt['id']}"}
     path = f"/events/{evt['id']}/replay"
 
-    first = await admin(http, stack.gateway, "POST", path, headers=key)
-    second = await admin(http, stack.gateway, "POST", path, headers=key)
+    first = await admin(http, stack.gateway, "POST", path, headers=key, data=REASON)
+    second = await admin(http, stack.gateway, "POST", path, headers=key, data=REASON)
 
     assert first[:2] == second[:2] == (202, {"id": evt["id"], "replayed": True})
     assert "Idempotent-Replayed" not in first[2]
@@ -100,11 +118,11 @@ async def test_the_same_idempotency_key_for_another_event_is_422(
     key = {"Idempotency-Key": "replay-key-reused"}
 
     status, _, _ = await admin(
-        http, stack.gateway, "POST", f"/events/{one['id']}/replay", headers=key
+        http, stack.gateway, "POST", f"/events/{one['id']}/replay", headers=key, data=REASON
     )
     assert status == 202
     status, answer, _ = await admin(
-        http, stack.gateway, "POST", f"/events/{other['id']}/replay", headers=key
+        http, stack.gateway, "POST", f"/events/{other['id']}/replay", headers=key, data=REASON
     )
 
     assert_error(status, answer, 422, "idempotency_key_reused")
@@ -124,22 +142,26 @@ async def test_an_overlong_idempotency_key_is_400(
         "POST",
         f"/events/{evt['id']}/replay",
         headers={"Idempotency-Key": "k" * 256},
+        data=REASON,
     )
     assert_error(status, answer, 400, "invalid_idempotency_key")
     assert await replay_count(http, stack, evt["id"]) == 0
 
 
-async def test_webhooks_service_down_is_502(stack: Stack, http: aiohttp.ClientSession) -> None:
+async def test_webhooks_service_down_is_503_with_retry_after(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
     await stack.stop("webhooks")
     for method, path in (("GET", "/events"), ("POST", "/events/evt_test_x/replay")):
-        status, answer, _ = await admin(http, stack.gateway, method, path)
-        assert_error(status, answer, 502, "upstream_unavailable", "webhooks")
+        status, answer, headers = await admin(http, stack.gateway, method, path, data=REASON)
+        assert_error(status, answer, 503, "upstream_unavailable", "webhooks")
+        assert int(headers["Retry-After"]) > 0
     # The other owner still answers.
     status, _, _ = await admin(http, stack.gateway, "GET", "/subscriptions/sub_test_unknown")
     assert status == 404
 
 
-async def test_subscriptions_service_down_is_502(stack: Stack, http: aiohttp.ClientSession) -> None:
+async def test_subscriptions_service_down_is_503(stack: Stack, http: aiohttp.ClientSession) -> None:
     await stack.stop("subscriptions")
     status, answer, _ = await admin(http, stack.gateway, "GET", "/subscriptions/sub_test_x")
-    assert_error(status, answer, 502, "upstream_unavailable", "subscriptions")
+    assert_error(status, answer, 503, "upstream_unavailable", "subscriptions")

@@ -3,8 +3,6 @@ operator gets for a known id, an unknown one and a malformed one."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import aiohttp
 import asyncpg
 import pytest
@@ -18,6 +16,9 @@ from tests.gateway.helpers import (
     wait_in_ledger,
 )
 from tests.support.stack import Stack
+from tests.support.times import iso
+
+REASON = b'{"reason": "operator check"}'
 
 
 async def test_show_event_returns_the_payload_as_stripe_sent_it(
@@ -34,7 +35,7 @@ async def test_show_event_returns_the_payload_as_stripe_sent_it(
     assert answer["type"] == "invoice.paid"
     assert answer["api_version"] == evt["api_version"]
     assert answer["livemode"] == evt["livemode"]
-    assert answer["created"] == datetime.fromtimestamp(evt["created"], UTC).isoformat()
+    assert answer["created"] == iso(evt["created"])
     assert answer["payload"] == evt
     assert (answer["duplicates"], answer["replay_count"], answer["last_replayed_at"]) == (
         0,
@@ -58,15 +59,15 @@ async def test_show_malformed_event_id_is_400(
     module_stack: Stack, http: aiohttp.ClientSession, event_id: str
 ) -> None:
     status, answer, _ = await admin(http, module_stack.gateway, "GET", f"/events/{event_id}")
-    assert_error(status, answer, 400, "invalid_id", "event_id")
-    assert answer["error"]["param"] == "event_id"
+    assert_error(status, answer, 400, "invalid_parameter", "event_id")
+    assert [d["field"] for d in answer["error"]["details"]] == ["event_id"]
 
 
 async def test_replay_of_an_unknown_event_is_404(
     module_stack: Stack, http: aiohttp.ClientSession
 ) -> None:
     status, answer, _ = await admin(
-        http, module_stack.gateway, "POST", "/events/evt_test_unknown/replay"
+        http, module_stack.gateway, "POST", "/events/evt_test_unknown/replay", data=REASON
     )
     assert_error(status, answer, 404, "not_found")
 
@@ -76,9 +77,9 @@ async def test_replay_of_a_malformed_id_is_400(
     module_stack: Stack, http: aiohttp.ClientSession, event_id: str
 ) -> None:
     status, answer, _ = await admin(
-        http, module_stack.gateway, "POST", f"/events/{event_id}/replay"
+        http, module_stack.gateway, "POST", f"/events/{event_id}/replay", data=REASON
     )
-    assert_error(status, answer, 400, "invalid_id", "event_id")
+    assert_error(status, answer, 400, "invalid_parameter", "event_id")
 
 
 async def test_show_subscription_returns_the_row(
@@ -95,16 +96,16 @@ async def test_show_subscription_returns_the_row(
         "customer": "cus_test_member",
         "status": "active",
         "price_id": "price_hot_desk",
-        "current_period_start": datetime.fromtimestamp(1_790_000_000, UTC).isoformat(),
-        "current_period_end": datetime.fromtimestamp(1_792_592_000, UTC).isoformat(),
+        "current_period_start": iso(1_790_000_000),
+        "current_period_end": iso(1_792_592_000),
         "cancel_at_period_end": False,
         "canceled_at": None,
         "last_event": {
             "id": evt["id"],
             "type": "customer.subscription.created",
-            "created": datetime.fromtimestamp(evt["created"], UTC).isoformat(),
+            "created": iso(evt["created"]),
         },
-        "updated_at": row["updated_at"].isoformat(),
+        "updated_at": iso(row["updated_at"]),
     }
 
 
@@ -122,7 +123,7 @@ async def test_show_malformed_subscription_id_is_400(
     module_stack: Stack, http: aiohttp.ClientSession, sub_id: str
 ) -> None:
     status, answer, _ = await admin(http, module_stack.gateway, "GET", f"/subscriptions/{sub_id}")
-    assert_error(status, answer, 400, "invalid_id")
+    assert_error(status, answer, 400, "invalid_parameter")
 
 
 # Listing and redriving dead letters are covered elsewhere; these are the
@@ -130,21 +131,44 @@ async def test_show_malformed_subscription_id_is_400(
 
 
 @pytest.mark.parametrize(
-    ("body", "code"),
+    ("body", "status", "code", "field"),
     [
-        (b'{"queue": "no.such.queue"}', "invalid_parameter"),
-        (b"{}", "invalid_parameter"),
-        (b'{"queue": 42}', "invalid_parameter"),
-        (b"not json", "invalid_json"),
-        (b'["webhooks.ledger"]', "invalid_json"),
-        (b'{"queue": "webhooks.ledger", "message_ids": "evt_1"}', "invalid_parameter"),
-        (b'{"queue": "webhooks.ledger", "message_ids": [1]}', "invalid_parameter"),
+        (b'{"queue": "no.such.queue", "reason": "stuck"}', 422, "validation_failed", "queue"),
+        (b'{"queue": "webhooks.ledger"}', 422, "validation_failed", "reason"),
+        (b'{"reason": "stuck"}', 422, "validation_failed", "queue"),
+        (b'{"queue": 42, "reason": "stuck"}', 422, "validation_failed", "queue"),
+        (b"not json", 400, "invalid_json", None),
+        (b'["webhooks.ledger"]', 400, "invalid_json", None),
+        (
+            b'{"queue": "webhooks.ledger", "message_ids": "evt_1", "reason": "stuck"}',
+            422,
+            "validation_failed",
+            "message_ids",
+        ),
+        (
+            b'{"queue": "webhooks.ledger", "message_ids": [1], "reason": "stuck"}',
+            422,
+            "validation_failed",
+            "message_ids.0",
+        ),
+        (
+            b'{"queue": "webhooks.ledger", "reason": "stuck", "force": true}',
+            422,
+            "validation_failed",
+            "force",
+        ),
     ],
 )
-async def test_redrive_with_bad_input_is_400(
-    module_stack: Stack, http: aiohttp.ClientSession, body: bytes, code: str
+async def test_redrive_with_bad_input_names_the_problem(
+    module_stack: Stack,
+    http: aiohttp.ClientSession,
+    *,
+    body: bytes,
+    status: int,
+    code: str,
+    field: str | None,
 ) -> None:
-    status, answer, _ = await admin(
+    answered, answer, _ = await admin(
         http,
         module_stack.gateway,
         "POST",
@@ -152,13 +176,15 @@ async def test_redrive_with_bad_input_is_400(
         data=body,
         headers={"Content-Type": "application/json"},
     )
-    assert_error(status, answer, 400, code)
+    assert_error(answered, answer, status, code)
+    if field is not None:
+        assert field in [d["field"] for d in answer["error"]["details"]], answer
 
 
-async def test_dead_letters_of_an_unknown_queue_is_400(
+async def test_dead_letters_of_an_unknown_queue_is_422(
     module_stack: Stack, http: aiohttp.ClientSession
 ) -> None:
     status, answer, _ = await admin(
         http, module_stack.gateway, "GET", "/dead-letters", params={"queue": "no.such.queue"}
     )
-    assert_error(status, answer, 400, "invalid_parameter", "queue")
+    assert_error(status, answer, 422, "validation_failed", "queue")

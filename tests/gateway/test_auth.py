@@ -12,10 +12,14 @@ import time
 from typing import Any
 
 import aiohttp
+import pydantic
 import pytest
 
+from services.gateway.settings import GatewaySettings
+from tests.gateway.conftest import StartGateway
 from tests.gateway.helpers import api, assert_error, bearer, forged_token, metric, token
-from tests.support.stack import Stack
+from tests.support import env
+from tests.support.stack import Stack, common_settings
 
 ADMIN_ROUTES = [
     ("GET", "/v1/admin/events"),
@@ -96,26 +100,80 @@ REFUSED_TOKENS = [
 ]
 
 
+# The counted reason -> the code a client reads: missing, malformed, expired
+# and badly signed tokens each have their own.
+CODES = {
+    "missing": "token_missing",
+    "malformed": "token_malformed",
+    "algorithm": "token_malformed",
+    "expired": "token_expired",
+    "signature": "token_signature_invalid",
+    "claims": "token_claims_invalid",
+}
+
+
 @pytest.mark.parametrize(("headers", "reason"), REFUSED_TOKENS)
 async def test_unauthenticated_calls_get_401(
     module_stack: Stack, http: aiohttp.ClientSession, headers: dict[str, str], reason: str
 ) -> None:
     failures = await auth_failures(http, module_stack, reason)
     status, answer = await list_events(http, module_stack, headers)
-    assert_error(status, answer, 401, "unauthorized")
+    assert_error(status, answer, 401, CODES[reason])
     assert await auth_failures(http, module_stack, reason) == failures + 1
 
 
 async def test_an_expired_token_says_so(module_stack: Stack, http: aiohttp.ClientSession) -> None:
     status, answer = await list_events(http, module_stack, bearer(token(expires_in=-5)))
-    assert_error(status, answer, 401, "unauthorized", "token expired")
+    assert_error(status, answer, 401, "token_expired", "token expired")
 
 
 async def test_a_token_without_a_role_names_the_missing_claim(
     module_stack: Stack, http: aiohttp.ClientSession
 ) -> None:
     status, answer = await list_events(http, module_stack, bearer(token(drop=("role",))))
-    assert_error(status, answer, 401, "unauthorized", "role")
+    assert_error(status, answer, 401, "token_claims_invalid", "role")
+
+
+async def test_a_token_living_longer_than_the_maximum_is_refused(
+    module_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    day = 24 * 3600
+    status, answer = await list_events(http, module_stack, bearer(token(expires_in=day + 600)))
+    assert_error(status, answer, 401, "token_claims_invalid", "lifetime")
+    status, _ = await list_events(http, module_stack, bearer(token(expires_in=day - 600)))
+    assert status == 200
+
+
+async def test_issuer_and_audience_are_checked_when_configured(
+    module_stack: Stack, extra_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gateway = await extra_gateway(
+        jwt_issuer="https://auth.example",
+        jwt_audience="billing",
+        webhooks_url=module_stack.apps["webhooks"].url,
+    )
+    good = {"iss": "https://auth.example", "aud": "billing"}
+    cases = [
+        (good, 200, None),
+        ({"iss": "https://evil.example", "aud": "billing"}, 401, "token_claims_invalid"),
+        ({"iss": "https://auth.example", "aud": "other"}, 401, "token_claims_invalid"),
+        ({"aud": "billing"}, 401, "token_claims_invalid"),
+        ({"iss": "https://auth.example"}, 401, "token_claims_invalid"),
+    ]
+    for claims, expected, code in cases:
+        status, answer, _ = await api(
+            http, "GET", f"{gateway}/v1/admin/events", headers=bearer(token(**claims))
+        )
+        if code is None:
+            assert status == expected, answer
+        else:
+            assert_error(status, answer, expected, code)
+
+
+def test_a_short_jwt_secret_is_refused_at_start() -> None:
+    values = common_settings(stripe_webhook_secrets=env.WEBHOOK_SECRET, jwt_secret="x" * 31)
+    with pytest.raises(pydantic.ValidationError, match="at least 32 bytes"):
+        GatewaySettings(**values)
 
 
 @pytest.mark.parametrize("role", ["member", "staff"])
@@ -136,7 +194,7 @@ async def test_every_admin_route_needs_a_token(
     module_stack: Stack, http: aiohttp.ClientSession, method: str, path: str
 ) -> None:
     status, answer, _ = await api(http, method, f"{module_stack.gateway}{path}")
-    assert_error(status, answer, 401, "unauthorized")
+    assert_error(status, answer, 401, "token_missing")
 
 
 async def test_a_valid_admin_token_is_let_through(

@@ -13,7 +13,7 @@ import itertools
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,12 @@ import asyncpg
 import orjson
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from pydantic import BaseModel, ConfigDict
 
 from shared import queues
-from shared.broker.consumer import ANY_TYPE, Consumer, Handler
+from shared.broker.consumer import Consumer
 from shared.broker.errors import InvalidMessage, RetryLater
+from shared.broker.handlers import ANY_TYPE, Context, Handlers
 from shared.broker.publisher import Publisher
 from shared.broker.topology import STRIPE_EVENTS, Binding, ConsumerQueue
 from shared.db import DbConnection, create_pool
@@ -40,6 +42,24 @@ from tests.support.stack import Stack, delete_queues, queue_family, start_stack
 from tests.support.waiting import eventually
 
 DELAYS = tuple(env.FAST_RETRY_DELAYS_MS)
+
+# A test handler: the decoded body and the consumer's transaction.
+Handler = Callable[[dict[str, Any], DbConnection], Awaitable[None]]
+
+
+class AnyMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+def registry(handler: Handler) -> Handlers:
+    handlers = Handlers()
+
+    @handlers.on(ANY_TYPE, model=AnyMessage)
+    async def run(_: AnyMessage, ctx: Context) -> None:
+        await handler(dict(ctx.body), ctx.conn)
+
+    return handlers
+
 
 # What the test handlers do: no unique key, so a leaked write shows as a row.
 _EFFECTS_DDL = "CREATE TABLE effects (event_id text NOT NULL, note text NOT NULL);\n"
@@ -75,7 +95,8 @@ class Bench:
             queue=self.spec,
             pool=self.pool,
             publisher=self.publisher,
-            handlers={ANY_TYPE: handler},
+            handlers=registry(handler),
+            source="test",
             prefetch=8,
         )
         await consumer.start(self.connection)
@@ -206,7 +227,10 @@ async def test_always_failing_handler_backs_off_then_dead_letters_then_redrives(
 
         broken["yes"] = False
         status, answer = await admin_post(
-            http, stack.gateway, "/v1/admin/dead-letters/redrive", {"queue": bench.spec.name}
+            http,
+            stack.gateway,
+            "/v1/admin/dead-letters/redrive",
+            {"queue": bench.spec.name, "reason": "handler fixed"},
         )
         assert (status, answer) == (200, {"queue": bench.spec.name, "redriven": 1})
 
@@ -348,7 +372,10 @@ async def test_operator_always_sees_every_dead_letter_and_a_redrive_moves_each_o
         # The handler still fails: each message is moved once and comes back,
         # not moved round and round within the same redrive.
         status, answer = await admin_post(
-            http, stack.gateway, "/v1/admin/dead-letters/redrive", {"queue": bench.spec.name}
+            http,
+            stack.gateway,
+            "/v1/admin/dead-letters/redrive",
+            {"queue": bench.spec.name, "reason": "handler fixed"},
         )
         assert (status, answer) == (200, {"queue": bench.spec.name, "redriven": 3})
         view = await eventually(

@@ -56,7 +56,8 @@ async def _status(db: asyncpg.Connection, sub_id: str) -> Any:
 async def _upserts_waiting_on_a_lock(db: asyncpg.Connection) -> int:
     return await db.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        " AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO subscriptions AS s%'"
+        " AND wait_event_type = 'Lock'"
+        " AND query LIKE '%FROM subscriptions%WHERE stripe_subscription_id = $1 FOR UPDATE%'"
     )
 
 

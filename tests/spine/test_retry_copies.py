@@ -27,11 +27,13 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from prometheus_client import REGISTRY
+from pydantic import BaseModel, ConfigDict
 
-from shared.broker.consumer import ANY_TYPE, Consumer, Handler
+from shared.broker.consumer import Consumer
+from shared.broker.handlers import ANY_TYPE, Context, Handlers
 from shared.broker.publisher import Publisher
 from shared.broker.topology import STRIPE_EVENTS, Binding, ConsumerQueue
-from shared.db import DbConnection, create_pool
+from shared.db import create_pool
 from shared.migrations import SHARED_MIGRATIONS, migrate
 from tests.support import env
 from tests.support import stripe_objects as so
@@ -44,6 +46,10 @@ DELAYS = tuple(env.FAST_RETRY_DELAYS_MS)
 # Long enough for a message handed back to its queue on every failure to hit
 # the delivery limit (20) many times over: that takes milliseconds.
 BLOCKED_FOR_S = 1.5
+
+
+class AnyMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
 
 
 class ObservedConsumer(Consumer):
@@ -73,19 +79,26 @@ class Rig:
     calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     consumers: list[Consumer] = field(default_factory=list)
 
-    async def handler(self, body: dict[str, Any], conn: DbConnection) -> None:
-        """Fails while the rig is broken (the same outage, say); applies once it is not."""
-        self.calls[body["id"]] += 1
-        if self.broken:
-            raise RuntimeError("downstream unavailable")
-        await conn.execute("INSERT INTO effects (event_id) VALUES ($1)", body["id"])
+    def handlers(self) -> Handlers:
+        handlers = Handlers()
 
-    async def start_consumer(self, handler: Handler | None = None) -> ObservedConsumer:
+        @handlers.on(ANY_TYPE, model=AnyMessage)
+        async def handle(_: AnyMessage, ctx: Context) -> None:
+            """Fails while the rig is broken (the same outage, say); applies once it is not."""
+            self.calls[ctx.message_id] += 1
+            if self.broken:
+                raise RuntimeError("downstream unavailable")
+            await ctx.conn.execute("INSERT INTO effects (event_id) VALUES ($1)", ctx.message_id)
+
+        return handlers
+
+    async def start_consumer(self) -> ObservedConsumer:
         consumer = ObservedConsumer(
             queue=self.spec,
             pool=self.pool,
             publisher=self.publisher,
-            handlers={ANY_TYPE: handler or self.handler},
+            handlers=self.handlers(),
+            source="test",
             prefetch=8,
         )
         await consumer.start(self.connection)

@@ -3,42 +3,21 @@ subscriptions, with deliveries shuffled and duplicated as Stripe may send them."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import asyncpg
-import pytest
 import stripe
 
-from shared.stripe_client import StripeSettings, stripe_client
-from tests.support import env
 from tests.support.sandbox_process import SandboxProcess
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
 
 
-@pytest.fixture
-async def sandbox(stack: Stack, tmp_path: Path) -> AsyncIterator[SandboxProcess]:
-    process = SandboxProcess(
-        tmp_path / "sandbox.log",
-        webhook_url=f"{stack.gateway}/webhooks/stripe",
-        webhook_secret=env.WEBHOOK_SECRET,
-    )
-    await process.start()
-    yield process
-    await process.stop()
-
-
-@pytest.fixture
-async def client(sandbox: SandboxProcess) -> AsyncIterator[stripe.StripeClient]:
-    http = stripe.AIOHTTPClient()
-    yield stripe_client(StripeSettings(stripe_api_base=sandbox.url), http_client=http)
-    await http.close_async()
-
-
 async def test_chaotic_deliveries_give_one_ledger_row_each_and_the_final_state(
-    sandbox: SandboxProcess, client: stripe.StripeClient, db: asyncpg.Connection
+    stripe_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
 ) -> None:
+    client = stripe_client
     await sandbox.control("POST", "/_sandbox/delivery", {"shuffle": True, "duplicates": 0.5})
     product = await client.v1.products.create_async(params={"name": "Hot desk"})
     price = await client.v1.prices.create_async(

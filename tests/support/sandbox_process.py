@@ -15,20 +15,20 @@ from tests.support.processes import free_port
 
 
 class SandboxProcess:
-    def __init__(self, log_file: Path, *, webhook_url: str, webhook_secret: str) -> None:
+    def __init__(
+        self,
+        log_file: Path,
+        *,
+        webhook_url: str | None = None,
+        webhook_secret: str = env.WEBHOOK_SECRET,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log_file = log_file
-        self._args = [
-            "--port",
-            str(self.port),
-            "--webhook-url",
-            webhook_url,
-            "--webhook-secret",
-            webhook_secret,
-            "--backoff",
-            "0.05,0.1,0.2,0.4,0.8",
-        ]
+        self._args = ["--port", str(self.port), "--backoff", "0.05,0.1,0.2,0.4,0.8", *extra_args]
+        if webhook_url is not None:
+            self._args += ["--webhook-url", webhook_url, "--webhook-secret", webhook_secret]
         self._process: asyncio.subprocess.Process | None = None
 
     async def start(self, ready_within: float = 20.0) -> None:
@@ -60,6 +60,21 @@ class SandboxProcess:
         ):
             response.raise_for_status()
             return await response.json()
+
+    async def deliver_to(self, url: str, secret: str = env.WEBHOOK_SECRET) -> None:
+        """Send signed webhooks to ``url`` from now on (e.g. a stack's gateway)."""
+        await self.control("POST", "/_sandbox/webhook_endpoints", {"url": url, "secret": secret})
+
+    async def requests(self, path_prefix: str = "", method: str | None = None) -> list[Any]:
+        """The sandbox's log of /v1 requests: what the product asked Stripe."""
+        query = f"?path_prefix={path_prefix}" + (f"&method={method}" if method else "")
+        answer = await self.control("GET", f"/_sandbox/requests{query}")
+        return list(answer["data"])
+
+    async def flush(self, timeout: float = 20.0) -> None:
+        """Wait until every pending webhook was delivered."""
+        answer = await self.control("POST", "/_sandbox/delivery/flush", {"timeout": timeout})
+        assert answer["drained"], answer
 
     async def stop(self) -> None:
         if self._process is not None and self._process.returncode is None:

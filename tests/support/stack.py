@@ -9,6 +9,7 @@ queues.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,14 +18,20 @@ import aiormq
 import asyncpg
 from aiohttp import web
 
+from services.credits.app import create_app as credits_app
+from services.credits.settings import CreditsSettings
 from services.gateway.app import create_app as gateway_app
 from services.gateway.settings import GatewaySettings
+from services.retry.app import create_app as retry_app
+from services.retry.settings import RetrySettings
 from services.subscriptions.app import create_app as subscriptions_app
 from services.subscriptions.settings import SubscriptionsSettings
 from services.webhooks.app import create_app as webhooks_app
 from services.webhooks.settings import WebhooksSettings
 from shared import queues
 from shared.broker.topology import EXCHANGES
+from shared.clock import Clock
+from shared.settings import ServiceSettings
 from tests.support import env
 
 _DEFAULT_DELAYS = (1_000, 5_000, 30_000, 120_000, 600_000)
@@ -80,29 +87,50 @@ class Stack:
                 await running.stop()
 
 
+# Every service behind the gateway: its app factory and settings class.
+SERVICES: dict[str, tuple[Callable[..., web.Application], type[ServiceSettings]]] = {
+    "webhooks": (webhooks_app, WebhooksSettings),
+    "subscriptions": (subscriptions_app, SubscriptionsSettings),
+    "credits": (credits_app, CreditsSettings),
+    "retry": (retry_app, RetrySettings),
+}
+_NOWHERE = "http://127.0.0.1:9"  # the discard port: nothing answers
+
+
 async def start_stack(
     *,
     gateway: dict[str, Any] | None = None,
-    webhooks: dict[str, Any] | None = None,
-    subscriptions: dict[str, Any] | None = None,
     with_consumers: bool = True,
+    clock: Clock | None = None,
+    stripe_api_base: str | None = None,
+    **services: dict[str, Any],
 ) -> Stack:
+    """The gateway and every service (``with_consumers=False``: the gateway alone).
+
+    ``stripe_api_base`` points every service at a Stripe (the sandbox);
+    ``services`` overrides one service's settings, e.g. ``subscriptions={...}``.
+    """
+    unknown = set(services) - set(SERVICES)
+    if unknown:
+        raise ValueError(f"no such services: {unknown}")
     stack = Stack()
     if with_consumers:
-        stack.apps["webhooks"] = await serve(
-            webhooks_app(WebhooksSettings(**common_settings(**(webhooks or {}))))
-        )
-        stack.apps["subscriptions"] = await serve(
-            subscriptions_app(SubscriptionsSettings(**common_settings(**(subscriptions or {}))))
-        )
+        for name, (factory, settings_class) in SERVICES.items():
+            stripe = {"stripe_api_base": stripe_api_base} if stripe_api_base else {}
+            settings = settings_class(**common_settings(**stripe, **services.get(name, {})))
+            stack.apps[name] = await serve(factory(settings, clock=clock))
     gateway_values = common_settings(
         stripe_webhook_secrets=env.WEBHOOK_SECRET,
         jwt_secret=env.JWT_SECRET,
         publish_confirm_timeout=2.0,
-        webhooks_url=stack.apps["webhooks"].url if with_consumers else "http://127.0.0.1:9",
-        subscriptions_url=stack.apps["subscriptions"].url
-        if with_consumers
-        else "http://127.0.0.1:9",
+        # Tests send bursts from one address; the rate-limit tests set their own.
+        rate_limit_member="100000/minute",
+        rate_limit_staff="100000/minute",
+        rate_limit_anonymous="100000/minute",
+        **{
+            f"{name}_url": stack.apps[name].url if name in stack.apps else _NOWHERE
+            for name in SERVICES
+        },
     )
     gateway_values.update(gateway or {})
     stack.apps["gateway"] = await serve(gateway_app(GatewaySettings(**gateway_values)))

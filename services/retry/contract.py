@@ -1,0 +1,7 @@
+"""The retry service's public operations."""
+
+from __future__ import annotations
+
+from shared.api.endpoint import Endpoint
+
+ENDPOINTS: tuple[Endpoint, ...] = ()

@@ -1,0 +1,121 @@
+"""The audit log of staff writes: who, with which role, did what to which
+record, why, in which request, when.
+
+Every service keeps its own ``audit_log`` table (DDL in ``shared/sql``) and
+writes the entry in the same transaction as the write it records, so an
+action and its entry exist together or not at all. Staff requests carry a
+required ``reason`` (:data:`Reason`). Each service serves its entries on
+``/internal/audit``; the gateway's ``GET /v1/admin/audit`` merges them, newest
+first, with one cursor over all services (its sort key ``(at, service, id)``
+is unique across them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any
+
+import asyncpg
+import pydantic
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from shared.api.caller import Caller
+from shared.api.pagination import Page, PageQuery, decode_cursor, page_of
+from shared.db import DbConnection
+from shared.http.errors import from_validation_error, json_response
+
+INTERNAL_PATH = "/internal/audit"
+
+Reason = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=3, max_length=500),
+    Field(description="Why: required on every staff write, kept in the audit log."),
+]
+
+
+class AuditEntry(BaseModel):
+    id: int
+    service: str
+    at: datetime
+    actor_id: str
+    actor_role: str
+    action: str
+    target_type: str
+    target_id: str
+    reason: str
+    request_id: str | None
+    details: dict[str, Any]
+
+
+class AuditQuery(PageQuery):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str | None = Field(default=None, max_length=255, description="A record's id.")
+
+
+async def record(
+    conn: DbConnection,
+    *,
+    caller: Caller,
+    action: str,
+    target_type: str,
+    target_id: str,
+    reason: str,
+    request_id: str | None,
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO audit_log (actor_id, actor_role, action, target_type, target_id,"
+        " reason, request_id, details) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        caller.user_id,
+        caller.role.value,
+        action,
+        target_type,
+        target_id,
+        reason,
+        request_id,
+        dict(details or {}),
+    )
+
+
+async def list_entries(
+    pool: asyncpg.Pool[Any], service: str, query: AuditQuery
+) -> Page[AuditEntry]:
+    args: list[Any] = [service, query.limit + 1]
+    clauses = []
+    if query.target is not None:
+        args.append(query.target)
+        clauses.append(f"target_id = ${len(args)}")
+    if query.cursor is not None:
+        at, cursor_service, entry_id = decode_cursor(query.cursor, datetime, str, int)
+        args += [at, cursor_service, entry_id]
+        n = len(args)
+        clauses.append(f"(at, $1::text, id) < (${n - 2}, ${n - 1}, ${n})")
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    rows = await pool.fetch(
+        f"SELECT *, $1::text AS service FROM audit_log {where}"  # noqa: S608 - placeholders only
+        " ORDER BY at DESC, id DESC LIMIT $2",
+        *args,
+    )
+    return page_of(
+        rows,
+        query.limit,
+        lambda r: AuditEntry.model_validate(dict(r)),
+        lambda r: (r["at"], service, r["id"]),
+    )
+
+
+def add_internal_route(app: web.Application, service: str, pool: Any) -> None:
+    """``GET /internal/audit``: this service's entries, for the gateway to merge."""
+
+    async def serve(request: web.Request) -> web.Response:
+        try:
+            query = AuditQuery.model_validate(dict(request.query))
+        except pydantic.ValidationError as exc:
+            raise from_validation_error(exc) from exc
+        page = await list_entries(pool(), service, query)
+        return json_response(page.model_dump(mode="json"))
+
+    app.router.add_get(INTERNAL_PATH, serve)

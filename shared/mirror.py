@@ -1,0 +1,98 @@
+"""Apply if newer: the one ordering rule for every object mirrored from Stripe.
+
+Stripe does not order deliveries, so every mirrored row (a subscription, an
+invoice, a payment intent, a checkout session...) keeps the version of the
+state it holds, and an event's snapshot is applied only if it is newer.
+A :class:`Version` compares, in order:
+
+1. ``created``: the event's timestamp (Stripe's clock, one-second
+   resolution; for an object on a test clock, the clock's time);
+2. ``progress``: what the object itself proves about its age, chosen per
+   kind from fields that only ever move forward: a subscription's period end
+   and whether it has ended, an invoice's status (draft < open < settled)
+   and attempt count, a payment intent or checkout session reaching a
+   terminal status.
+
+When both are equal the envelope cannot say which state is newer (two
+updates in the same second, e.g. ``active`` then ``past_due``). If the two
+snapshots agree (``digest``), there is nothing to do. If they differ, the
+handler raises :class:`~shared.broker.handlers.Refetch`: the consumer reads
+the object from Stripe outside the transaction and the handler applies that,
+because Stripe's current object is newer than either event. The event id,
+which Stripe makes random, never decides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+import orjson
+
+from shared.broker.handlers import Context, Refetch
+from shared.clock import from_unix
+
+_TABLE = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+class Verdict(Enum):
+    APPLY = "apply"  # newer (or first seen, or settled by Stripe's current object)
+    STALE = "stale"  # older than what the row holds
+    SAME = "same"  # as new as the row, and the same state
+
+
+@dataclass(frozen=True, order=True)
+class Version:
+    created: datetime
+    progress: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, created_unix: int, *progress: int) -> Version:
+        return cls(from_unix(created_unix), tuple(progress))
+
+
+def digest(snapshot: Any) -> str:
+    """A fingerprint of the state a row keeps (what the handler parsed, not the raw event)."""
+    return hashlib.sha256(orjson.dumps(snapshot, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+async def decide(
+    ctx: Context,
+    *,
+    kind: str,
+    table: str,
+    stripe_id: str,
+    version: Version,
+    state_digest: str,
+    id_column: str = "stripe_id",
+) -> Verdict:
+    """Compare an incoming snapshot with the row, locking the row for the upsert.
+
+    ``table`` must have the columns ``id_column``, ``version_created``,
+    ``version_progress`` (int[]) and ``version_digest``; the handler writes
+    them with the state when the verdict is ``APPLY``. Raises ``Refetch`` on an
+    unsettled tie.
+    """
+    if not (_TABLE.fullmatch(table) and _TABLE.fullmatch(id_column)):
+        raise ValueError(f"not a table and column name: {table!r}, {id_column!r}")
+    row = await ctx.conn.fetchrow(
+        f"SELECT version_created, version_progress, version_digest FROM {table}"  # noqa: S608
+        f" WHERE {id_column} = $1 FOR UPDATE",
+        stripe_id,
+    )
+    if row is None:
+        return Verdict.APPLY
+    held = Version(row["version_created"], tuple(row["version_progress"]))
+    if version > held:
+        return Verdict.APPLY
+    if version < held:
+        return Verdict.STALE
+    if row["version_digest"] == state_digest:
+        return Verdict.SAME
+    if ctx.fetched is not None:
+        return Verdict.APPLY
+    raise Refetch(kind, stripe_id)
