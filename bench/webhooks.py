@@ -267,7 +267,7 @@ def main() -> None:  # noqa: PLR0915 - a linear script reads best top to bottom
     print()
     print(
         f"{args.rounds} rounds of {args.duration} s, wrk -t{args.threads} -c{args.connections},"
-        f" ~{body_size // 1024} KB bodies; each cell: min / median / max over the rounds"
+        f" ~{body_size / 1024:.1f} KB bodies; each cell: min / median / max over the rounds"
     )
     print(f"{'':26s} {'req/s':>23s} {'p50 ms':>20s} {'p99 ms':>20s} {'cpu us/req':>17s}")
     for name, summary in (
