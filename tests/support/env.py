@@ -14,9 +14,19 @@ DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/billing_test"
 )
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/billing_test")
-STRIPE_FIXTURES = Path(
-    os.environ.get("STRIPE_FIXTURES", ROOT.parent / "shared" / "stripe" / "fixtures3.json")
-)
+
+
+def _beside_the_checkout() -> Path:
+    """``shared/stripe/fixtures3.json`` in the nearest folder above the checkout
+    that has one (the checkout may sit one level deeper, e.g. a git worktree)."""
+    for folder in ROOT.parents:
+        candidate = folder / "shared" / "stripe" / "fixtures3.json"
+        if candidate.exists():
+            return candidate
+    return ROOT.parent / "shared" / "stripe" / "fixtures3.json"
+
+
+STRIPE_FIXTURES = Path(os.environ.get("STRIPE_FIXTURES") or _beside_the_checkout())
 
 WEBHOOK_SECRET = "whsec_test_primary_secret"
 ROTATED_WEBHOOK_SECRET = "whsec_test_rotated_secret"
