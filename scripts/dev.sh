@@ -12,6 +12,7 @@ cd "$ROOT"
 ensure_venv
 ensure_postgres
 ensure_rabbitmq
+ensure_rabbitmq_management
 
 export DATABASE_URL="${DATABASE_URL:-postgresql://$PG_USER@$PG_HOST:$PG_PORT/billing}"
 export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}"

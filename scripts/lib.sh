@@ -80,6 +80,19 @@ ensure_rabbitmq() {
   no_local_services "RabbitMQ did not come up on 127.0.0.1:5672"
 }
 
+management_up() { (exec 3<>"/dev/tcp/127.0.0.1/15672") 2>/dev/null; }
+
+# The services apply and check their queues' policies (delivery limits,
+# retry TTLs, dead-letter targets) through the management API.
+ensure_rabbitmq_management() {
+  management_up && return 0
+  say "enabling RabbitMQ's management plugin (queue policies go through it)"
+  as_root rabbitmq-plugins enable -q rabbitmq_management >/dev/null ||
+    die "could not enable rabbitmq_management (rabbitmq-plugins enable rabbitmq_management)"
+  for _ in $(seq 1 30); do management_up && return 0; sleep 1; done
+  die "RabbitMQ's management API did not come up on 127.0.0.1:15672"
+}
+
 ensure_database() {
   local db="$1"
   psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" postgres |

@@ -8,6 +8,7 @@ cd "$ROOT"
 ensure_venv
 ensure_postgres
 ensure_rabbitmq
+ensure_rabbitmq_management
 # TEST_NAMESPACE names the database and the vhost: two checkouts on one
 # machine can run their suites at once without resetting each other's state.
 TEST_NAMESPACE="${TEST_NAMESPACE:-billing_test}"

@@ -109,6 +109,12 @@ MESSAGES_HELD = Gauge(
     "queue could not be published yet (broker alarm, publisher disconnected).",
     ["queue"],
 )
+QUEUE_POLICY_IN_FORCE = Gauge(
+    "broker_queue_policy_in_force",
+    "1 when the queue's RabbitMQ policy (delivery limit, TTL, dead-letter target) was found "
+    "in force at the last check, else 0; consumers take no message before it is.",
+    ["queue"],
+)
 DEAD_LETTERS_REDRIVEN = Counter(
     "dead_letters_redriven_total",
     "Dead-lettered messages sent back to their queue by an operator.",

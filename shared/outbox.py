@@ -40,6 +40,7 @@ from shared.broker.topology import BILLING_EVENTS
 from shared.clock import Clock
 from shared.db import DbConnection
 from shared.logging import get_logger
+from shared.shutdown import OUTBOX_FINAL_DRAIN_SECONDS
 
 log = get_logger(__name__)
 
@@ -123,14 +124,22 @@ class OutboxRelay:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"outbox-relay:{self._schema}")
 
-    async def stop(self) -> None:
-        """Stop, after one last drain so what committed goes out before shutdown."""
+    async def stop(self, final_drain: float = OUTBOX_FINAL_DRAIN_SECONDS) -> None:
+        """Stop, after one last drain so what committed goes out before shutdown.
+
+        What the last drain cannot publish (the broker is away) stays pending
+        for the next relay of this schema: another replica, or this service
+        when it starts again.
+        """
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.drain(), timeout=5.0)
+        try:
+            published = await asyncio.wait_for(self.drain(), timeout=final_drain)
+            log.info("outbox_final_drain", schema=self._schema, published=published)
+        except Exception as exc:
+            log.warning("outbox_final_drain_failed", schema=self._schema, error=repr(exc))
         await self._close_listener()
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:

@@ -3,9 +3,10 @@
 Resources live on the aiohttp app under typed keys and are opened and closed
 by ``cleanup_ctx`` entries, in order: Postgres (with migrations), then the
 broker, then Stripe, the outbox relay and housekeeping, then the consumers.
-aiohttp closes them in reverse, so on SIGTERM a service first stops consuming
-and lets in-flight messages finish, then relays what its outbox still holds,
-then closes the broker, then the pool.
+aiohttp closes them in reverse. On SIGTERM (``shared/shutdown.py``) the
+consumers stop taking messages at once, while in-flight requests and messages
+drain side by side; then the consumers close, the outbox relays what it still
+holds, and the broker and the pool close, every step bounded in time.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import signal
 import ssl
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -26,12 +28,20 @@ import uvloop
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from shared import audit
 from shared.api.service import IdempotencySettings, ServiceRoutes
+from shared.broker import policies
 from shared.broker.consumer import Consumer
+from shared.broker.consumer_group import ConsumerGroup
 from shared.broker.handlers import Handlers
+from shared.broker.policies import Management
 from shared.broker.publisher import Publisher
 from shared.broker.topology import ConsumerQueue
 from shared.clock import Clock, SystemClock
@@ -44,6 +54,7 @@ from shared.logging import configure_logging, get_logger
 from shared.migrations import SHARED_MIGRATIONS, migrate_database
 from shared.outbox import OutboxRelay, purge_published
 from shared.settings import ServiceSettings
+from shared.shutdown import CANCEL_SECONDS, OUTBOX_FINAL_DRAIN_SECONDS, Shutdown, bounded
 from shared.stripe_calls import StripeCalls, fetch_object
 from shared.stripe_client import StripeNotConfigured
 
@@ -54,6 +65,11 @@ AMQP = web.AppKey("amqp", AbstractRobustConnection)
 PUBLISHER = web.AppKey("publisher", Publisher)
 STRIPE = web.AppKey("stripe", StripeCalls)
 CLOCK = web.AppKey("clock", Clock)
+CONSUMERS = web.AppKey("consumers", ConsumerGroup)
+# The queues a service consumes, declared with the app: its migrations apply
+# their policies.
+CONSUMER_QUEUES = web.AppKey("consumer_queues", tuple[ConsumerQueue, ...])
+SHUTDOWN = web.AppKey("shutdown", Shutdown)
 
 _GC_GEN0_THRESHOLD = 20_000
 
@@ -63,12 +79,22 @@ CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 def base_app(
     settings: ServiceSettings, *, client_max_size: int = 1024**2, internal_api: bool = True
 ) -> web.Application:
-    """An app with JSON errors, request ids and metrics; and, for a service with
-    an internal API, the service-token check on ``/internal/``."""
-    middlewares: list[Middleware] = [observe]
+    """An app with JSON errors, request ids and metrics, graceful shutdown
+    (``shared/shutdown.py``); and, for a service with an internal API, the
+    service-token check on ``/internal/``."""
+    shutdown = Shutdown(settings.shutdown_drain_seconds)
+    middlewares: list[Middleware] = [shutdown.middleware, observe]
     if internal_api:
         middlewares.append(require_service_token(settings.service_token.get_secret_value()))
-    return web.Application(middlewares=middlewares, client_max_size=client_max_size)
+    app = web.Application(middlewares=middlewares, client_max_size=client_max_size)
+    app[SHUTDOWN] = shutdown
+
+    async def begin(app: web.Application) -> None:
+        # Already begun at SIGTERM under run(); this covers any other runner.
+        await app[SHUTDOWN].begin()
+
+    app.on_shutdown.append(begin)
+    return app
 
 
 def postgres(settings: ServiceSettings, schema: str, migrations: Path) -> CleanupCtx:
@@ -89,7 +115,8 @@ def postgres(settings: ServiceSettings, schema: str, migrations: Path) -> Cleanu
         observe_pool(pool, schema)
         app[POOL] = pool
         yield
-        await pool.close()
+        # Cancelling close() terminates the pool's connections.
+        await bounded("pool_close", pool.close())
 
     return ctx
 
@@ -133,8 +160,8 @@ def broker(settings: ServiceSettings, name: str) -> CleanupCtx:
         app[AMQP] = connection
         app[PUBLISHER] = publisher
         yield
-        await publisher.close()
-        await connection.close()
+        await bounded("publisher_close", publisher.close())
+        await bounded("broker_close", connection.close())
 
     return ctx
 
@@ -151,7 +178,7 @@ def stripe(settings: ServiceSettings) -> CleanupCtx:
             return
         app[STRIPE] = calls
         yield
-        await calls.close()
+        await bounded("stripe_close", calls.close())
 
     return ctx
 
@@ -161,7 +188,8 @@ def outbox_relay(settings: ServiceSettings, schema: str) -> CleanupCtx:
         relay = OutboxRelay(app[POOL], app[PUBLISHER], dsn=settings.database_url, schema=schema)
         await relay.start()
         yield
-        await relay.stop()
+        # One last drain: what committed during the shutdown goes out too.
+        await bounded("outbox_relay_stop", relay.stop(), OUTBOX_FINAL_DRAIN_SECONDS + 2.0)
 
     return ctx
 
@@ -190,13 +218,29 @@ def housekeeping(settings: ServiceSettings) -> CleanupCtx:
     return ctx
 
 
-def consumers(build: Callable[[web.Application], Sequence[Consumer]]) -> CleanupCtx:
+def management(settings: ServiceSettings) -> Management:
+    """The broker's management API, where queue policies are applied and checked."""
+    return Management.for_broker(
+        settings.amqp_url, settings.amqp_management_url, ssl_context=settings.amqp_ssl_context()
+    )
+
+
+def consumers(
+    settings: ServiceSettings, name: str, build: Callable[[web.Application], Sequence[Consumer]]
+) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        started = list(build(app))
-        for consumer in started:
-            await consumer.start(app[AMQP])
+        group = ConsumerGroup(
+            build(app),
+            management(settings),
+            service=name,
+            apply_policies=settings.migrate_on_start,
+        )
+        app[CONSUMERS] = group
+        # At SIGTERM, no new message; those in hand drain with the requests.
+        app[SHUTDOWN].on_begin(group.stop_taking)
+        await group.start(app[AMQP])
         yield
-        await asyncio.gather(*(c.stop() for c in started))
+        await group.stop(grace=app[SHUTDOWN].remaining())
 
     return ctx
 
@@ -215,6 +259,7 @@ def service_app(
     its consumers, its API and health routes."""
     app = base_app(settings)
     app[CLOCK] = clock or SystemClock()
+    app[CONSUMER_QUEUES] = tuple(queue for queue, _ in consumes)
     app.cleanup_ctx.extend(
         [
             postgres(settings, schema, migrations),
@@ -248,7 +293,7 @@ def service_app(
                 for queue, handlers in consumes
             ]
 
-        app.cleanup_ctx.append(consumers(build))
+        app.cleanup_ctx.append(consumers(settings, name, build))
     if routes is not None:
         routes.configure(
             IdempotencySettings(
@@ -258,12 +303,13 @@ def service_app(
         )
         routes.install(app, lambda: app[POOL])
     audit.add_internal_route(app, name, lambda: app[POOL])
-    add_standard_routes(app)
+    add_standard_routes(app, consumers=bool(consumes))
     return app
 
 
-def add_standard_routes(app: web.Application) -> None:
-    """Health endpoints for a service that has a pool and a broker connection."""
+def add_standard_routes(app: web.Application, *, consumers: bool = False) -> None:
+    """Health endpoints for a service that has a pool and a broker connection
+    (and, with ``consumers``, consumers that must be taking messages)."""
 
     async def db_ready() -> bool:
         async with app[POOL].acquire() as conn:
@@ -272,7 +318,14 @@ def add_standard_routes(app: web.Application) -> None:
     async def broker_ready() -> bool:
         return not app[AMQP].is_closed and app[PUBLISHER].ready
 
-    add_health_routes(app, {"database": db_ready, "broker": broker_ready})
+    async def consuming() -> bool:
+        # False until every queue's policy is in force (see consumer_group.py).
+        return app[CONSUMERS].consuming
+
+    checks = {"database": db_ready, "broker": broker_ready}
+    if consumers:
+        checks["consumers"] = consuming
+    add_health_routes(app, checks)
 
 
 def run(
@@ -286,15 +339,50 @@ def run(
     log.info("starting", host=settings.http_host, port=port)
     app = app_factory()
     app.on_startup.append(_tune_gc)
-    web.run_app(
-        app,
-        host=settings.http_host,
-        port=port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=15.0,
-        loop=uvloop.new_event_loop(),
-    )
+    uvloop.run(_serve(app, settings.http_host, port))
+
+
+async def _serve(app: web.Application, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT, then stop as ``shared/shutdown.py`` says.
+
+    Not ``web.run_app``: its shutdown stops reading every connection at once,
+    so a request whose body is still arriving could never be answered. Here
+    the listening socket closes first, in-flight requests drain, and only
+    then does aiohttp's shutdown run (cancelling what still runs after
+    ``CANCEL_SECONDS``) and close the app's resources.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=CANCEL_SECONDS)
+    shutdown = app[SHUTDOWN]
+    try:
+        starting = asyncio.create_task(_start(runner, host, port))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            # Stopped while starting (waiting for a migration lock, say).
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+        else:
+            starting.result()  # a failed start raises here, after the clean-up below
+            log.info("serving", port=port)
+            await stopping
+        stopping.cancel()
+        for site in list(runner.sites):
+            await site.stop()  # no new connection from here on
+        await shutdown.begin()
+        await shutdown.requests_done()
+    finally:
+        await runner.cleanup()
+        log.info("stopped")
+
+
+async def _start(runner: web.AppRunner, host: str, port: int) -> None:
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
 
 
 async def _tune_gc(_: web.Application) -> None:
@@ -313,10 +401,44 @@ async def _tune_gc(_: web.Application) -> None:
     gc.set_threshold(_GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
-async def _migrate_only(settings: ServiceSettings, schema: str, migrations: Path) -> list[str]:
-    return await migrate_database(
+async def _migrate_only(
+    settings: ServiceSettings,
+    schema: str,
+    migrations: Path,
+    queues: Sequence[ConsumerQueue],
+) -> list[str]:
+    applied = await migrate_database(
         settings.database_url, schema, migrations, shared=SHARED_MIGRATIONS
     )
+    if queues:
+        await _apply_queue_policies(settings, queues)
+    return applied
+
+
+async def _apply_queue_policies(settings: ServiceSettings, queues: Sequence[ConsumerQueue]) -> None:
+    """The queues' policies, as part of the migrations; retried while the broker
+    starts (a deploy may bring both up together), then checked."""
+    api = management(settings)
+    wanted = policies.all_policies(queues)
+    retrying = AsyncRetrying(
+        wait=wait_exponential_jitter(multiplier=0.5, max=10.0, jitter=0.5),
+        stop=stop_after_delay(120),
+        retry=retry_if_exception_type(policies.ManagementError),
+        before_sleep=lambda state: log.warning(
+            "queue_policies_retry",
+            attempt=state.attempt_number,
+            error=str(state.outcome.exception()) if state.outcome else None,
+        ),
+        reraise=True,
+    )
+    await retrying(policies.apply, api, wanted)
+    problems = await policies.verify(api, wanted)
+    if problems:
+        # Another policy of higher priority shadows ours: an operator's to settle.
+        raise SystemExit(
+            "queue policies not in force: "
+            + "; ".join(f"{queue}: {why}" for queue, why in problems.items())
+        )
 
 
 def main(
@@ -330,16 +452,19 @@ def main(
 ) -> None:
     """``python -m services.<name> [serve|migrate]``.
 
-    ``migrate`` applies the service's migrations and exits: a deploy can run
-    it as a job before rolling out replicas (which also migrate on start, under
-    the same advisory lock, unless ``MIGRATE_ON_START=false``).
+    ``migrate`` applies the service's migrations, and the policies of the
+    queues it consumes, and exits: a deploy runs it before the service starts
+    (an init container in deploy/k8s), which then needs
+    ``MIGRATE_ON_START=false``. With ``MIGRATE_ON_START=true`` (the default)
+    each replica does the same at start, under the same advisory lock.
     """
     command = sys.argv[1] if len(sys.argv) > 1 else "serve"
     if command == "serve":
         run(app_factory, service=service, settings=settings, port=port)
     elif command == "migrate" and schema is not None and migrations is not None:
         configure_logging(service, settings.log_level)
-        applied = uvloop.run(_migrate_only(settings, schema, migrations))
+        queues = app_factory().get(CONSUMER_QUEUES, ())
+        applied = uvloop.run(_migrate_only(settings, schema, migrations, queues))
         log.info("migrations_done", schema=schema, applied=applied)
     else:
         raise SystemExit(f"usage: python -m services.{service} [serve|migrate]")

@@ -51,6 +51,12 @@ class ServiceSettings(StripeSettings):
     # the certificate must still be signed by the CA.
     amqp_verify_hostname: bool = True
 
+    # RabbitMQ's management API, through which a service applies and checks
+    # its queues' policies (shared/broker/policies.py). Unset: the AMQP_URL's
+    # host on port 15672 (https on 15671 for amqps://), with its user and
+    # password; a URL here may carry a user and password of its own.
+    amqp_management_url: str | None = Field(default=None, repr=False)
+
     # Consumers: prefetch bounds the messages one replica holds unacked, and so
     # the handlers it runs at once. Higher hides DB latency; lower spreads work
     # more evenly across replicas and bounds redelivery after a crash.
@@ -69,6 +75,12 @@ class ServiceSettings(StripeSettings):
     # Published outbox rows are kept this long for inspection, then purged.
     outbox_retention_days: int = Field(default=7, ge=1)
     housekeeping_interval_seconds: float = Field(default=3600.0, gt=0)
+
+    # SIGTERM: in-flight HTTP requests and messages get this long to finish;
+    # what still runs then is cancelled (a message's transaction rolls back and
+    # the message goes back to its queue). The orchestrator's grace period must
+    # exceed it plus shared/shutdown.py's tail (see deploy/README.md).
+    shutdown_drain_seconds: float = Field(default=20.0, gt=0)
 
     @model_validator(mode="after")
     def _tls_settings_need_amqps(self) -> ServiceSettings:

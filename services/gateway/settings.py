@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import limits
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from shared.settings import ServiceSettings
 
@@ -62,6 +62,17 @@ class GatewaySettings(ServiceSettings):
         if not [s for s in value.get_secret_value().split(",") if s.strip()]:
             raise ValueError("STRIPE_WEBHOOK_SECRETS must name at least one secret")
         return value
+
+    @model_validator(mode="after")
+    def _drain_outlasts_a_request(self) -> GatewaySettings:
+        # On SIGTERM an in-flight webhook or forwarded call must get its answer
+        # (200, or 503 for a confirm that never came) before the gateway stops.
+        slowest = max(self.publish_confirm_timeout, self.upstream_timeout)
+        if self.shutdown_drain_seconds <= slowest:
+            raise ValueError(
+                "SHUTDOWN_DRAIN_SECONDS must exceed PUBLISH_CONFIRM_TIMEOUT and UPSTREAM_TIMEOUT"
+            )
+        return self
 
     def webhook_secrets(self) -> list[str]:
         return [

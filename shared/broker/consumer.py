@@ -42,17 +42,22 @@ import aiormq
 import asyncpg
 import orjson
 import pydantic
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from shared import metrics
 from shared.broker.errors import InvalidMessage, PublishFailed, RetryLater
 from shared.broker.handlers import Context, Fetcher, Handlers, Refetch, Registration
 from shared.broker.publisher import Publisher
-from shared.broker.topology import ConsumerQueue, declare_consumer_queue
+from shared.broker.topology import (
+    ConsumerQueue,
+    declare_consumer_queue,
+    declared_by_an_earlier_release,
+)
 from shared.clock import Clock, SystemClock
 from shared.logging import get_logger, log_context
 from shared.outbox import Outbox
+from shared.shutdown import CANCEL_SECONDS, bounded
 
 log = get_logger(__name__)
 # Failures of the infrastructure rather than of the message: the database
@@ -101,6 +106,7 @@ class Consumer:
         self._prefetch = prefetch
         self._retry_later_limit = retry_later_limit
         self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._amqp_queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
@@ -109,31 +115,73 @@ class Consumer:
         for outcome in ("processed", "duplicate", "retried", "dead_lettered"):
             metrics.MESSAGES_HANDLED.labels(queue.name, outcome)
 
+    @property
+    def consuming(self) -> bool:
+        """Whether messages are being taken from the queue."""
+        return (
+            self._consumer_tag is not None
+            and self._channel is not None
+            and not self._channel.is_closed
+            and not self._stopping.is_set()
+        )
+
     async def start(self, connection: AbstractRobustConnection) -> None:
+        """Declare the queue's topology, then take messages from it."""
+        await self.declare(connection)
+        await self.consume()
+
+    async def declare(self, connection: AbstractRobustConnection) -> None:
+        """Open the consumer's channel and declare the queue's topology, so
+        messages routed to it are kept; nothing is taken yet."""
+        as_they_are = await declared_by_an_earlier_release(connection, self.queue)
         self._channel = await connection.channel(publisher_confirms=False)
         await self._channel.set_qos(prefetch_count=self._prefetch)
-        amqp_queue = await declare_consumer_queue(self._channel, self.queue)
-        self._consumer_tag = await amqp_queue.consume(self._on_message)
+        self._amqp_queue = await declare_consumer_queue(
+            self._channel, self.queue, as_they_are=as_they_are
+        )
+
+    async def consume(self) -> None:
+        if self._amqp_queue is None:
+            raise RuntimeError("declare the queue before consuming it")
+        if self._stopping.is_set() or self._consumer_tag is not None:
+            return
+        self._consumer_tag = await self._amqp_queue.consume(self._on_message)
         log.info("consumer_started", queue=self.queue.name, prefetch=self._prefetch)
 
-    async def stop(self, grace: float = 10.0) -> None:
-        """Stop taking messages, let in-flight ones finish, then close the channel.
+    async def stop_taking(self) -> None:
+        """Take no more messages (``basic.cancel``); those in hand carry on.
 
-        A message held for a copy that cannot be published gives up at once:
-        closing the channel returns it to the queue unacknowledged, with its
-        attempt count as it was, for the next consumer.
+        Also lets a message held for a copy that cannot be published give up:
+        it goes back to the queue, unacknowledged and with its attempt count
+        as it was, when the channel closes.
         """
         self._stopping.set()
-        if self._channel is None:
+        tag, self._consumer_tag = self._consumer_tag, None
+        if tag is None or self._amqp_queue is None or self._channel is None:
             return
-        if self._consumer_tag is not None and not self._channel.is_closed:
-            with contextlib.suppress(Exception):
-                amqp_queue = await self._channel.get_queue(self.queue.name, ensure=False)
-                await amqp_queue.cancel(self._consumer_tag)
-        if self._in_flight:
-            await asyncio.wait(self._in_flight, timeout=grace)
         if not self._channel.is_closed:
-            await self._channel.close()
+            await bounded("consumer_cancel", self._amqp_queue.cancel(tag))
+        # Deliveries already read from the socket start their handlers now,
+        # so the drain below sees them.
+        await asyncio.sleep(0)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking messages, give in-flight ones ``grace`` seconds to
+        finish, cancel those still running (their transactions roll back),
+        then close the channel: whatever is unacked goes back to the queue."""
+        await self.stop_taking()
+        if self._in_flight:
+            _, running = await asyncio.wait(set(self._in_flight), timeout=grace)
+            if running:
+                log.warning(
+                    "consumer_cancelling_in_flight", queue=self.queue.name, count=len(running)
+                )
+                for task in running:
+                    task.cancel()
+                await asyncio.wait(running, timeout=CANCEL_SECONDS)
+        if self._channel is not None and not self._channel.is_closed:
+            await bounded("consumer_channel_close", self._channel.close())
+        log.info("consumer_stopped", queue=self.queue.name)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()

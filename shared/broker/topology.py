@@ -2,18 +2,22 @@
 
 For each consumer queue ``Q`` the topology is::
 
-    exchange --(bindings)--> Q (quorum) --x-delivery-limit--> Q.dlq
-    Q.retry.<ms>ms (quorum, x-message-ttl=<ms>) --expired--> Q
+    exchange --(bindings)--> Q (quorum) --delivery limit--> Q.dlq
+    Q.retry.<ms>ms (quorum, message TTL <ms>) --expired--> Q
     Q.dlq (quorum): dead letters with the last error in their headers
 
 RabbitMQ here has no delayed-message plugin, so delays are message TTL plus
 dead-lettering. A TTL only expires messages at the head of a queue, so one
 delay queue per backoff tier (each with a single queue-wide TTL) keeps a short
 delay from queueing behind a long one. The tier delay is in the queue name: a
-change of delays declares new queues instead of failing on a redeclare with
-different arguments.
+change of delays makes new queues.
 
-``x-delivery-limit`` on ``Q`` catches what the consumer cannot: a message whose
+The queues are declared with ``x-queue-type`` only: a declared argument can
+never change for the queue's life (declaring it again differently fails), so
+the delivery limit, the TTLs, the dead-letter targets and the overflow mode
+live in RabbitMQ policies (``policies.py``), which can.
+
+The delivery limit on ``Q`` catches what the consumer cannot: a message whose
 handling crashes the process, redelivered again and again, ends in ``Q.dlq``.
 Dead-lettering out of the delay queues is ``at-least-once`` so a message in
 backoff survives a broker node failure.
@@ -22,10 +26,15 @@ backoff survives a broker node failure.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
+from aiormq.abc import FieldTable
+
+from shared.logging import get_logger
+
+log = get_logger(__name__)
 
 STRIPE_EVENTS = "stripe.events"
 BILLING_EVENTS = "billing.events"
@@ -62,13 +71,19 @@ class ConsumerQueue:
         delay = self.retry_delays_ms[min(attempt, len(self.retry_delays_ms) - 1)]
         return f"{self.name}.retry.{delay}ms"
 
+    @property
+    def queues(self) -> list[str]:
+        """Every queue of the topology, in the order they are declared."""
+        tiers = [f"{self.name}.retry.{delay}ms" for delay in sorted(set(self.retry_delays_ms))]
+        return [self.dead_letter_queue, *tiers, self.name]
+
 
 def dead_letter_queue(queue: str) -> str:
     return f"{queue}.dlq"
 
 
-def _quorum(**arguments: Any) -> dict[str, Any]:
-    return {"x-queue-type": "quorum", **arguments}
+# The one argument that never changes; everything else is in a policy.
+QUORUM: FieldTable = {"x-queue-type": "quorum"}
 
 
 async def declare_exchanges(channel: AbstractChannel) -> dict[str, AbstractExchange]:
@@ -78,38 +93,44 @@ async def declare_exchanges(channel: AbstractChannel) -> dict[str, AbstractExcha
     }
 
 
-async def declare_consumer_queue(channel: AbstractChannel, spec: ConsumerQueue) -> AbstractQueue:
+async def declared_by_an_earlier_release(
+    connection: AbstractConnection, spec: ConsumerQueue
+) -> frozenset[str]:
+    """The queues of ``spec`` that exist with more arguments than ``x-queue-type``.
+
+    Releases before the policies declared the delivery limit, TTLs and
+    dead-letter targets as arguments. Declaring such a queue without them
+    fails, so it is used as it is: its arguments equal what its policy says,
+    and take precedence over the policy until the queue is recreated (see
+    docs/runbook.md). Each probe runs on a channel of its own, since a failed
+    declare closes the channel it was made on.
+    """
+    found = set()
+    for name in spec.queues:
+        probe = await connection.channel(publisher_confirms=False)
+        try:
+            await probe.declare_queue(name, durable=True, arguments=QUORUM)
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            found.add(name)
+            log.warning("queue_declared_by_an_earlier_release", queue=name, detail=str(exc))
+        finally:
+            if not probe.is_closed:
+                await probe.close()
+    return frozenset(found)
+
+
+async def declare_consumer_queue(
+    channel: AbstractChannel, spec: ConsumerQueue, *, as_they_are: frozenset[str] = frozenset()
+) -> AbstractQueue:
+    """Declare ``spec``'s queues (those in ``as_they_are`` passively) and bind ``Q``."""
     exchanges = await declare_exchanges(channel)
-    await channel.declare_queue(
-        spec.dead_letter_queue,
-        durable=True,
-        arguments=_quorum(**{"x-delivery-limit": DEAD_LETTER_DELIVERY_LIMIT}),
-    )
-    for delay in sorted(set(spec.retry_delays_ms)):
-        await channel.declare_queue(
-            f"{spec.name}.retry.{delay}ms",
-            durable=True,
-            arguments=_quorum(
-                **{
-                    "x-message-ttl": delay,
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": spec.name,
-                    "x-dead-letter-strategy": "at-least-once",
-                    "x-overflow": "reject-publish",
-                }
-            ),
-        )
-    queue = await channel.declare_queue(
-        spec.name,
-        durable=True,
-        arguments=_quorum(
-            **{
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": spec.dead_letter_queue,
-                "x-delivery-limit": DELIVERY_LIMIT,
-            }
-        ),
-    )
+    queue: AbstractQueue | None = None
+    for name in spec.queues:
+        if name in as_they_are:
+            queue = await channel.declare_queue(name, passive=True)
+        else:
+            queue = await channel.declare_queue(name, durable=True, arguments=QUORUM)
+    assert queue is not None and queue.name == spec.name
     for binding in spec.bindings:
         await queue.bind(exchanges[binding.exchange], binding.routing_key)
     return queue

@@ -72,7 +72,9 @@ async def test_services_publish_and_consume_over_amqps(
     # The gateway publishes, the subscriptions service consumes (aio-pika)
     # and publishes its retry copies, all over TLS; webhooks stays plain.
     tls = _tls_settings(pki, amqp_url=_amqps(tls_broker))
-    stack = await start_stack(gateway=tls, subscriptions=tls)
+    # The proxy carries AMQP only; the management API is the broker's own.
+    subscriptions = {**tls, "amqp_management_url": "http://127.0.0.1:15672"}
+    stack = await start_stack(gateway=tls, subscriptions=subscriptions)
     try:
         sub = so.subscription(status="active")
         status, _ = await post_event(

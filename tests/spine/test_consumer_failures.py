@@ -38,6 +38,7 @@ from tests.support import env
 from tests.support import stripe_objects as so
 from tests.support.amqp import message_count, publish_raw, take_all
 from tests.support.gateway_client import admin_get, admin_post, post_event
+from tests.support.policies import queue_policies
 from tests.support.stack import Stack, delete_queues, queue_family, start_stack
 from tests.support.waiting import eventually
 
@@ -148,7 +149,8 @@ async def bench(tmp_path: Path) -> AsyncIterator[Bench]:
     connection = await aio_pika.connect_robust(env.AMQP_URL)
     running = Bench(schema, routing_key, spec, pool, publisher, connection)
     try:
-        yield running
+        async with queue_policies(spec):
+            yield running
     finally:
         for consumer in running.consumers:
             await consumer.stop(grace=2.0)

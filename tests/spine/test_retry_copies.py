@@ -38,6 +38,7 @@ from shared.migrations import SHARED_MIGRATIONS, migrate
 from tests.support import env
 from tests.support import stripe_objects as so
 from tests.support.amqp import message_count, publish_raw
+from tests.support.policies import queue_policies
 from tests.support.stack import delete_queues, queue_family
 from tests.support.tcp_proxy import TcpProxy, via_proxy
 from tests.support.waiting import eventually
@@ -144,7 +145,8 @@ async def rig(broker_proxy: TcpProxy, tmp_path: Path) -> AsyncIterator[Rig]:
     connection = await aio_pika.connect_robust(env.AMQP_URL)
     running = Rig(spec, pool, publisher, broker_proxy, connection, routing_key)
     try:
-        yield running
+        async with queue_policies(spec):
+            yield running
     finally:
         broker_proxy.restore()
         for consumer in running.consumers:
