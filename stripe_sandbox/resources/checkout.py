@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import collection, discounts, lifecycle, methods, payments
+from .. import collection, discounts, invoicing, lifecycle, methods, payments
 from ..api import LIST_PARAMS, Call, Route, paginate
 from ..cards import CARDS
 from ..clock import DAY
@@ -363,6 +363,13 @@ def _redemptions(sb: Sandbox, session: Obj) -> list[Redemption]:
     return list(sb.store.checkout_redemptions.get(session["id"], []))
 
 
+def _authenticate_on_page(sb: Sandbox, pi: Obj, now: int) -> None:
+    """A card that asks for 3D Secure is authenticated on the hosted page itself."""
+    if pi["status"] == "requires_action":
+        payments.authenticate(sb, pi, now, succeeded=True)
+        collection.payment_intent_changed(sb, pi, now)
+
+
 def _complete_subscription(sb: Sandbox, session: Obj, customer: Obj, pm: Obj, now: int) -> None:
     methods.attach(sb, pm, customer)
     data = sb.store.checkout_data[session["id"]]["subscription_data"]
@@ -389,6 +396,9 @@ def _complete_subscription(sb: Sandbox, session: Obj, customer: Obj, pm: Obj, no
         error = collection.attempt(sb, invoice, now, payment_method=pm["id"], off_session=False)
         if error is not None:
             raise error
+        pi = invoicing.payment_intent_for(sb, invoice)
+        if pi is not None:
+            _authenticate_on_page(sb, pi, now)
     session.update(
         {
             "subscription": sub["id"],
@@ -424,6 +434,7 @@ def _complete_payment(sb: Sandbox, session: Obj, customer: Obj | None, pm: Obj, 
     error = payments.confirm(sb, pi, pm["id"], now)
     if error is not None:
         raise error
+    _authenticate_on_page(sb, pi, now)
     if customer and pi["setup_future_usage"]:
         methods.attach(sb, pm, customer, verified=True)
     session.update({"payment_intent": pi["id"], "payment_status": "paid"})

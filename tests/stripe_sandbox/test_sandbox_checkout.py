@@ -129,3 +129,22 @@ def test_subscription_mode_completion(
     assert done["payment_status"] == "no_payment_required"
     completed = events_of(client, opened.id, "checkout.session.completed")[0]
     assert completed.data.object["subscription"] == sub.id
+
+
+def test_three_d_secure_is_done_on_the_hosted_page(
+    sandbox: Sandbox, client: stripe.StripeClient, catalog: dict[str, Any]
+) -> None:
+    opened = client.v1.checkout.sessions.create(
+        params={
+            "mode": "subscription",
+            "line_items": [{"price": catalog["hot_desk"].id, "quantity": 1}],
+            "success_url": "https://example.com/ok",
+        }
+    )
+    done = sandbox.control(
+        "POST",
+        f"/_sandbox/checkout/sessions/{opened.id}/complete",
+        {"payment_method": "pm_card_authenticationRequired"},
+    )
+    assert done["payment_status"] == "paid"
+    assert client.v1.subscriptions.retrieve(done["subscription"]).status == "active"

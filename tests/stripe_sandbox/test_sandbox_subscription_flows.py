@@ -196,3 +196,22 @@ def test_cancel_at_period_end_set_unset_and_cancel_now(
     assert gone.status == "canceled" and gone.ended_at == end + 2 * HOUR
     assert gone.cancellation_details is not None
     assert gone.cancellation_details.comment == "moving away"
+
+
+def test_the_wall_clock_has_a_timeline_too(
+    sandbox: Sandbox, client: stripe.StripeClient, catalog: dict[str, Any]
+) -> None:
+    customer, _ = new_customer(client)
+    # A one-day trial is within three days of its end at once: trial_will_end is due now.
+    sub = client.v1.subscriptions.create(
+        params={
+            "customer": customer.id,
+            "items": [{"price": catalog["hot_desk"].id}],
+            "trial_period_days": 1,
+        }
+    )
+    ran = sandbox.control("POST", "/_sandbox/tick")
+    assert ran["ran"] >= 0
+    assert types_of(client, sub.id, "customer.subscription.trial_will_end") == [
+        "customer.subscription.trial_will_end"
+    ]
