@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import stripe
 
+from stripe_sandbox.fixtures import RESOURCES, SNAPSHOT_PATH
 from tests.stripe_sandbox.sandbox_helpers import (
     DAY,
     HOUR,
@@ -271,3 +272,11 @@ def test_event_payloads_have_the_fixture_keys_nested(
                 problems.setdefault(event.type, missing)
     assert problems == {}, json.dumps(problems, indent=1)
     assert {"invoice", "subscription", "charge", "refund", "dispute", "discount"} <= kinds
+
+
+def test_the_packaged_snapshot_is_stripes_fixtures(fixtures: dict[str, Any]) -> None:
+    # Without the shared fixtures (a container image) the sandbox builds objects from
+    # this copy; it must be Stripe's examples for every resource the sandbox makes.
+    snapshot = json.loads(SNAPSHOT_PATH.read_text())["resources"]
+    assert set(snapshot) == set(RESOURCES)
+    assert {kind: fixtures[kind] for kind in RESOURCES} == snapshot
