@@ -92,6 +92,10 @@ def attempt(
             code="invoice_no_payment_method_types",
         )
     pm = methods.resolve_payment_method(sb, pm_id, "payment_method", now)
+    if pm["type"] not in pi["payment_method_types"]:
+        # Without payment_settings.payment_method_types an invoice takes any type the
+        # account accepts: a saved bank account pays a renewal like a card does.
+        pi["payment_method_types"].append(pm["type"])
     error = payments.collect(sb, pi, pm, now, off_session=off_session)
     return outcome(sb, invoice, pi, now, error, automatic=automatic)
 

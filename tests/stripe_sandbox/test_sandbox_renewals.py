@@ -317,3 +317,28 @@ def test_renewal_needing_authentication_asks_for_action(
     )
     assert client.v1.invoices.retrieve(renewal.id).status == "paid"
     assert client.v1.subscriptions.retrieve(sub.id).status == "active"
+
+
+def test_renewal_paid_from_a_bank_account_settles_later(
+    sandbox: Sandbox, client: stripe.StripeClient, catalog: dict[str, Any]
+) -> None:
+    clock_id, sub, _ = subscribe(client, catalog["hot_desk"].id)
+    bank = client.v1.payment_methods.attach(
+        "pm_usBankAccount_success", params={"customer": str(sub.customer)}
+    )
+    client.v1.subscriptions.update(sub.id, params={"default_payment_method": bank.id})
+    period_end = sub["items"].data[0].current_period_end
+    advance(client, clock_id, period_end + 90 * 60)  # finalized and debited at +1 h
+    renewal = client.v1.invoices.retrieve(
+        str(client.v1.subscriptions.retrieve(sub.id).latest_invoice)
+    )
+    assert renewal.status == "open" and renewal.attempt_count == 1
+    payment = client.v1.invoice_payments.list(params={"invoice": renewal.id}).data[0]
+    assert (
+        client.v1.payment_intents.retrieve(str(payment.payment.payment_intent)).status
+        == "processing"
+    )
+    # The debit clears an hour after it started; the invoice is paid then.
+    advance(client, clock_id, period_end + 3 * HOUR)
+    assert client.v1.invoices.retrieve(renewal.id).status == "paid"
+    assert client.v1.subscriptions.retrieve(sub.id).status == "active"
