@@ -10,7 +10,9 @@ invoices, given the same ``proration_date``:
   price) plus anything already pending;
 * ``create_prorations`` (the default): the next renewal, the new items for the
   next period plus the prorations;
-* ``none``: the next renewal at the new price, nothing prorated.
+* ``none``: the next renewal at the new price, nothing prorated;
+* a new billing interval (monthly to yearly): the invoice made at once for the
+  new period, less the credit for the old one's unused time.
 
 Its id starts with ``upcoming_in`` and its lines with ``il_tmp``, as Stripe's do.
 """
@@ -45,6 +47,7 @@ def _next_period(sub: Obj, chosen: list[Obj]) -> list[Obj]:
 
 def _proration_lines(sb: Sandbox, sub: Obj, new_items: list[Obj], when: int) -> list[LineSpec]:
     _, end = items.period_of(sub)
+    specs = prorations.credits_and_charges(sb, sub, sub["items"]["data"], new_items, when)
     return [
         LineSpec(
             amount=spec.amount,
@@ -55,8 +58,19 @@ def _proration_lines(sb: Sandbox, sub: Obj, new_items: list[Obj], when: int) -> 
             price=spec.price,
             proration=True,
         )
-        for spec in prorations.proration_specs(sb, sub, sub["items"]["data"], new_items, when)
+        for spec in specs
     ]
+
+
+def _planned(sb: Sandbox, sub: Obj, details: dict[str, Any]) -> tuple[list[Obj], bool]:
+    """The items after the previewed change, and whether there is a change at all."""
+    changes = details.get("items") or []
+    if isinstance(changes, dict):
+        changes = list(changes.values())
+    if not changes:
+        return snapshot(sub["items"]["data"]), False
+    planned = prorations.planned_items(sb, sub, [c if isinstance(c, dict) else {} for c in changes])
+    return planned, True
 
 
 def preview_subscription(sb: Sandbox, sub: Obj, details: dict[str, Any], now: int) -> Obj:
@@ -68,34 +82,32 @@ def preview_subscription(sb: Sandbox, sub: Obj, details: dict[str, Any], now: in
             param="subscription_details[proration_behavior]",
         )
     when = parse_int(details.get("proration_date"), "subscription_details[proration_date]") or now
-    changes = details.get("items") or []
-    if isinstance(changes, dict):
-        changes = list(changes.values())
-    new_items = (
-        prorations.planned_items(sb, sub, [c if isinstance(c, dict) else {} for c in changes])
-        if changes
-        else snapshot(sub["items"]["data"])
-    )
-    prorating = bool(changes) and prorations.prorates(sub, behavior)
+    new_items, changing = _planned(sb, sub, details)
+    prorating = changing and prorations.prorates(sub, behavior)
     credits = _proration_lines(sb, sub, new_items, when) if prorating else []
     pending = items.pending_item_lines(sb, sub)
-    _, end = items.period_of(sub)
+    start, end = items.period_of(sub)
     cancels = parse_bool(
         details.get("cancel_at_period_end"), "subscription_details[cancel_at_period_end]"
     )
-    if behavior == "always_invoice" and changes:
-        lines, created, reason, period = (
-            credits + pending,
-            when,
-            "subscription_update",
-            (when, when),
-        )
+    new_interval = (
+        changing
+        and prorations.changes_interval(sub["items"]["data"], new_items)
+        and sub["status"] in ("active", "past_due")
+    )
+    if new_interval:
+        # A new billing interval starts a period now and bills it at once.
+        prorations.restart_period(new_items, when)
+        lines = items.cycle_lines(sb, new_items) + credits + pending
+        created, reason, period = when, "subscription_update", (when, when)
+    elif behavior == "always_invoice" and changing:
+        created, reason, period = when, "subscription_update", (when, when)
+        lines = credits + pending
     elif cancels or sub["cancel_at_period_end"]:
         lines, created, reason, period = credits + pending, end, "subscription_cycle", (end, end)
     else:
         upcoming = _next_period(sub, new_items)
         lines = items.cycle_lines(sb, upcoming) + credits + pending
-        start, _ = items.period_of(sub)
         created, reason, period = end, "subscription_cycle", (start, end)
     invoice = build(
         sb,

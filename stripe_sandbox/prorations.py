@@ -5,6 +5,10 @@ remaining time of what replaced it charged, each in proportion of the current
 period still to run at ``proration_date`` (default: now).  With
 ``create_prorations`` these wait as invoice items for the next renewal; with
 ``always_invoice`` they are invoiced (and charged) at once; ``none`` makes none.
+
+A change of billing interval (monthly to yearly or back) is different: the
+billing cycle anchor moves to the change, a new period starts, and Stripe
+invoices it at once, less the credit for the old period's unused time.
 """
 
 from __future__ import annotations
@@ -13,11 +17,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import collection, discounts, invoicing
-from .clock import from_ts
+from .clock import from_ts, next_period_end
 from .errors import StripeError, invalid
 from .fixtures import template
 from .ids import new_id
-from .items import ItemSpec, new_item, pending_item_lines, period_of, plan_from_price, product_name
+from .items import (
+    ItemSpec,
+    cycle_lines,
+    interval_of,
+    new_item,
+    pending_item_lines,
+    period_of,
+    plan_from_price,
+    product_name,
+)
 from .sandbox import Sandbox
 from .store import Obj, snapshot
 
@@ -187,6 +200,31 @@ def prorates(sub: Obj, proration_behavior: str) -> bool:
     return proration_behavior != "none" and sub["status"] in ("active", "past_due")
 
 
+def changes_interval(old_items: list[Obj], new_items: list[Obj]) -> bool:
+    return {interval_of(i["price"]) for i in old_items} != {
+        interval_of(i["price"]) for i in new_items
+    }
+
+
+def restart_period(new_items: list[Obj], when: int) -> None:
+    """The items' new period after an interval change: it starts at the change."""
+    for item in new_items:
+        interval, count = interval_of(item["price"])
+        item["current_period_start"] = when
+        item["current_period_end"] = next_period_end(when, when, interval, count)
+
+
+def credits_and_charges(
+    sb: Sandbox, sub: Obj, old_items: list[Obj], new_items: list[Obj], when: int
+) -> list[Proration]:
+    """What a change prorates: on an interval change only the old period's unused time
+    (the new period is billed whole), else credits and charges for the rest of it."""
+    specs = proration_specs(sb, sub, old_items, new_items, when)
+    if changes_interval(old_items, new_items):
+        return [spec for spec in specs if spec.amount < 0]
+    return specs
+
+
 def change_items(
     sb: Sandbox,
     sub: Obj,
@@ -196,16 +234,27 @@ def change_items(
     proration_date: int | None,
     now: int,
 ) -> Obj | None:
-    """Put ``new_items`` on the subscription; ``always_invoice`` returns the invoice it makes."""
+    """Put ``new_items`` on the subscription; returns the invoice made at once, if any
+    (``always_invoice``, or a change of billing interval)."""
     customer = sb.store.get("customer", sub["customer"])
     old_items = sub["items"]["data"]
     _, end = period_of(sub)
+    when = proration_date or now
+    new_interval = changes_interval(old_items, new_items) and sub["status"] in (
+        "active",
+        "past_due",
+    )
+    specs = (
+        credits_and_charges(sb, sub, old_items, new_items, when)
+        if prorates(sub, proration_behavior)
+        else []
+    )
+    if new_interval:
+        restart_period(new_items, when)
+        sub["billing_cycle_anchor"] = when
     sub["items"]["data"] = new_items
     sub["items"]["total_count"] = len(new_items)
-    when = proration_date or now
-    if not prorates(sub, proration_behavior):
-        return None
-    for spec in proration_specs(sb, sub, old_items, new_items, when):
+    for spec in specs:
         new_invoice_item(
             sb,
             customer,
@@ -218,14 +267,17 @@ def change_items(
             proration=True,
             now=now,
         )
-    if proration_behavior != "always_invoice":
+    if proration_behavior != "always_invoice" and not new_interval:
         return None
+    lines = pending_item_lines(sb, sub)
+    if new_interval:
+        lines = cycle_lines(sb, new_items) + lines
     invoice = invoicing.new_invoice(
         sb,
         customer=customer,
         subscription=sub,
         billing_reason="subscription_update",
-        lines=pending_item_lines(sb, sub),
+        lines=lines,
         period_start=when,
         period_end=when,
         created=now,

@@ -207,3 +207,38 @@ def test_canceling_a_schedule_cancels_its_subscription(
     assert client.v1.subscriptions.retrieve(sub.id).status == "canceled"
     assert types_of(client, schedule.id)[-1] == "subscription_schedule.canceled"
     assert types_of(client, sub.id)[-1] == "customer.subscription.deleted"
+
+
+def test_switching_to_yearly_starts_a_new_period_billed_at_once(
+    client: stripe.StripeClient, catalog: dict[str, Any]
+) -> None:
+    _, sub = subscribed(client, catalog["hot_desk"].id)
+    yearly = client.v1.prices.create(
+        params={
+            "product": str(catalog["hot_desk"].product),
+            "unit_amount": 199000,
+            "currency": "usd",
+            "recurring": {"interval": "year"},
+        }
+    )
+    item = sub["items"].data[0]
+    when = START + 10 * DAY
+    change: Any = {"items": [{"id": item.id, "price": yearly.id}], "proration_date": when}
+    preview = client.v1.invoices.create_preview(
+        params={"subscription": sub.id, "subscription_details": change}
+    )
+    credit = -round(19900 * 21 / 31)
+    assert preview.billing_reason == "subscription_update"
+    assert sorted(line.amount for line in preview.lines.data) == [credit, 199000]
+    assert preview.amount_due == 199000 + credit
+
+    updated = client.v1.subscriptions.update(
+        sub.id, params={**change, "expand": ["latest_invoice"]}
+    )
+    invoice = updated.latest_invoice
+    assert isinstance(invoice, stripe.Invoice)
+    assert invoice.amount_paid == preview.amount_due and invoice.status == "paid"
+    assert updated.billing_cycle_anchor == when
+    new_item = updated["items"].data[0]
+    assert new_item.current_period_start == when
+    assert new_item.current_period_end == when + 365 * DAY  # 2026 is no leap year
