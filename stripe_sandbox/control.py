@@ -83,6 +83,10 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return data
 
 
+def _refused(message: str) -> web.Response:
+    return _ok({"error": {"type": "invalid_request_error", "message": message}}, 400)
+
+
 def _outcome(body: dict[str, Any], allowed: tuple[str, ...]) -> str:
     outcome = str(body.get("outcome", allowed[0]))
     if outcome not in allowed:
@@ -132,7 +136,7 @@ async def set_settings(request: web.Request) -> web.Response:
     try:
         settings.update(await _body(request))
     except SettingsError as exc:
-        return _ok({"error": {"type": "invalid_request_error", "message": str(exc)}}, 400)
+        return _refused(str(exc))
     return _ok(settings.describe())
 
 
@@ -144,7 +148,7 @@ async def add_fault(request: web.Request) -> web.Response:
     body = await _body(request)
     kind = body.get("kind")
     if kind not in KINDS:
-        return _ok({"error": f"kind must be one of {KINDS}"}, 400)
+        return _refused(f"kind must be one of {KINDS}")
     fault = Fault(
         kind=kind,
         remaining=int(body.get("count", 1)),
@@ -301,7 +305,7 @@ async def add_endpoint(request: web.Request) -> web.Response:
     body = await _body(request)
     url, secret = body.get("url"), body.get("secret")
     if not url or not secret:
-        return _ok({"error": "url and secret are required"}, 400)
+        return _refused("url and secret are required")
     endpoint = request.app[SANDBOX].delivery.add_endpoint(str(url), str(secret))
     return _ok({"id": endpoint.id, "url": endpoint.url})
 
