@@ -2,12 +2,15 @@
 
 Started by ``make dev`` (scripts/dev.sh), which has already installed
 everything, started Postgres and RabbitMQ, and exported the settings. This
-starts the Stripe sandbox when asked, runs each service's migrations, starts
-the five services, waits until each answers ``/readyz``, and prints where
-they listen. Their logs are interleaved on stdout, each line prefixed with the
-service's name. Ctrl-C (or SIGTERM) stops them all gracefully: SIGTERM, then
-SIGKILL for any still running after a grace period. If one dies on its own,
-the rest are stopped too, so a half-running stack never goes unnoticed.
+starts the Stripe sandbox when asked (Smart Retries off: the retry service does
+the dunning), runs each service's migrations, starts the five services, waits
+until each answers ``/readyz``, and only then seeds the plans catalog, so the
+sandbox's webhooks for it find a gateway that takes them the first time. Then
+it prints where everything listens. Their logs are interleaved on stdout, each
+line prefixed with the service's name. Ctrl-C (or SIGTERM) stops them all
+gracefully: SIGTERM, then SIGKILL for any still running after a grace period.
+If one dies on its own, the rest are stopped too, so a half-running stack
+never goes unnoticed.
 """
 
 from __future__ import annotations
@@ -107,6 +110,38 @@ async def migrate_all() -> None:
     print("migrations applied", flush=True)
 
 
+async def start_sandbox() -> Child:
+    sandbox_port = os.environ["SANDBOX_PORT"]
+    gateway_port = port_of("GATEWAY_PORT", 8080)
+    return await spawn(
+        "stripe-sandbox",
+        [
+            sys.executable,
+            "-m",
+            "stripe_sandbox",
+            "--port",
+            sandbox_port,
+            "--webhook-url",
+            f"http://127.0.0.1:{gateway_port}/webhooks/stripe",
+            "--webhook-secret",
+            os.environ["STRIPE_WEBHOOK_SECRETS"].split(",")[0].strip(),
+            # The retry service runs dunning; Stripe retrying too would charge twice.
+            "--smart-retries",
+            "off",
+        ],
+        f"http://127.0.0.1:{sandbox_port}/_sandbox/health",
+    )
+
+
+async def seed_catalog() -> None:
+    """Sync the plans into the sandbox once the gateway is ready for their webhooks."""
+    seed = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.subscriptions.seed_catalog"
+    )
+    if await seed.wait() != 0:
+        raise SystemExit("seeding the sandbox with the plans catalog failed")
+
+
 async def main() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -115,31 +150,10 @@ async def main() -> None:
 
     children: list[Child] = []
     try:
-        if os.environ.get("DEV_START_SANDBOX") == "1":
-            sandbox_port = os.environ["SANDBOX_PORT"]
-            gateway_port = port_of("GATEWAY_PORT", 8080)
-            sandbox = await spawn(
-                "stripe-sandbox",
-                [
-                    sys.executable,
-                    "-m",
-                    "stripe_sandbox",
-                    "--port",
-                    sandbox_port,
-                    "--webhook-url",
-                    f"http://127.0.0.1:{gateway_port}/webhooks/stripe",
-                    "--webhook-secret",
-                    os.environ["STRIPE_WEBHOOK_SECRETS"].split(",")[0].strip(),
-                ],
-                f"http://127.0.0.1:{sandbox_port}/_sandbox/health",
-            )
-            children.append(sandbox)
-            await wait_ready(sandbox)
-            seed = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "services.subscriptions.seed_catalog"
-            )
-            if await seed.wait() != 0:
-                raise SystemExit("seeding the sandbox with the plans catalog failed")
+        sandboxed = os.environ.get("DEV_START_SANDBOX") == "1"
+        if sandboxed:
+            children.append(await start_sandbox())
+            await wait_ready(children[-1])
         await migrate_all()
         for name, variable, default in SERVICES:
             url = f"http://127.0.0.1:{port_of(variable, default)}"
@@ -148,6 +162,8 @@ async def main() -> None:
             )
         for child in children:
             await wait_ready(child)
+        if sandboxed:
+            await seed_catalog()
 
         print("\nThe stack is up:", flush=True)
         for name, variable, default in SERVICES:

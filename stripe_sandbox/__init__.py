@@ -1,4 +1,4 @@
-"""A Stripe emulator speaking Stripe's /v1 HTTP API, for tests.
+"""A Stripe emulator speaking Stripe's /v1 HTTP API, for the tests and `make dev`.
 
 Run ``python -m stripe_sandbox --port 12111`` and point stripe-python at it
 with ``base_addresses={"api": "http://127.0.0.1:12111"}``; or build the app
@@ -7,6 +7,7 @@ in-process with :func:`create_app`.
 
 from __future__ import annotations
 
-from .app import SANDBOX, create_app
+from .app import create_app
+from .sandbox import SANDBOX
 
 __all__ = ["SANDBOX", "create_app"]

@@ -1,6 +1,8 @@
 """Command line entry point.
 
-``python -m stripe_sandbox --port 12111 [--webhook-url URL --webhook-secret whsec_...]``
+``python -m stripe_sandbox --port 12111 [--webhook-url URL --webhook-secret whsec_...]
+[--smart-retries on|off] [--after-retries canceled|unpaid|past_due]
+[--retry-tries N] [--retry-window-days D]``
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from aiohttp import web
 
 from .app import create_app
 from .delivery import DEFAULT_BACKOFF
+from .settings import AFTER_RETRIES, RETRY_WINDOWS_DAYS, AccountSettings, SettingsError
 
 
 def _pair_webhooks(urls: list[str], secrets: list[str]) -> list[tuple[str, str]]:
@@ -53,10 +56,43 @@ def main(argv: list[str] | None = None) -> None:
         help="comma-separated retry delays in seconds",
     )
     parser.add_argument("--max-attempts", type=int, default=5)
+    defaults = AccountSettings()
+    parser.add_argument(
+        "--smart-retries",
+        choices=("on", "off"),
+        default="on" if defaults.smart_retries else "off",
+        help="Stripe's automatic retries of failed subscription payments (on for new accounts)",
+    )
+    parser.add_argument(
+        "--after-retries",
+        choices=AFTER_RETRIES,
+        default=defaults.after_retries,
+        help="subscription status once every Smart Retry has failed",
+    )
+    parser.add_argument("--retry-tries", type=int, default=defaults.retry_tries)
+    parser.add_argument(
+        "--retry-window-days",
+        type=int,
+        choices=RETRY_WINDOWS_DAYS,
+        default=defaults.retry_window_days,
+    )
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
+    settings = AccountSettings()
+    try:
+        settings.update(
+            {
+                "smart_retries": args.smart_retries == "on",
+                "after_retries": args.after_retries,
+                "retry_tries": args.retry_tries,
+                "retry_window_days": args.retry_window_days,
+            }
+        )
+    except SettingsError as exc:
+        parser.error(str(exc))
     app = create_app(
+        settings=settings,
         webhooks=_pair_webhooks(args.webhook_url, args.webhook_secret),
         chaos=args.chaos,
         chaos_seed=args.chaos_seed,

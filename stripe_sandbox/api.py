@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import invalid
+from .errors import StripeError, invalid, required
 from .params import Params, parse_int
 from .sandbox import Sandbox
 from .store import Obj
@@ -19,6 +19,9 @@ class Call:
     params: dict[str, Any]
     match: dict[str, str] = field(default_factory=dict)
     status: int = 200
+    # Made with a publishable key (stripe.js in the customer's browser): only the
+    # client-side endpoints answer, and only with the object's client secret.
+    publishable: bool = False
 
     def p(self, allowed: set[str] | None = None) -> Params:
         return Params(self.params, allowed)
@@ -26,6 +29,37 @@ class Call:
 
 Handler = Callable[[Sandbox, Call], Obj]
 Route = tuple[str, str, Handler]
+
+# What stripe.js may call with a publishable key.
+PUBLISHABLE_ROUTES = frozenset(
+    {
+        ("GET", "/v1/payment_intents/{id}"),
+        ("POST", "/v1/payment_intents/{id}/confirm"),
+        ("GET", "/v1/setup_intents/{id}"),
+        ("POST", "/v1/setup_intents/{id}/confirm"),
+        ("POST", "/v1/payment_methods"),
+    }
+)
+
+
+def require_client_secret(call: Call, obj: Obj) -> None:
+    """With a publishable key the intent's ``client_secret`` must come along, and match."""
+    if not call.publishable:
+        return
+    given = call.params.get("client_secret")
+    if not given:
+        raise required("client_secret")
+    if given != obj["client_secret"]:
+        label = "PaymentIntent" if obj["object"] == "payment_intent" else "SetupIntent"
+        raise StripeError(
+            400,
+            "invalid_request_error",
+            f"The client_secret provided does not match the client_secret associated with "
+            f"the {label}.",
+            param="client_secret",
+            validation=True,
+        )
+
 
 LIST_PARAMS = {"limit", "starting_after", "ending_before", "created"}
 

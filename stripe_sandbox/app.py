@@ -1,9 +1,12 @@
 """The aiohttp application: Stripe's /v1 HTTP boundary plus /_sandbox controls.
 
 Every /v1 request goes through :func:`_serve`, which does what Stripe's edge does
-before and after the resource logic: fault injection, API key check, form
-decoding, idempotency replay, ``expand[]``, error envelopes and the
-``Request-Id`` / ``Stripe-Version`` / ``Idempotent-Replayed`` headers.
+before and after the resource logic: fault injection, API key check (secret
+keys; publishable keys for the few endpoints stripe.js calls), form decoding,
+idempotency (replay, 409 for a key still executing), ``expand[]``, error
+envelopes and the ``Request-Id`` / ``Stripe-Version`` / ``Idempotent-Replayed``
+headers.  The endpoint itself runs synchronously, so its state changes are
+atomic (see :mod:`stripe_sandbox.sandbox`).
 """
 
 from __future__ import annotations
@@ -15,15 +18,22 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
 
-from . import control
-from .api import Call, Handler
+from . import control, timeline
+from .api import PUBLISHABLE_ROUTES, Call, Handler
 from .delivery import DEFAULT_BACKOFF, DeliveryManager
-from .errors import StripeError, auth_invalid, auth_missing, invalid, not_found_url
+from .errors import (
+    StripeError,
+    auth_invalid,
+    auth_missing,
+    invalid,
+    not_found_url,
+    publishable_key_refused,
+)
 from .events import API_VERSION, current_request
 from .expand import expand
 from .faults import Fault
@@ -31,15 +41,15 @@ from .forms import FormError, decode
 from .ids import new_id
 from .params import Params
 from .resources import ROUTES
-from .sandbox import Sandbox
+from .sandbox import SANDBOX, Sandbox
+from .settings import AccountSettings
 
 log = logging.getLogger("stripe_sandbox")
 
-SANDBOX = web.AppKey("sandbox", Sandbox)
 JSON = "application/json"
 
 
-def _api_key(request: web.Request) -> str:
+def _api_key(request: web.Request, params: dict[str, Any]) -> str:
     header = request.headers.get("Authorization", "")
     key = ""
     if header.startswith("Bearer "):
@@ -50,16 +60,17 @@ def _api_key(request: web.Request) -> str:
         except (binascii.Error, UnicodeDecodeError):
             key = ""
     if not key:
+        # stripe.js sends its publishable key as the ``key`` parameter.
+        key = str(params.pop("key", "") or "")
+    if not key:
         raise auth_missing()
-    if not key.startswith("sk_test_"):
+    if not key.startswith(("sk_test_", "pk_test_")):
         raise auth_invalid(key)
     return key
 
 
 def _json_response(status: int, body: Any, headers: dict[str, str]) -> web.Response:
-    return web.Response(
-        status=status, body=json.dumps(body, indent=2).encode(), content_type=JSON, headers=headers
-    )
+    return web.Response(status=status, body=_encode(body), content_type=JSON, headers=headers)
 
 
 def _fault_error(fault: Fault) -> StripeError:
@@ -105,80 +116,116 @@ async def _serve(sb: Sandbox, request: web.Request, fn: Handler) -> web.Response
     if idem_key:
         headers["Idempotency-Key"] = idem_key
     try:
+        # Stripe's edge, before any endpoint runs: nothing here is saved for a key.
         fault = sb.faults.take(request.path)
         if fault is not None:
             entry["fault"] = fault.kind
-            if fault.kind == "slow":
-                await asyncio.sleep(fault.delay_ms / 1000)
-            else:
+            if fault.kind != "slow":
                 raise _fault_error(fault)
-        api_key = _api_key(request)
         try:
             params = decode(request.query_string)
             if method == "POST":
                 params.update(decode(await request.text()))
         except FormError as exc:
             raise invalid(str(exc)) from None
-        async with sb.lock:
-            if idem_key:
-                saved = sb.idempotency.lookup(api_key, idem_key, method, request.path, params)
-                if saved is not None:
-                    entry.update(status=saved.status, replayed=True)
-                    headers["Idempotent-Replayed"] = "true"
-                    return web.Response(
-                        status=saved.status, body=saved.body, content_type=JSON, headers=headers
-                    )
-            status, body = _execute(
-                sb,
-                fn,
-                Call(method, request.path, params, dict(request.match_info)),
-                request_id=request_id,
-                idem_key=idem_key,
-                headers=headers,
-            )
-            payload = json.dumps(body, indent=2).encode()
-            if idem_key and status in (200, 402):
-                sb.idempotency.save(
-                    api_key,
-                    idem_key,
-                    method=method,
-                    path=request.path,
-                    params=params,
-                    status=status,
-                    body=payload,
-                )
-        entry["status"] = status
-        return web.Response(status=status, body=payload, content_type=JSON, headers=headers)
+        api_key = _api_key(request, params)
+        publishable = api_key.startswith("pk_")
+        route = request.match_info.route.resource
+        if publishable and (method, route.canonical if route else "") not in PUBLISHABLE_ROUTES:
+            raise publishable_key_refused()
+        call = Call(method, request.path, params, dict(request.match_info), publishable=publishable)
+        if not idem_key:
+            if fault is not None:
+                await asyncio.sleep(fault.delay_ms / 1000)
+            status, body, _ = _execute(sb, fn, call, request_id=request_id, headers=headers)
+            entry["status"] = status
+            return _json_response(status, body, headers)
+        return await _serve_idempotent(
+            sb,
+            call,
+            fn,
+            api_key,
+            idem_key,
+            fault=fault,
+            request_id=request_id,
+            headers=headers,
+            entry=entry,
+        )
     except StripeError as exc:
         entry["status"] = exc.status
         headers.update(exc.headers)
         return _json_response(exc.status, exc.body(request_id), headers)
 
 
-def _execute(
+async def _serve_idempotent(
     sb: Sandbox,
-    fn: Handler,
     call: Call,
+    fn: Handler,
+    api_key: str,
+    idem_key: str,
     *,
+    fault: Fault | None,
     request_id: str,
-    idem_key: str | None,
     headers: dict[str, str],
-) -> tuple[int, Any]:
-    token = current_request.set((request_id, idem_key))
+    entry: dict[str, Any],
+) -> web.Response:
+    saved = sb.idempotency.begin(api_key, idem_key, call.method, call.path, call.params)
+    if saved is not None:
+        entry.update(status=saved.status, replayed=True)
+        headers.update(saved.headers)
+        headers["Idempotent-Replayed"] = "true"
+        return web.Response(
+            status=saved.status, body=saved.body, content_type=JSON, headers=headers
+        )
+    finished = False
+    try:
+        if fault is not None:
+            # A slow request holds its key while it runs: a second request with the
+            # same key meanwhile gets the 409 a concurrent duplicate gets on Stripe.
+            await asyncio.sleep(fault.delay_ms / 1000)
+        status, body, save = _execute(sb, fn, call, request_id=request_id, headers=headers)
+        payload = _encode(body)
+        if save:
+            sb.idempotency.finish(
+                api_key,
+                idem_key,
+                method=call.method,
+                path=call.path,
+                params=call.params,
+                status=status,
+                body=payload,
+                headers={k: v for k, v in headers.items() if k.startswith("Stripe-Should")},
+            )
+            finished = True
+        entry["status"] = status
+        return web.Response(status=status, body=payload, content_type=JSON, headers=headers)
+    finally:
+        if not finished:
+            sb.idempotency.abandon(api_key, idem_key)
+
+
+def _encode(body: Any) -> bytes:
+    return json.dumps(body, indent=2).encode()
+
+
+def _execute(
+    sb: Sandbox, fn: Handler, call: Call, *, request_id: str, headers: dict[str, str]
+) -> tuple[int, Any, bool]:
+    """Run the endpoint: (status, body, whether the result is saved for its key)."""
+    token = current_request.set((request_id, headers.get("Idempotency-Key")))
     try:
         result = fn(sb, call)
-        return 200, expand(sb, copy.deepcopy(result), Params(call.params).expand())
+        return 200, expand(sb, copy.deepcopy(result), Params(call.params).expand()), True
     except StripeError as exc:
         headers.update(exc.headers)
-        return exc.status, exc.body(request_id)
+        return exc.status, exc.body(request_id), not exc.validation
     except Exception:
         # A bug in the emulator must look like a Stripe 500 the client will not retry,
         # and must be loud in the emulator's log.
         log.exception("sandbox handler failed for %s %s", call.method, call.path)
         headers["Stripe-Should-Retry"] = "false"
-        return 500, StripeError(
-            500, "api_error", "Sandbox internal error (see emulator log)."
-        ).body(request_id)
+        body = StripeError(500, "api_error", "Sandbox internal error (see emulator log).")
+        return 500, body.body(request_id), True
     finally:
         current_request.reset(token)
 
@@ -202,6 +249,7 @@ def create_app(
     backoff: tuple[float, ...] = DEFAULT_BACKOFF,
     max_attempts: int = 5,
     delivery_timeout: float = 5.0,
+    settings: AccountSettings | None = None,
 ) -> web.Application:
     """Build the emulator app (usable in-process with aiohttp's test utilities)."""
     delivery = DeliveryManager(
@@ -213,20 +261,20 @@ def create_app(
     )
     for url, secret in webhooks:
         delivery.add_endpoint(url, secret)
-    sandbox = Sandbox(delivery)
+    sandbox = Sandbox(delivery, settings)
     app = web.Application(client_max_size=16 * 1024 * 1024)
     app[SANDBOX] = sandbox
     for method, path, fn in ROUTES:
         app.router.add_route(method, path, _api_handler(fn))
     app.router.add_route("*", "/v1/{tail:.*}", _api_handler(_unknown))
-    control.setup(app, sandbox)
+    control.setup(app)
 
-    async def start(_: web.Application) -> None:
+    async def run(_: web.Application) -> AsyncIterator[None]:
         await delivery.start()
-
-    async def stop(_: web.Application) -> None:
+        clock = asyncio.get_running_loop().create_task(timeline.tick_forever(sandbox))
+        yield
+        await timeline.stop(clock)
         await delivery.stop()
 
-    app.on_startup.append(start)
-    app.on_cleanup.append(stop)
+    app.cleanup_ctx.append(run)
     return app

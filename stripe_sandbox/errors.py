@@ -25,6 +25,7 @@ class StripeError(Exception):
         decline_code: str | None = None,
         extra: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        validation: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -35,6 +36,9 @@ class StripeError(Exception):
         self.decline_code = decline_code
         self.extra = extra or {}
         self.headers = headers or {}
+        # Stripe saves an idempotent result only once the endpoint began executing;
+        # a request whose parameters fail validation is not saved and may be retried.
+        self.validation = validation
 
     def body(self, request_id: str | None = None) -> dict[str, Any]:
         error: dict[str, Any] = {"type": self.type, "message": self.message}
@@ -55,6 +59,13 @@ def invalid(message: str, param: str | None = None, code: str | None = None) -> 
     return StripeError(400, "invalid_request_error", message, param=param, code=code)
 
 
+def malformed(message: str, param: str | None = None, code: str | None = None) -> StripeError:
+    """A parameter that fails validation before the endpoint starts executing."""
+    return StripeError(
+        400, "invalid_request_error", message, param=param, code=code, validation=True
+    )
+
+
 def missing(label: str, object_id: str, param: str = "id") -> StripeError:
     return StripeError(
         404,
@@ -66,11 +77,11 @@ def missing(label: str, object_id: str, param: str = "id") -> StripeError:
 
 
 def unknown_param(name: str) -> StripeError:
-    return invalid(f"Received unknown parameter: {name}", param=name, code="parameter_unknown")
+    return malformed(f"Received unknown parameter: {name}", param=name, code="parameter_unknown")
 
 
 def required(name: str) -> StripeError:
-    return invalid(f"Missing required param: {name}.", param=name, code="parameter_missing")
+    return malformed(f"Missing required param: {name}.", param=name, code="parameter_missing")
 
 
 def auth_missing() -> StripeError:
@@ -102,10 +113,33 @@ def idempotency_mismatch(key: str) -> StripeError:
     )
 
 
+def idempotency_in_use(key: str) -> StripeError:
+    # A second request with a key whose first request is still executing: 409, which
+    # stripe-python retries (with the same key) until the first one's result is saved.
+    return StripeError(
+        409,
+        "invalid_request_error",
+        "There is currently another in-progress request using this Idempotent Key (that "
+        "probably means you submitted twice, and the other request is still going through): "
+        f"{key}. Please try again later.",
+        code="idempotency_key_in_use",
+    )
+
+
+def publishable_key_refused() -> StripeError:
+    return StripeError(
+        401,
+        "invalid_request_error",
+        "This API call cannot be made with a publishable API key. Please use a secret API key. "
+        "You can find a list of your API keys at https://dashboard.stripe.com/account/apikeys.",
+    )
+
+
 def not_found_url(method: str, path: str) -> StripeError:
     return StripeError(
         404,
         "invalid_request_error",
         f"Unrecognized request URL ({method}: {path}). Please see https://stripe.com/docs "
         "or we can help at https://support.stripe.com/.",
+        validation=True,
     )

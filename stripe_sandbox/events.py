@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-from .clock import to_ts, wall_now
 from .delivery import DeliveryManager
 from .fixtures import template
 from .ids import new_id
-from .store import Store
+from .store import Obj, Store
 
 API_VERSION = "2026-10-28.endive"
 
@@ -22,9 +22,12 @@ current_request: ContextVar[tuple[str | None, str | None]] = ContextVar(
 
 
 class Events:
-    def __init__(self, store: Store, delivery: DeliveryManager) -> None:
+    def __init__(
+        self, store: Store, delivery: DeliveryManager, time_of: Callable[[Obj], int]
+    ) -> None:
         self.store = store
         self.delivery = delivery
+        self.time_of = time_of
 
     def emit(
         self,
@@ -42,9 +45,10 @@ class Events:
                 "id": new_id("evt"),
                 "object": "event",
                 "api_version": API_VERSION,
-                # Events carry real time even for test-clock objects; the object
-                # snapshot carries the simulated time.
-                "created": to_ts(wall_now()),
+                # An event happens in its object's time: on a test clock that is the
+                # clock's frozen time (the moment a renewal ran during an advance),
+                # so ordering by `created` follows the simulated timeline.
+                "created": self.time_of(obj),
                 "data": data,
                 "livemode": False,
                 "pending_webhooks": len(self.delivery.workers),
@@ -58,5 +62,18 @@ class Events:
 
 
 def changed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """``previous_attributes``: old values of the top-level keys that changed."""
-    return {k: v for k, v in before.items() if after.get(k) != v}
+    """``previous_attributes``: the old values of what changed.
+
+    Plain nested hashes (``invoice_settings``) report only their changed keys, as
+    Stripe does; objects and lists (``items``, ``price``) are reported whole.
+    """
+    diff: dict[str, Any] = {}
+    for key, old in before.items():
+        new = after.get(key)
+        if new == old:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict) and "object" not in old:
+            diff[key] = changed(old, new)
+        else:
+            diff[key] = old
+    return diff

@@ -1,8 +1,8 @@
 """``expand[]``: replace ids by objects along dotted paths, on a copy of the response.
 
-Also materialises the invoice's *includable* fields that Stripe only returns
-when asked for: ``confirmation_secret``, ``payments`` and (for older
-integrations) ``payment_intent``.
+Also materialises the *includable* fields that Stripe only returns when asked
+for: the invoice's ``confirmation_secret``, ``payments`` and (for older
+integrations) ``payment_intent``, and a coupon's ``applies_to``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ MAX_DEPTH = 4
 
 
 def _includable(sb: Sandbox, obj: dict[str, Any], field: str) -> tuple[bool, Any]:
+    if obj.get("object") == "coupon" and field == "applies_to":
+        products = sb.store.coupon_products.get(str(obj.get("id")))
+        return True, {"products": products} if products else None
     if obj.get("object") != "invoice":
         return False, None
     invoice = sb.store.maybe("invoice", obj.get("id"))
@@ -55,12 +58,21 @@ def _expand(sb: Sandbox, value: Any, parts: list[str], path: str) -> None:
     elif head not in value:
         raise invalid(f"This property cannot be expanded ({path}).", param="expand")
     child = value[head]
-    if isinstance(child, str):
-        target = sb.store.lookup_any(child)
-        if target is not None:
-            child = copy.deepcopy(target)
-            value[head] = child
+    if isinstance(child, list):
+        # A list of ids (``discounts``) expands element by element.
+        child = [_resolve(sb, element) for element in child]
+    else:
+        child = _resolve(sb, child)
+    value[head] = child
     _expand(sb, child, rest, path)
+
+
+def _resolve(sb: Sandbox, value: Any) -> Any:
+    if isinstance(value, str):
+        target = sb.store.lookup_any(value)
+        if target is not None:
+            return copy.deepcopy(target)
+    return value
 
 
 def expand(sb: Sandbox, obj: dict[str, Any], paths: list[str]) -> dict[str, Any]:

@@ -1,13 +1,13 @@
-"""Invoices: build, finalize, collect; and the subscription status changes that follow.
+"""Invoices: build, total (with discounts), finalize, void, write off.
 
 Stripe's rules mirrored here:
+* a subscription's first invoice and the one an update bills at once are
+  finalized immediately; a renewal invoice stays ``draft`` for about an hour
+  (``automatically_finalizes_at``) so it can still be edited, then is
+  finalized and collected (see :mod:`timeline` and :mod:`collection`);
 * finalizing applies the customer's balance and creates the payment intent that
   collects the invoice (its client secret is ``invoice.confirmation_secret``);
-* a $0 invoice is paid on finalization without a charge;
-* a failed automatic collection leaves the invoice ``open``, bumps
-  ``attempt_count`` and schedules ``next_payment_attempt`` (Smart Retries,
-  shortened to a fixed schedule here); a failed renewal makes the
-  subscription ``past_due``; paying it later makes it ``active`` again.
+* a $0 invoice is paid on finalization without a charge.
 """
 
 from __future__ import annotations
@@ -15,17 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import payments
-from .clock import DAY
-from .errors import StripeError, invalid
+from . import discounts, payments
+from .errors import invalid
 from .fixtures import template
 from .ids import new_id, token
 from .sandbox import Sandbox
 from .store import Obj, snapshot
 
-# Days after a failed automatic attempt until the next one; after the last retry
-# fails the subscription is canceled (Stripe's default "cancel" dunning setting).
-RETRY_SCHEDULE_DAYS = (3, 5, 7)
+# Stripe leaves a renewal invoice in draft "about an hour" before finalizing it.
+DRAFT_SECONDS = 3600
 CYCLE_REASONS = ("subscription_cycle", "subscription_update", "subscription_threshold")
 
 
@@ -40,9 +38,10 @@ class LineSpec:
     proration: bool = False
     subscription_item: str | None = None
     invoice_item: str | None = None
+    discountable: bool = True
 
 
-def _line(invoice: Obj, spec: LineSpec, subscription: str | None) -> Obj:
+def _line(invoice: Obj, spec: LineSpec, subscription: str | None, line_prefix: str) -> Obj:
     line = template("line_item")
     if spec.invoice_item:
         parent: dict[str, Any] = {
@@ -70,13 +69,13 @@ def _line(invoice: Obj, spec: LineSpec, subscription: str | None) -> Obj:
     price = spec.price
     line.update(
         {
-            "id": new_id("il"),
+            "id": new_id(line_prefix),
             "object": "line_item",
             "amount": spec.amount,
             "currency": invoice["currency"],
             "description": spec.description,
             "discount_amounts": [],
-            "discountable": True,
+            "discountable": spec.discountable,
             "discounts": [],
             "invoice": invoice["id"],
             "livemode": False,
@@ -101,7 +100,7 @@ def _line(invoice: Obj, spec: LineSpec, subscription: str | None) -> Obj:
     return line
 
 
-def new_invoice(
+def build(
     sb: Sandbox,
     *,
     customer: Obj,
@@ -115,10 +114,12 @@ def new_invoice(
     invoice_id: str | None = None,
     description: str | None = None,
     metadata: dict[str, str] | None = None,
+    applied_discounts: list[str] | None = None,
+    preview: bool = False,
 ) -> Obj:
-    """A draft invoice (``invoice.created``)."""
+    """A draft invoice object, not stored (a preview stays that way)."""
     invoice = template("invoice")
-    invoice_id = invoice_id or new_id("in")
+    invoice_id = invoice_id or (f"upcoming_in_{token(24)}" if preview else new_id("in"))
     sub_id = subscription["id"] if subscription else None
     invoice.update(
         {
@@ -143,7 +144,7 @@ def new_invoice(
                 "disabled_reason": None,
                 "provider": None,
             },
-            "automatically_finalizes_at": created + 3600,
+            "automatically_finalizes_at": None,
             "billing_reason": billing_reason,
             "collection_method": "charge_automatically",
             "created": created,
@@ -162,7 +163,7 @@ def new_invoice(
             "default_source": None,
             "default_tax_rates": [],
             "description": description,
-            "discounts": [],
+            "discounts": list(applied_discounts or []),
             "due_date": None,
             "effective_at": None,
             "ending_balance": None,
@@ -201,7 +202,7 @@ def new_invoice(
             "rendering": None,
             "shipping_cost": None,
             "shipping_details": None,
-            "starting_balance": 0,
+            "starting_balance": customer["balance"] if preview else 0,
             "statement_descriptor": None,
             "status": "draft",
             "status_transitions": {
@@ -220,32 +221,86 @@ def new_invoice(
             "webhooks_delivered_at": None,
         }
     )
+    prefix = "il_tmp" if preview else "il"
     invoice["lines"] = {
         "object": "list",
-        "data": [_line(invoice, spec, sub_id) for spec in lines],
+        "data": [_line(invoice, spec, sub_id, prefix) for spec in lines],
         "has_more": False,
         "url": f"/v1/invoices/{invoice_id}/lines",
     }
-    recompute_totals(invoice)
+    recompute_totals(sb, invoice)
+    if preview:
+        # A preview shows what would be due now, the customer's balance applied.
+        due = max(0, invoice["total"] + customer["balance"])
+        invoice.update({"amount_due": due, "amount_remaining": due})
+    return invoice
+
+
+def new_invoice(
+    sb: Sandbox,
+    *,
+    customer: Obj,
+    subscription: Obj | None,
+    billing_reason: str,
+    lines: list[LineSpec],
+    period_start: int,
+    period_end: int,
+    created: int,
+    currency: str = "usd",
+    invoice_id: str | None = None,
+    description: str | None = None,
+    metadata: dict[str, str] | None = None,
+    applied_discounts: list[str] | None = None,
+    finalizes_at: int | None = None,
+) -> Obj:
+    """A stored draft invoice (``invoice.created``); ``finalizes_at`` for a renewal's hour."""
+    invoice = build(
+        sb,
+        customer=customer,
+        subscription=subscription,
+        billing_reason=billing_reason,
+        lines=lines,
+        period_start=period_start,
+        period_end=period_end,
+        created=created,
+        currency=currency,
+        invoice_id=invoice_id,
+        description=description,
+        metadata=metadata,
+        applied_discounts=applied_discounts,
+    )
+    invoice["automatically_finalizes_at"] = finalizes_at
     sb.store.add("invoice", invoice)
+    for discount_id in invoice["discounts"]:
+        sb.store.discount_uses[discount_id] = sb.store.discount_uses.get(discount_id, 0) + 1
     # Pending invoice items now belong to this invoice.
     for spec in lines:
         if spec.invoice_item:
-            sb.store.get("invoiceitem", spec.invoice_item)["invoice"] = invoice_id
+            sb.store.get("invoiceitem", spec.invoice_item)["invoice"] = invoice["id"]
     sb.events.emit("invoice.created", invoice)
     return invoice
 
 
-def recompute_totals(invoice: Obj) -> None:
-    subtotal = sum(line["amount"] for line in invoice["lines"]["data"])
+def recompute_totals(sb: Sandbox, invoice: Obj) -> None:
+    lines = invoice["lines"]["data"]
+    applied = [sb.store.get("discount", d) for d in invoice["discounts"]]
+    taken = discounts.allocate(sb, lines, applied, invoice["currency"])
+    for line, pairs in zip(lines, taken, strict=True):
+        line["discount_amounts"] = [{"amount": a, "discount": d} for d, a in pairs]
+        line["discounts"] = [d for d, _ in pairs]
+    subtotal = sum(line["amount"] for line in lines)
+    total = subtotal - sum(a for pairs in taken for _, a in pairs)
     invoice.update(
         {
             "subtotal": subtotal,
             "subtotal_excluding_tax": subtotal,
-            "total": subtotal,
-            "total_excluding_tax": subtotal,
-            "amount_due": max(0, subtotal),
-            "amount_remaining": max(0, subtotal),
+            "total": total,
+            "total_excluding_tax": total,
+            "total_discount_amounts": discounts.totals(taken, invoice["discounts"])
+            if invoice["discounts"]
+            else [],
+            "amount_due": max(0, total),
+            "amount_remaining": max(0, total),
         }
     )
 
@@ -261,7 +316,8 @@ def finalize(sb: Sandbox, invoice: Obj, now: int) -> Obj:
     combined = invoice["total"] + customer["balance"]
     invoice["starting_balance"] = customer["balance"]
     invoice["ending_balance"] = min(0, combined)
-    customer["balance"] = min(0, combined)
+    if customer["balance"] != min(0, combined):
+        customer["balance"] = min(0, combined)
     amount_due = max(0, combined)
     sequence = customer["next_invoice_sequence"]
     customer["next_invoice_sequence"] = sequence + 1
@@ -286,12 +342,13 @@ def finalize(sb: Sandbox, invoice: Obj, now: int) -> Obj:
             customer=customer["id"],
             created=now,
             description=_pi_description(invoice["billing_reason"]),
+            # A subscription's payment is saved for the renewals that follow it.
+            setup_future_usage="off_session" if subscription_of(sb, invoice) else None,
         )
         sb.store.invoice_payment_intent[invoice["id"]] = pi["id"]
+        sb.store.payment_intent_invoice[pi["id"]] = invoice["id"]
         _new_invoice_payment(sb, invoice, pi, now)
     sb.events.emit("invoice.finalized", invoice)
-    if amount_due == 0:
-        _mark_paid(sb, invoice, now)
     return invoice
 
 
@@ -336,15 +393,11 @@ def attach_item(sb: Sandbox, invoice: Obj, ii: Obj) -> None:
         invoice_item=ii["id"],
         period_start=ii["period"]["start"],
         period_end=ii["period"]["end"],
+        discountable=ii["discountable"],
     )
-    invoice["lines"]["data"].append(_line(invoice, spec, None))
+    invoice["lines"]["data"].append(_line(invoice, spec, None, "il"))
     ii["invoice"] = invoice["id"]
-    recompute_totals(invoice)
-
-
-def pay_out_of_band(sb: Sandbox, invoice: Obj, now: int) -> None:
-    _cancel_collection(sb, invoice, now)
-    _mark_paid(sb, invoice, now)
+    recompute_totals(sb, invoice)
 
 
 def invoice_payments(sb: Sandbox, invoice_id: str) -> list[Obj]:
@@ -355,190 +408,25 @@ def payment_intent_for(sb: Sandbox, invoice: Obj) -> Obj | None:
     return sb.store.maybe("payment_intent", sb.store.invoice_payment_intent.get(invoice["id"]))
 
 
+def invoice_for(sb: Sandbox, pi: Obj) -> Obj | None:
+    return sb.store.maybe("invoice", sb.store.payment_intent_invoice.get(pi["id"]))
+
+
 def subscription_of(sb: Sandbox, invoice: Obj) -> Obj | None:
     parent = invoice.get("parent") or {}
     details = parent.get("subscription_details") or {}
     return sb.store.maybe("subscription", details.get("subscription"))
 
 
-def default_payment_method(sb: Sandbox, invoice: Obj) -> str | None:
-    """Collection order Stripe uses: invoice, subscription, then customer default."""
-    if invoice.get("default_payment_method"):
-        return str(invoice["default_payment_method"])
-    sub = subscription_of(sb, invoice)
-    if sub and sub.get("default_payment_method"):
-        return str(sub["default_payment_method"])
-    customer = sb.store.get("customer", invoice["customer"])
-    pm = customer["invoice_settings"]["default_payment_method"]
-    return str(pm) if pm else None
-
-
-def _mark_paid(sb: Sandbox, invoice: Obj, now: int) -> None:
-    invoice.update(
-        {
-            "status": "paid",
-            "amount_paid": invoice["amount_due"],
-            "amount_remaining": 0,
-            "next_payment_attempt": None,
-            "attempted": invoice["attempted"] or invoice["amount_due"] == 0,
-        }
-    )
-    invoice["status_transitions"]["paid_at"] = now
-    for record in invoice_payments(sb, invoice["id"]):
-        if record["status"] == "open":
-            record["status"] = "paid"
-            record["amount_paid"] = record["amount_requested"]
-            record["status_transitions"]["paid_at"] = now
-            sb.events.emit("invoice_payment.paid", record)
-    sb.events.emit("invoice.paid", invoice)
-    sb.events.emit("invoice.payment_succeeded", invoice)
-    sub = subscription_of(sb, invoice)
-    if (
-        sub
-        and sub["status"] in ("incomplete", "past_due", "unpaid")
-        and (sub["latest_invoice"] == invoice["id"] or not _other_open_invoices(sb, sub, invoice))
-    ):
-        set_subscription_status(sb, sub, "active")
-
-
-def _other_open_invoices(sb: Sandbox, sub: Obj, invoice: Obj) -> bool:
-    return any(
-        inv["status"] == "open"
-        and inv["id"] != invoice["id"]
-        and (subscription_of(sb, inv) or {}).get("id") == sub["id"]
-        for inv in sb.store.all("invoice")
-    )
-
-
-def set_subscription_status(sb: Sandbox, sub: Obj, status: str) -> None:
-    if sub["status"] == status:
-        return
-    before = {"status": sub["status"]}
-    sub["status"] = status
-    sb.events.emit("customer.subscription.updated", sub, before)
-
-
-def pay(
-    sb: Sandbox,
-    invoice: Obj,
-    now: int,
-    *,
-    payment_method: str | None = None,
-    automatic: bool = False,
-) -> StripeError | None:
-    """One collection attempt. Returns the card error when it fails (state already updated)."""
-    if invoice["status"] == "paid":
-        raise invalid("Invoice is already paid", code="invoice_already_paid")
-    if invoice["status"] != "open":
-        raise invalid(
-            f"You can only pay an invoice that is open; this invoice is {invoice['status']}.",
-            code="invoice_not_open",
-        )
+def cancel_collection(sb: Sandbox, invoice: Obj, now: int) -> None:
     pi = payment_intent_for(sb, invoice)
-    if pi is None:  # nothing to collect
-        _mark_paid(sb, invoice, now)
-        return None
-    pm_id = payment_method or default_payment_method(sb, invoice)
-    invoice["attempted"] = True
-    invoice["attempt_count"] += 1
-    if pm_id is None:
-        error: StripeError | None = invalid(
-            "This customer has no attached payment source or default payment method. "
-            "Please consider adding a default payment method.",
-            code="invoice_no_payment_method_types",
-        )
-    else:
-        pm = payments.resolve_payment_method(sb, pm_id, "payment_method", now)
-        if payment_method and pm["customer"] is None:
-            payments.attach(sb, pm, sb.store.get("customer", invoice["customer"]))
-        error = payments.attempt_charge(sb, pi, pm, now)
-    if error is None:
-        _mark_paid(sb, invoice, now)
-        return None
-    _payment_failed(sb, invoice, now, automatic)
-    return error
-
-
-def _payment_failed(sb: Sandbox, invoice: Obj, now: int, automatic: bool) -> None:
-    retries_left = invoice["attempt_count"] <= len(RETRY_SCHEDULE_DAYS)
-    cycle = invoice["billing_reason"] in CYCLE_REASONS
-    if cycle and retries_left and (automatic or invoice["next_payment_attempt"]):
-        delay = RETRY_SCHEDULE_DAYS[invoice["attempt_count"] - 1]
-        invoice["next_payment_attempt"] = now + delay * DAY
-    else:
-        invoice["next_payment_attempt"] = None
-    sb.events.emit("invoice.payment_failed", invoice)
-    sub = subscription_of(sb, invoice)
-    if sub is None or not cycle:
-        return
-    if sub["status"] in ("active", "trialing"):
-        set_subscription_status(sb, sub, "past_due")
-    if automatic and invoice["next_payment_attempt"] is None and sub["status"] == "past_due":
-        # All retries exhausted: Stripe's default dunning action cancels the subscription.
-        end_subscription(sb, sub, now, reason="payment_failed")
-
-
-def end_subscription(sb: Sandbox, sub: Obj, now: int, reason: str) -> None:
-    if sub["status"] in ("canceled", "incomplete_expired"):
-        return
-    sub.update({"status": "canceled", "ended_at": now, "canceled_at": sub["canceled_at"] or now})
-    sub["cancellation_details"]["reason"] = reason
-    sb.events.emit("customer.subscription.deleted", sub)
-
-
-def void(sb: Sandbox, invoice: Obj, now: int) -> Obj:
-    if invoice["status"] != "open":
-        raise invalid(
-            f"You can only void an open invoice; this invoice is {invoice['status']}.",
-            code="invoice_not_editable",
-        )
-    invoice["status"] = "void"
-    invoice["status_transitions"]["voided_at"] = now
-    invoice["next_payment_attempt"] = None
-    _cancel_collection(sb, invoice, now)
-    sb.events.emit("invoice.voided", invoice)
-    _settled_without_payment(sb, invoice)
-    return invoice
-
-
-def mark_uncollectible(sb: Sandbox, invoice: Obj, now: int) -> Obj:
-    if invoice["status"] != "open":
-        raise invalid(
-            f"You can only mark an open invoice uncollectible; this invoice is "
-            f"{invoice['status']}.",
-            code="invoice_not_editable",
-        )
-    invoice["status"] = "uncollectible"
-    invoice["status_transitions"]["marked_uncollectible_at"] = now
-    invoice["next_payment_attempt"] = None
-    sb.events.emit("invoice.marked_uncollectible", invoice)
-    _settled_without_payment(sb, invoice)
-    return invoice
-
-
-def _cancel_collection(sb: Sandbox, invoice: Obj, now: int) -> None:
-    pi = payment_intent_for(sb, invoice)
-    if pi is not None and pi["status"] != "succeeded":
+    if pi is not None and pi["status"] not in ("succeeded", "canceled", "processing"):
         pi.update({"status": "canceled", "canceled_at": now, "cancellation_reason": "void_invoice"})
         sb.events.emit("payment_intent.canceled", pi)
     for record in invoice_payments(sb, invoice["id"]):
         if record["status"] == "open":
             record["status"] = "canceled"
             record["status_transitions"]["canceled_at"] = now
-
-
-def _settled_without_payment(sb: Sandbox, invoice: Obj) -> None:
-    # A past_due subscription returns to active once its outstanding invoice is
-    # voided or written off; an incomplete one whose first invoice is voided expires.
-    sub = subscription_of(sb, invoice)
-    if sub is None or sub["latest_invoice"] != invoice["id"]:
-        return
-    if sub["status"] == "past_due":
-        set_subscription_status(sb, sub, "active")
-    elif sub["status"] == "incomplete" and invoice["status"] == "void":
-        before = {"status": sub["status"]}
-        sub["status"] = "incomplete_expired"
-        sb.events.emit("customer.subscription.updated", sub, before)
 
 
 def confirmation_secret(sb: Sandbox, invoice: Obj) -> dict[str, Any] | None:

@@ -1,192 +1,99 @@
-"""Subscriptions over time: creation, item changes with proration, cancellation,
-renewal, trial end, dunning retries and test clock advancement.
+"""Subscriptions over their life: creation, discounts, cancellation, pausing and
+resuming, and what happens at a period's end (renewal, trial end).
 
-Time always comes from the customer's test clock when it has one, so a clock
-advance replays exactly what Stripe would do at each instant, in order.
+Item changes and their prorations are in :mod:`prorations`; what runs when time
+passes (renewals, retries, expiry) is chosen by :mod:`timeline`, and this module
+says what each of those steps does.  Time always comes from the customer's test
+clock when it has one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from . import invoicing, payments
-from .clock import DAY, from_ts, next_period_end
+from . import collection, discounts, invoicing, methods
+from .clock import DAY, next_period_end
+from .discounts import Redemption
 from .errors import StripeError, invalid
-from .events import current_request
 from .fixtures import template
 from .ids import new_id
-from .invoicing import LineSpec
+from .invoicing import DRAFT_SECONDS, LineSpec
+from .items import (
+    ItemSpec,
+    cycle_lines,
+    interval_of,
+    new_item,
+    pending_item_lines,
+    period_of,
+    product_name,
+)
 from .sandbox import Sandbox
 from .store import Obj, snapshot
 
 INCOMPLETE_EXPIRY = 23 * 3600
 TRIAL_WARNING = 3 * DAY
 LIVE_STATUSES = ("active", "past_due", "trialing", "unpaid")
+ENDED_STATUSES = ("canceled", "incomplete_expired")
 
 
 @dataclass
-class ItemSpec:
-    price: Obj
-    quantity: int = 1
-    metadata: dict[str, str] | None = None
+class NewSubscription:
+    """What ``POST /v1/subscriptions`` (or a completed checkout) asks for."""
+
+    items: list[ItemSpec]
+    payment_behavior: str = "allow_incomplete"
+    default_payment_method: str | None = None
+    trial_end: int | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    cancel_at_period_end: bool = False
+    description: str | None = None
+    missing_pm_behavior: str = "create_invoice"
+    save_default_payment_method: str = "off"
+    redemptions: list[Redemption] = field(default_factory=list)
 
 
-def plan_from_price(price: Obj) -> dict[str, Any]:
-    recurring = price["recurring"] or {}
-    return {
-        "id": price["id"],
-        "object": "plan",
-        "active": price["active"],
-        "amount": price["unit_amount"],
-        "amount_decimal": price["unit_amount_decimal"],
-        "billing_scheme": "per_unit",
-        "created": price["created"],
-        "currency": price["currency"],
-        "interval": recurring.get("interval"),
-        "interval_count": recurring.get("interval_count"),
-        "livemode": False,
-        "metadata": dict(price["metadata"]),
-        "meter": None,
-        "nickname": price["nickname"],
-        "product": price["product"],
-        "tiers_mode": None,
-        "transform_usage": None,
-        "trial_period_days": None,
-        "usage_type": "licensed",
-    }
-
-
-def _item(sub_id: str, spec: ItemSpec, start: int, end: int) -> Obj:
-    item = template("subscription_item")
-    item.update(
-        {
-            "id": new_id("si", 14),
-            "object": "subscription_item",
-            "billing_thresholds": None,
-            "created": start,
-            "current_period_start": start,
-            "current_period_end": end,
-            "discounts": [],
-            "metadata": dict(spec.metadata or {}),
-            "plan": plan_from_price(spec.price),
-            "price": snapshot(spec.price),
-            "quantity": spec.quantity,
-            "subscription": sub_id,
-            "tax_rates": [],
-        }
-    )
-    return item
-
-
-def period_of(sub: Obj) -> tuple[int, int]:
-    first = sub["items"]["data"][0]
-    return int(first["current_period_start"]), int(first["current_period_end"])
-
-
-def _interval(price: Obj) -> tuple[str, int]:
-    recurring = price["recurring"] or {}
-    return str(recurring.get("interval", "month")), int(recurring.get("interval_count", 1))
-
-
-def _product_name(sb: Sandbox, price: Obj) -> str:
-    product = sb.store.maybe("product", price["product"])
-    return str(product["name"]) if product else str(price["product"])
-
-
-def _money(amount: int, currency: str) -> str:
-    return f"{amount / 100:.2f} {currency.upper()}"
-
-
-def _cycle_lines(sb: Sandbox, sub: Obj) -> list[LineSpec]:
-    lines = []
-    for item in sub["items"]["data"]:
-        price = item["price"]
-        interval, _ = _interval(price)
-        amount = int(price["unit_amount"]) * int(item["quantity"])
-        lines.append(
-            LineSpec(
-                amount=amount,
-                quantity=item["quantity"],
-                price=price,
-                subscription_item=item["id"],
-                period_start=item["current_period_start"],
-                period_end=item["current_period_end"],
-                description=(
-                    f"{item['quantity']} \N{MULTIPLICATION SIGN} {_product_name(sb, price)}"
-                    f" (at {_money(price['unit_amount'], price['currency'])} / {interval})"
-                ),
-            )
-        )
-    return lines
-
-
-def _pending_item_lines(sb: Sandbox, sub: Obj) -> list[LineSpec]:
-    lines = []
-    for ii in reversed(sb.store.all("invoiceitem")):
-        parent = ii.get("parent") or {}
-        owner = (parent.get("subscription_details") or {}).get("subscription")
-        if ii["invoice"] is None and owner == sub["id"]:
-            price = sb.store.maybe("price", (ii["pricing"].get("price_details") or {}).get("price"))
-            lines.append(
-                LineSpec(
-                    amount=ii["amount"],
-                    description=ii["description"],
-                    quantity=ii["quantity"],
-                    price=price,
-                    proration=ii["proration"],
-                    invoice_item=ii["id"],
-                    period_start=ii["period"]["start"],
-                    period_end=ii["period"]["end"],
-                )
-            )
-    return lines
-
-
-def _collect(sb: Sandbox, invoice: Obj, now: int, automatic: bool) -> StripeError | None:
+def _collect(sb: Sandbox, invoice: Obj, now: int, *, off_session: bool) -> StripeError | None:
     if invoice["status"] != "open":
         return None
-    return invoicing.pay(sb, invoice, now, automatic=automatic)
+    return collection.attempt(sb, invoice, now, automatic=True, off_session=off_session)
 
 
 # -- create ---------------------------------------------------------------------
 
 
-def create(
-    sb: Sandbox,
-    customer: Obj,
-    items: list[ItemSpec],
-    *,
-    payment_behavior: str,
-    default_payment_method: str | None,
-    trial_end: int | None,
-    metadata: dict[str, str],
-    cancel_at_period_end: bool = False,
-    description: str | None = None,
-    missing_pm_behavior: str = "create_invoice",
-) -> Obj:
-    now = sb.now(customer["test_clock"])
-    currency = items[0].price["currency"]
-    pm_id = default_payment_method or customer["invoice_settings"]["default_payment_method"]
-    if trial_end is None and payment_behavior != "default_incomplete" and pm_id is None:
+def _precheck(sb: Sandbox, request: NewSubscription, pm_id: str | None) -> None:
+    if request.trial_end is None and request.payment_behavior != "default_incomplete" and not pm_id:
         raise invalid(
             "This customer has no attached payment source or default payment "
             "method. Please consider adding a default payment method.",
             code="resource_missing",
         )
-    if payment_behavior == "error_if_incomplete" and trial_end is None and pm_id:
-        decline = payments.next_decline(sb, pm_id, consume=False)
+    if request.payment_behavior == "error_if_incomplete" and request.trial_end is None and pm_id:
+        # The subscription is not created at all when its first payment would not succeed.
+        card = methods.card_of(sb, pm_id)
+        if card is not None and card.three_d_secure:
+            raise methods.card_error("authentication_required")
+        decline = methods.next_decline(sb, pm_id, consume=False)
         if decline is not None:
-            payments.next_decline(sb, pm_id)
-            raise payments.card_error(decline)
+            methods.next_decline(sb, pm_id)
+            raise methods.card_error(decline)
+
+
+def create(sb: Sandbox, customer: Obj, request: NewSubscription) -> Obj:
+    now = sb.now(customer["test_clock"])
+    currency = request.items[0].price["currency"]
+    pm_id = request.default_payment_method or customer["invoice_settings"]["default_payment_method"]
+    _precheck(sb, request, pm_id)
+    trial_end = request.trial_end
     sub_id = new_id("sub")
     anchor = trial_end or now
     sub = template("subscription")
     sub_items = []
-    for spec in items:
-        interval, count = _interval(spec.price)
+    for spec in request.items:
+        interval, count = interval_of(spec.price)
         end = trial_end or next_period_end(anchor, now, interval, count)
-        sub_items.append(_item(sub_id, spec, now, end))
+        sub_items.append(new_item(sub_id, spec, now, end))
     invoice_id = new_id("in")
     sub.update(
         {
@@ -205,26 +112,28 @@ def create(
             "billing_schedules": [],
             "billing_thresholds": None,
             "cancel_at": None,
-            "cancel_at_period_end": cancel_at_period_end,
-            "canceled_at": now if cancel_at_period_end else None,
-            "cancellation_details": {
-                "comment": None,
-                "feedback": None,
-                "reason": "cancellation_requested" if cancel_at_period_end else None,
-            },
+            "cancel_at_period_end": False,
+            "canceled_at": None,
+            "cancellation_details": {"comment": None, "feedback": None, "reason": None},
             "collection_method": "charge_automatically",
             "created": now,
             "currency": currency,
             "customer": customer["id"],
             "customer_account": None,
             "days_until_due": None,
-            "default_payment_method": default_payment_method,
+            "default_payment_method": request.default_payment_method,
             "default_source": None,
             "default_tax_rates": [],
-            "description": description,
+            "description": request.description,
             "discounts": [],
             "ended_at": None,
-            "invoice_settings": {"account_tax_ids": None, "issuer": {"type": "self"}},
+            "invoice_settings": {
+                "account_tax_ids": None,
+                "custom_fields": None,
+                "description": None,
+                "footer": None,
+                "issuer": {"type": "self"},
+            },
             "items": {
                 "object": "list",
                 "data": sub_items,
@@ -235,14 +144,14 @@ def create(
             "latest_invoice": invoice_id,
             "livemode": False,
             "managed_payments": None,
-            "metadata": metadata,
+            "metadata": request.metadata,
             "next_pending_invoice_item_invoice": None,
             "on_behalf_of": None,
             "pause_collection": None,
             "payment_settings": {
                 "payment_method_options": None,
                 "payment_method_types": None,
-                "save_default_payment_method": "off",
+                "save_default_payment_method": request.save_default_payment_method,
             },
             "pending_invoice_item_interval": None,
             "pending_setup_intent": None,
@@ -254,10 +163,19 @@ def create(
             "transfer_data": None,
             "trial_end": trial_end,
             "trial_start": now if trial_end else None,
-            "trial_settings": {"end_behavior": {"missing_payment_method": missing_pm_behavior}},
+            "trial_settings": {
+                "end_behavior": {"missing_payment_method": request.missing_pm_behavior}
+            },
         }
     )
+    if request.cancel_at_period_end:
+        schedule_cancel(sub, at_period_end=True, now=now)
     sb.store.add("subscription", sub)
+    for redemption in request.redemptions:
+        discount = discounts.redeem(
+            sb, redemption, start=now, customer=customer["id"], subscription=sub_id
+        )
+        sub["discounts"].append(discount["id"])
     sb.events.emit("customer.subscription.created", sub)
     if trial_end:
         lines = [
@@ -268,12 +186,12 @@ def create(
                 subscription_item=i["id"],
                 period_start=now,
                 period_end=trial_end,
-                description=f"Trial period for {_product_name(sb, s.price)}",
+                description=f"Trial period for {product_name(sb, s.price)}",
             )
-            for s, i in zip(items, sub_items, strict=True)
+            for s, i in zip(request.items, sub_items, strict=True)
         ]
     else:
-        lines = _cycle_lines(sb, sub)
+        lines = cycle_lines(sb, sub_items)
     invoice = invoicing.new_invoice(
         sb,
         customer=customer,
@@ -285,210 +203,60 @@ def create(
         created=now,
         currency=currency,
         invoice_id=invoice_id,
+        applied_discounts=discounts.active_on(sb, sub, now),
     )
     invoicing.finalize(sb, invoice, now)
-    if invoice["status"] == "paid" and sub["status"] == "incomplete":
-        invoicing.set_subscription_status(sb, sub, "active")
-    if payment_behavior != "default_incomplete":
-        _collect(sb, invoice, now, automatic=False)
+    if invoice["amount_due"] == 0:
+        collection.mark_paid(sb, invoice, now)
+    elif request.payment_behavior != "default_incomplete":
+        # The customer is subscribing right now: a card that needs 3D Secure asks
+        # for it (invoice.payment_action_required) instead of being declined.
+        _collect(sb, invoice, now, off_session=False)
     return sub
 
 
 # -- update ---------------------------------------------------------------------
 
 
-def _proration_specs(
-    sb: Sandbox, sub: Obj, old_items: list[Obj], new_items: list[Obj], when: int
-) -> list[tuple[int, str, Obj, int]]:
-    """(amount, description, price, quantity) for unused-time credits and new-price debits."""
-    start, end = period_of(sub)
-    total = max(1, end - start)
-    remaining = max(0, end - when)
-    day = from_ts(when).strftime("%d %b %Y")
-    old_by_id = {i["id"]: i for i in old_items}
-    new_by_id = {i["id"]: i for i in new_items}
-    specs: list[tuple[int, str, Obj, int]] = []
-    for item_id, old in old_by_id.items():
-        new = new_by_id.get(item_id)
-        if new and (new["price"]["id"], new["quantity"]) == (old["price"]["id"], old["quantity"]):
-            continue
-        amount = round(old["price"]["unit_amount"] * old["quantity"] * remaining / total)
-        specs.append(
-            (
-                -amount,
-                f"Unused time on {old['quantity']} \N{MULTIPLICATION SIGN} "
-                f"{_product_name(sb, old['price'])} after {day}",
-                old["price"],
-                old["quantity"],
-            )
-        )
-    for item_id, new in new_by_id.items():
-        old = old_by_id.get(item_id)
-        if old and (new["price"]["id"], new["quantity"]) == (old["price"]["id"], old["quantity"]):
-            continue
-        amount = round(new["price"]["unit_amount"] * new["quantity"] * remaining / total)
-        specs.append(
-            (
-                amount,
-                f"Remaining time on {new['quantity']} \N{MULTIPLICATION SIGN} "
-                f"{_product_name(sb, new['price'])} after {day}",
-                new["price"],
-                new["quantity"],
-            )
-        )
-    return specs
-
-
-def new_invoice_item(
-    sb: Sandbox,
-    customer: Obj,
-    sub: Obj | None,
-    *,
-    amount: int,
-    description: str,
-    price: Obj | None,
-    quantity: int,
-    period: tuple[int, int],
-    proration: bool,
-    now: int,
-    currency: str = "usd",
-    metadata: dict[str, str] | None = None,
-) -> Obj:
-    ii = template("invoiceitem")
-    ii.update(
-        {
-            "id": new_id("ii"),
-            "object": "invoiceitem",
-            "amount": amount,
-            "currency": price["currency"] if price else currency,
-            "customer": customer["id"],
-            "customer_account": None,
-            "date": now,
-            "description": description,
-            "discountable": not proration,
-            "discounts": [],
-            "invoice": None,
-            "livemode": False,
-            "metadata": metadata or {},
-            "net_amount": amount,
-            "parent": {
-                "type": "subscription_details",
-                "subscription_details": {"subscription": sub["id"], "subscription_item": None},
-            }
-            if sub
-            else None,
-            "period": {"start": period[0], "end": period[1]},
-            "pricing": {
-                "type": "price_details",
-                "price_details": {"price": price["id"], "product": price["product"]}
-                if price
-                else None,
-                "unit_amount_decimal": price["unit_amount_decimal"] if price else None,
-            },
-            "proration": proration,
-            "quantity": quantity,
-            "quantity_decimal": str(quantity),
-            "tax_rates": [],
-            "test_clock": customer["test_clock"],
-        }
-    )
-    sb.store.add("invoiceitem", ii)
-    sb.events.emit("invoiceitem.created", ii)
-    return ii
-
-
-def change_items(
-    sb: Sandbox,
-    sub: Obj,
-    changes: list[dict[str, Any]],
-    *,
-    proration_behavior: str,
-    proration_date: int | None,
-    now: int,
-) -> Obj | None:
-    """Apply item changes; returns the immediate invoice for ``always_invoice``."""
-    customer = sb.store.get("customer", sub["customer"])
-    old_items = snapshot(sub["items"]["data"])
-    start, end = period_of(sub)
-    items = sub["items"]["data"]
-    for index, change in enumerate(changes):
-        param = f"items[{index}]"
-        item_id = change.get("id")
-        if item_id:
-            matches = [i for i in items if i["id"] == item_id]
-            if not matches:
-                raise invalid(f"Invalid subscription_item id: {item_id}", param=f"{param}[id]")
-            item = matches[0]
-            if change.get("deleted") in ("true", True):
-                items.remove(item)
-                continue
-            if change.get("price"):
-                price = sb.store.get("price", change["price"], f"{param}[price]")
-                item["price"] = snapshot(price)
-                item["plan"] = plan_from_price(price)
-            if change.get("quantity") not in (None, ""):
-                item["quantity"] = int(change["quantity"])
-            if "metadata" in change:
-                item["metadata"].update(change["metadata"] or {})
+def replace_discounts(sb: Sandbox, sub: Obj, redemptions: list[Redemption], now: int) -> None:
+    """``discounts=[...]`` on an update replaces the set; ``discounts=""`` clears it."""
+    kept = {r.promotion_code["id"] if r.promotion_code else r.coupon["id"]: r for r in redemptions}
+    remaining = []
+    for discount_id in sub["discounts"]:
+        discount = sb.store.get("discount", discount_id)
+        key = discount["promotion_code"] or discount["source"]["coupon"]
+        if key in kept:
+            kept.pop(key)
+            remaining.append(discount_id)
         else:
-            price_id = change.get("price")
-            if not price_id:
-                raise invalid(
-                    "Missing required param: items[0][price].",
-                    param=f"{param}[price]",
-                    code="parameter_missing",
-                )
-            price = sb.store.get("price", price_id, f"{param}[price]")
-            items.append(
-                _item(
-                    sub["id"],
-                    ItemSpec(price, int(change.get("quantity") or 1), change.get("metadata")),
-                    start,
-                    end,
-                )
-            )
-    if not items:
-        raise invalid("A subscription must have at least one active plan.", param="items")
-    sub["items"]["total_count"] = len(items)
-    when = proration_date or now
-    if proration_behavior == "none" or sub["status"] not in ("active", "past_due"):
-        return None
-    for amount, description, price, quantity in _proration_specs(sb, sub, old_items, items, when):
-        new_invoice_item(
-            sb,
-            customer,
-            sub,
-            amount=amount,
-            description=description,
-            price=price,
-            quantity=quantity,
-            period=(when, end),
-            proration=True,
-            now=now,
+            sb.events.emit("customer.discount.deleted", discount)
+    for redemption in kept.values():
+        discount = discounts.redeem(
+            sb, redemption, start=now, customer=sub["customer"], subscription=sub["id"]
         )
-    if proration_behavior != "always_invoice":
-        return None
-    invoice = invoicing.new_invoice(
-        sb,
-        customer=customer,
-        subscription=sub,
-        billing_reason="subscription_update",
-        lines=_pending_item_lines(sb, sub),
-        period_start=when,
-        period_end=when,
-        created=now,
-        currency=sub["currency"],
-    )
-    sub["latest_invoice"] = invoice["id"]
-    return invoice
+        remaining.append(discount["id"])
+    sub["discounts"] = remaining
 
 
-def collect_update_invoice(sb: Sandbox, invoice: Obj, now: int) -> StripeError | None:
-    invoicing.finalize(sb, invoice, now)
-    return _collect(sb, invoice, now, automatic=True)
+def drop_finished_discounts(sb: Sandbox, sub: Obj, at: int) -> None:
+    """A used ``once`` coupon or an elapsed ``repeating`` one leaves the subscription."""
+    keep = discounts.active_on(sb, sub, at)
+    for discount_id in sub["discounts"]:
+        if discount_id not in keep:
+            sb.events.emit("customer.discount.deleted", sb.store.get("discount", discount_id))
+    sub["discounts"] = keep
 
 
 # -- cancel / pause / resume ------------------------------------------------
+
+
+def schedule_cancel(sub: Obj, *, at_period_end: bool, now: int, at: int | None = None) -> None:
+    """``cancel_at_period_end`` / ``cancel_at``: set, or unset to keep the subscription."""
+    end = at if at is not None else (period_of(sub)[1] if at_period_end else None)
+    sub["cancel_at"] = end
+    sub["cancel_at_period_end"] = bool(end is not None and end == period_of(sub)[1])
+    sub["canceled_at"] = now if end is not None else None
+    sub["cancellation_details"]["reason"] = "cancellation_requested" if end is not None else None
 
 
 def cancel_now(
@@ -509,6 +277,7 @@ def cancel_now(
         "reason": "cancellation_requested",
     }
     sb.events.emit("customer.subscription.deleted", sub)
+    collection.end_schedule(sb, sub, now)
     return sub
 
 
@@ -520,8 +289,9 @@ def resume(sb: Sandbox, sub: Obj, now: int) -> Obj:
         )
     customer = sb.store.get("customer", sub["customer"])
     before = snapshot(sub)
+    # billing_cycle_anchor=now (the default): a new period starts and is billed at once.
     for item in sub["items"]["data"]:
-        interval, count = _interval(item["price"])
+        interval, count = interval_of(item["price"])
         item["current_period_start"] = now
         item["current_period_end"] = next_period_end(now, now, interval, count)
     sub["billing_cycle_anchor"] = now
@@ -531,11 +301,12 @@ def resume(sb: Sandbox, sub: Obj, now: int) -> Obj:
         customer=customer,
         subscription=sub,
         billing_reason="subscription_cycle",
-        lines=_cycle_lines(sb, sub),
+        lines=cycle_lines(sb, sub["items"]["data"]),
         period_start=now,
         period_end=now,
         created=now,
         currency=sub["currency"],
+        applied_discounts=discounts.active_on(sb, sub, now),
     )
     sub["latest_invoice"] = invoice["id"]
     sb.events.emit("customer.subscription.resumed", sub)
@@ -549,49 +320,64 @@ def resume(sb: Sandbox, sub: Obj, now: int) -> Obj:
         },
     )
     invoicing.finalize(sb, invoice, now)
-    _collect(sb, invoice, now, automatic=True)
+    if invoice["amount_due"] == 0:
+        collection.mark_paid(sb, invoice, now)
+    else:
+        _collect(sb, invoice, now, off_session=True)
     return sub
 
 
 # -- time passing ---------------------------------------------------------------
 
 
+def _trial_ends_without_payment_method(sb: Sandbox, sub: Obj, at: int) -> bool:
+    """``trial_settings.end_behavior.missing_payment_method``; True when it ended things."""
+    behavior = sub["trial_settings"]["end_behavior"]["missing_payment_method"]
+    if behavior == "cancel":
+        collection.end_subscription(sb, sub, at, reason="cancellation_requested")
+        return True
+    if behavior == "pause":
+        sub["status"] = "paused"
+        sb.events.emit("customer.subscription.paused", sub)
+        sb.events.emit("customer.subscription.updated", sub, {"status": "trialing"})
+        return True
+    return False  # create_invoice: bill it anyway; the payment fails, it goes past_due
+
+
 def renew(sb: Sandbox, sub: Obj, at: int) -> None:
-    """Start the next period: new period on the items, cycle invoice, collect."""
+    """A period ends: the next one starts and its invoice is drafted.
+
+    Stripe leaves the renewal invoice in draft for about an hour before it
+    finalizes and charges it (:func:`finalize_renewal`, run by the timeline).
+    """
     customer = sb.store.get("customer", sub["customer"])
     before = snapshot(sub)
     old_start, old_end = period_of(sub)
     trial_ending = sub["status"] == "trialing"
     pm = sub["default_payment_method"] or customer["invoice_settings"]["default_payment_method"]
-    if trial_ending and pm is None:
-        behavior = sub["trial_settings"]["end_behavior"]["missing_payment_method"]
-        if behavior == "cancel":
-            invoicing.end_subscription(sb, sub, at, reason="cancellation_requested")
-            return
-        if behavior == "pause":
-            sub["status"] = "paused"
-            sb.events.emit("customer.subscription.paused", sub)
-            sb.events.emit("customer.subscription.updated", sub, {"status": "trialing"})
-            return
+    if trial_ending and pm is None and _trial_ends_without_payment_method(sb, sub, at):
+        return
     for item in sub["items"]["data"]:
-        interval, count = _interval(item["price"])
+        interval, count = interval_of(item["price"])
         item["current_period_start"] = old_end
         item["current_period_end"] = next_period_end(
             sub["billing_cycle_anchor"], old_end, interval, count
         )
     if trial_ending:
         sub["status"] = "active"
-    lines = _cycle_lines(sb, sub) + _pending_item_lines(sb, sub)
+    drop_finished_discounts(sb, sub, at)
     invoice = invoicing.new_invoice(
         sb,
         customer=customer,
         subscription=sub,
         billing_reason="subscription_cycle",
-        lines=lines,
+        lines=cycle_lines(sb, sub["items"]["data"]) + pending_item_lines(sb, sub),
         period_start=old_start,
         period_end=old_end,
         created=at,
         currency=sub["currency"],
+        applied_discounts=discounts.active_on(sb, sub, at),
+        finalizes_at=at + DRAFT_SECONDS,
     )
     sub["latest_invoice"] = invoice["id"]
     previous: dict[str, Any] = {
@@ -600,9 +386,22 @@ def renew(sb: Sandbox, sub: Obj, at: int) -> None:
     }
     if trial_ending:
         previous["status"] = "trialing"
+    if before["discounts"] != sub["discounts"]:
+        previous["discounts"] = before["discounts"]
     sb.events.emit("customer.subscription.updated", sub, previous)
+
+
+def finalize_renewal(sb: Sandbox, invoice: Obj, at: int) -> None:
+    """About an hour after it was drafted, a renewal invoice is finalized and collected."""
     invoicing.finalize(sb, invoice, at)
-    _collect(sb, invoice, at, automatic=True)
+    if invoice["amount_due"] == 0:
+        collection.mark_paid(sb, invoice, at)
+        return
+    sub = invoicing.subscription_of(sb, invoice)
+    if sub is not None and sub["status"] == "unpaid":
+        return  # Stripe stops attempting payments for unpaid subscriptions
+    if invoice["auto_advance"]:
+        collection.attempt(sb, invoice, at, automatic=True, off_session=True)
 
 
 def end_trial_now(sb: Sandbox, sub: Obj, now: int) -> None:
@@ -612,9 +411,14 @@ def end_trial_now(sb: Sandbox, sub: Obj, now: int) -> None:
     for item in sub["items"]["data"]:
         item["current_period_end"] = now
     renew(sb, sub, now)
+    invoice = sb.store.maybe("invoice", sub["latest_invoice"])
+    if invoice is not None and invoice["status"] == "draft":
+        # Ended through the API, the trial's invoice is billed at once.
+        finalize_renewal(sb, invoice, now)
 
 
-def _expire_incomplete(sb: Sandbox, sub: Obj, at: int) -> None:
+def expire_incomplete(sb: Sandbox, sub: Obj, at: int) -> None:
+    """23 hours without a paid first invoice: ``incomplete_expired``, the invoice voided."""
     invoice = sb.store.maybe("invoice", sub["latest_invoice"])
     before = {"status": sub["status"]}
     sub["status"] = "incomplete_expired"
@@ -622,84 +426,7 @@ def _expire_incomplete(sb: Sandbox, sub: Obj, at: int) -> None:
     if invoice and invoice["status"] == "open":
         invoice["status"] = "void"
         invoice["status_transitions"]["voided_at"] = at
+        invoicing.cancel_collection(sb, invoice, at)
         sb.events.emit("invoice.voided", invoice)
     sb.events.emit("customer.subscription.updated", sub, before)
     sb.events.emit("customer.subscription.deleted", sub)
-
-
-def _due(sb: Sandbox, clock_id: str, until: int) -> tuple[int, int, str, Obj] | None:
-    """The earliest scheduled thing on this clock at or before ``until``."""
-    best: tuple[int, int, str, Obj] | None = None
-
-    def consider(at: int | None, order: int, action: str, obj: Obj) -> None:
-        nonlocal best
-        if at is None or at > until:
-            return
-        key = (at, order, action, obj)
-        if best is None or (at, order, sb.store.seq[obj["id"]]) < (
-            best[0],
-            best[1],
-            sb.store.seq[best[3]["id"]],
-        ):
-            best = key
-
-    for sub in sb.store.objects["subscription"].values():
-        if sub["test_clock"] != clock_id:
-            continue
-        status = sub["status"]
-        if status == "incomplete":
-            consider(sub["created"] + INCOMPLETE_EXPIRY, 0, "expire", sub)
-            continue
-        if status not in LIVE_STATUSES:
-            continue
-        _, end = period_of(sub)
-        if sub["cancel_at"] and sub["cancel_at"] <= end:
-            consider(sub["cancel_at"], 1, "cancel", sub)
-        elif status == "trialing":
-            if sub["id"] not in sb.store.trial_warned:
-                consider(
-                    max(sub["trial_start"], sub["trial_end"] - TRIAL_WARNING),
-                    0,
-                    "trial_warning",
-                    sub,
-                )
-            consider(sub["trial_end"], 2, "renew", sub)
-        elif sub["cancel_at_period_end"]:
-            consider(end, 1, "cancel", sub)
-        else:
-            consider(end, 2, "renew", sub)
-    for invoice in sb.store.objects["invoice"].values():
-        if invoice["test_clock"] == clock_id and invoice["status"] == "open":
-            consider(invoice["next_payment_attempt"], 3, "retry", invoice)
-    return best
-
-
-def _run(sb: Sandbox, action: str, obj: Obj, at: int) -> None:
-    if action == "renew":
-        renew(sb, obj, at)
-    elif action == "cancel":
-        invoicing.end_subscription(sb, obj, at, reason="cancellation_requested")
-    elif action == "expire":
-        _expire_incomplete(sb, obj, at)
-    elif action == "trial_warning":
-        sb.store.trial_warned.add(obj["id"])
-        sb.events.emit("customer.subscription.trial_will_end", obj)
-    elif action == "retry":
-        obj["next_payment_attempt"] = None
-        invoicing.pay(sb, obj, at, automatic=True)
-
-
-def advance(sb: Sandbox, clock: Obj, target: int) -> None:
-    """Move ``clock`` to ``target``, running everything due on the way, in time order."""
-    token = current_request.set((None, None))  # time-driven events have no request
-    try:
-        for _ in range(10_000):
-            due = _due(sb, clock["id"], target)
-            if due is None:
-                break
-            at, _, action, obj = due
-            clock["frozen_time"] = max(clock["frozen_time"], at)
-            _run(sb, action, obj, at)
-        clock["frozen_time"] = target
-    finally:
-        current_request.reset(token)

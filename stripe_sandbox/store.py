@@ -1,16 +1,16 @@
 """In-memory object store.
 
 Objects are kept exactly in their wire shape (dicts built from Stripe's
-fixtures), with foreign keys as ids; expansion happens on the way out.  The
-store itself is not thread-safe: the app serialises every API call behind one
-asyncio lock, so a handler always sees and leaves a consistent state.
+fixtures), with foreign keys as ids; expansion happens on the way out.  Every
+change happens inside one synchronous handler or timeline step, so the store
+never needs a lock (see :mod:`stripe_sandbox.sandbox`).
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import missing
 
@@ -27,13 +27,23 @@ KINDS: dict[str, tuple[str, str]] = {
     "payment_intent": ("pi", "payment_intent"),
     "charge": ("ch", "charge"),
     "refund": ("re", "refund"),
+    "setup_intent": ("seti", "setupintent"),
+    "coupon": ("coupon", "coupon"),
+    "promotion_code": ("promo", "promotion code"),
+    "discount": ("di", "discount"),
+    "subscription_schedule": ("sub_sched", "subscription schedule"),
+    "dispute": ("dp", "dispute"),
     "checkout.session": ("cs_test", "checkout.session"),
     "billing_portal.session": ("bps", "billing_portal.session"),
     "event": ("evt", "event"),
     "test_clock": ("clock", "test_helpers.test_clock"),
 }
 
-_PREFIX_TO_KIND = {prefix: kind for kind, (prefix, _) in KINDS.items()}
+# Longest first, so ``sub_sched_...`` is a schedule and not a subscription.
+_PREFIXES = sorted(
+    ((prefix + "_", kind) for kind, (prefix, _) in KINDS.items()),
+    key=lambda pair: -len(pair[0]),
+)
 
 Obj = dict[str, Any]
 
@@ -45,16 +55,33 @@ class Store:
         self.seq: dict[str, int] = {}
         self._counter = itertools.count(1)
         # Internals Stripe keeps but does not show: which payment intent collects an
-        # invoice, queued failures for sandbox-controlled payment methods.
+        # invoice (and the reverse), queued failures for sandbox-controlled payment
+        # methods, when an invoice's first automatic attempt failed (Smart Retries
+        # count from it), payment methods a customer already authenticated (3DS) on
+        # a setup, and what is due to settle later: pending refunds, bank debits.
         self.invoice_payment_intent: dict[str, str] = {}
+        self.payment_intent_invoice: dict[str, str] = {}
         self.fail_next: dict[str, list[str]] = {}
+        self.first_failed_attempt: dict[str, int] = {}
+        self.authenticated_pms: set[str] = set()
+        self.settlements: dict[str, tuple[int, str]] = {}
+        # discount id -> invoices it has been applied to (a "once" coupon covers one)
+        self.discount_uses: dict[str, int] = {}
+        # coupon id -> the products it is restricted to (``applies_to``, includable);
+        # deleted coupons, which discounts already made still refer to
+        self.coupon_products: dict[str, list[str]] = {}
+        self.retired_coupons: dict[str, Obj] = {}
         # payment method id -> test card token it was made from (decides its behaviour)
         self.pm_card: dict[str, str] = {}
         # subscriptions already sent customer.subscription.trial_will_end for their trial
         self.trial_warned: set[str] = set()
         self.deleted: set[str] = set()
-        # checkout session id -> its line items ("item" objects, listed separately on Stripe)
+        # checkout session id -> its line items ("item" objects, listed separately on
+        # Stripe) and the subscription_data / payment_intent_data it was created with
         self.checkout_lines: dict[str, list[Obj]] = {}
+        self.checkout_data: dict[str, dict[str, Obj]] = {}
+        # checkout session id -> the coupons / promotion codes it will redeem on completion
+        self.checkout_redemptions: dict[str, list[Any]] = {}
 
     def add(self, kind: str, obj: Obj) -> Obj:
         self.objects[kind][obj["id"]] = obj
@@ -80,14 +107,17 @@ class Store:
 
     def lookup_any(self, object_id: str) -> Obj | None:
         """Find an object by id alone (used by ``expand``)."""
-        if object_id.startswith("cs_test_"):
-            return self.objects["checkout.session"].get(object_id)
-        prefix = object_id.split("_", 1)[0]
-        kind = _PREFIX_TO_KIND.get(prefix)
-        if kind is None:
-            return None
-        return self.objects[kind].get(object_id)
+        for prefix, kind in _PREFIXES:
+            if object_id.startswith(prefix):
+                found = self.objects[kind].get(object_id)
+                if found is not None:
+                    return found
+        # Coupons keep the id they were created with (``SUMMER20``).
+        return self.objects["coupon"].get(object_id)
 
 
-def snapshot(obj: Obj) -> Obj:
+T = TypeVar("T")
+
+
+def snapshot(obj: T) -> T:
     return copy.deepcopy(obj)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import lifecycle, payments
+from .. import lifecycle, methods
 from ..api import LIST_PARAMS, Call, Route, paginate
 from ..errors import invalid
 from ..events import changed
@@ -39,6 +39,7 @@ FIELDS = {
 
 
 def _set_default_pm(sb: Sandbox, customer: Obj, settings: dict[str, Any]) -> None:
+    """``invoice_settings[default_payment_method]``: a payment method of this customer."""
     if "default_payment_method" not in settings:
         return
     pm_id = settings["default_payment_method"] or None
@@ -67,7 +68,7 @@ def _apply(sb: Sandbox, customer: Obj, p: Params) -> None:
     if p.has("balance"):
         customer["balance"] = parse_int(p.raw("balance"), "balance") or 0
     if p.has("address"):
-        customer["address"] = {**payments.EMPTY_ADDRESS, **p.dict("address")} or None
+        customer["address"] = {**methods.EMPTY_ADDRESS, **p.dict("address")} or None
     if p.has("preferred_locales"):
         customer["preferred_locales"] = p.list("preferred_locales")
     if p.has("tax_exempt"):
@@ -75,6 +76,12 @@ def _apply(sb: Sandbox, customer: Obj, p: Params) -> None:
 
 
 def create(sb: Sandbox, call: Call) -> Obj:
+    """A customer, optionally with a first payment method, which may be a test token.
+
+    Stripe's documented test setup, ``payment_method=pm_card_visa`` with
+    ``invoice_settings[default_payment_method]=pm_card_visa``, makes one payment
+    method from the token, attaches it and makes it the default.
+    """
     p = call.p(FIELDS)
     clock_id = p.str("test_clock")
     if clock_id:
@@ -115,17 +122,28 @@ def create(sb: Sandbox, call: Call) -> Obj:
     )
     _apply(sb, customer, p)
     pm = None
-    if p.str("payment_method"):
-        pm = payments.resolve_payment_method(sb, p.req_str("payment_method"), "payment_method", now)
+    given = p.str("payment_method")
+    if given:
+        pm = methods.resolve_payment_method(sb, given, "payment_method", now)
+        # Stripe verifies the card before it creates anything.
+        methods.verify_for_saving(sb, pm)
+    default = p.dict("invoice_settings").get("default_payment_method")
+    if default:
+        # A new customer's only payment method is the one given with it.
+        if pm is None or default not in (given, pm["id"]):
+            raise invalid(
+                f"The customer does not have a payment method with the ID {default}. The "
+                "payment method must be attached to the customer.",
+                param="invoice_settings[default_payment_method]",
+                code="resource_missing",
+            )
+        customer["invoice_settings"]["default_payment_method"] = pm["id"]
     sb.store.add("customer", customer)
+    if pm is not None:
+        pm["customer"] = customer["id"]
     sb.events.emit("customer.created", customer)
     if pm is not None:
-        payments.attach(sb, pm, customer)
-    settings = p.dict("invoice_settings")
-    if settings.get("default_payment_method"):
-        before = snapshot(customer)
-        _set_default_pm(sb, customer, settings)
-        sb.events.emit("customer.updated", customer, changed(before, customer))
+        sb.events.emit("payment_method.attached", pm)
     return customer
 
 
@@ -181,6 +199,16 @@ def list_payment_methods(sb: Sandbox, call: Call) -> Obj:
     return paginate(objs, call, f"/v1/customers/{customer['id']}/payment_methods")
 
 
+def retrieve_payment_method(sb: Sandbox, call: Call) -> Obj:
+    customer = sb.store.get("customer", call.match["id"])
+    pm = sb.store.get("payment_method", call.match["pm"])
+    if pm["customer"] != customer["id"]:
+        raise invalid(
+            f"No such PaymentMethod: '{pm['id']}'", param="payment_method", code="resource_missing"
+        )
+    return pm
+
+
 ROUTES: list[Route] = [
     ("POST", "/v1/customers", create),
     ("GET", "/v1/customers", list_),
@@ -188,4 +216,5 @@ ROUTES: list[Route] = [
     ("POST", "/v1/customers/{id}", update),
     ("DELETE", "/v1/customers/{id}", delete),
     ("GET", "/v1/customers/{id}/payment_methods", list_payment_methods),
+    ("GET", "/v1/customers/{id}/payment_methods/{pm}", retrieve_payment_method),
 ]

@@ -3,7 +3,7 @@ invoice items and invoice payments."""
 
 from __future__ import annotations
 
-from .. import invoicing, lifecycle
+from .. import collection, invoicing, previews, prorations
 from ..api import LIST_PARAMS, Call, Route, paginate
 from ..errors import invalid
 from ..invoicing import LineSpec
@@ -65,14 +65,23 @@ def pay(sb: Sandbox, call: Call) -> Obj:
     now = _now(sb, invoice)
     if invoice["status"] == "draft":
         invoicing.finalize(sb, invoice, now)
-        if invoice["status"] == "paid":
+        if invoice["amount_due"] == 0:
+            collection.mark_paid(sb, invoice, now)
             return invoice
     if p.bool("paid_out_of_band"):
         if invoice["status"] != "open":
             raise invalid("Invoice is already paid", code="invoice_already_paid")
-        invoicing.pay_out_of_band(sb, invoice, now)
+        collection.pay_out_of_band(sb, invoice, now)
         return invoice
-    error = invoicing.pay(sb, invoice, now, payment_method=p.str("payment_method"))
+    # Paying through the API charges without the customer present (off-session),
+    # unless the call says it is made on the customer's behalf in session.
+    error = collection.attempt(
+        sb,
+        invoice,
+        now,
+        payment_method=p.str("payment_method"),
+        off_session=p.bool("off_session", default=True),
+    )
     if error is not None:
         raise error
     return invoice
@@ -81,13 +90,13 @@ def pay(sb: Sandbox, call: Call) -> Obj:
 def void(sb: Sandbox, call: Call) -> Obj:
     call.p(set())
     invoice = _invoice(sb, call)
-    return invoicing.void(sb, invoice, _now(sb, invoice))
+    return collection.void(sb, invoice, _now(sb, invoice))
 
 
 def mark_uncollectible(sb: Sandbox, call: Call) -> Obj:
     call.p(set())
     invoice = _invoice(sb, call)
-    return invoicing.mark_uncollectible(sb, invoice, _now(sb, invoice))
+    return collection.mark_uncollectible(sb, invoice, _now(sb, invoice))
 
 
 def finalize(sb: Sandbox, call: Call) -> Obj:
@@ -95,11 +104,33 @@ def finalize(sb: Sandbox, call: Call) -> Obj:
     invoice = _invoice(sb, call)
     now = _now(sb, invoice)
     invoicing.finalize(sb, invoice, now)
-    if p.bool("auto_advance", default=bool(invoice["auto_advance"])) and (
-        invoice["status"] == "open"
-    ):
-        invoicing.pay(sb, invoice, now, automatic=True)
+    if invoice["amount_due"] == 0:
+        collection.mark_paid(sb, invoice, now)
+    elif p.bool("auto_advance", default=bool(invoice["auto_advance"])):
+        collection.attempt(sb, invoice, now, automatic=True)
     return invoice
+
+
+def create_preview(sb: Sandbox, call: Call) -> Obj:
+    p = call.p(
+        {
+            "customer",
+            "subscription",
+            "subscription_details",
+            "currency",
+            "discounts",
+            "invoice_items",
+            "preview_mode",
+            "automatic_tax",
+            "customer_details",
+            "schedule",
+            "schedule_details",
+            "issuer",
+            "on_behalf_of",
+            "customer_account",
+        }
+    )
+    return previews.create_preview(sb, p)
 
 
 def update(sb: Sandbox, call: Call) -> Obj:
@@ -146,6 +177,7 @@ def create(sb: Sandbox, call: Call) -> Obj:
                         invoice_item=ii["id"],
                         period_start=ii["period"]["start"],
                         period_end=ii["period"]["end"],
+                        discountable=ii["discountable"],
                     )
                 )
     invoice = invoicing.new_invoice(
@@ -205,7 +237,7 @@ def create_invoice_item(sb: Sandbox, call: Call) -> Obj:
         if p.str("subscription")
         else None
     )
-    ii = lifecycle.new_invoice_item(
+    ii = prorations.new_invoice_item(
         sb,
         customer,
         sub,
@@ -263,6 +295,7 @@ def retrieve_invoice_payment(sb: Sandbox, call: Call) -> Obj:
 
 ROUTES: list[Route] = [
     ("POST", "/v1/invoices", create),
+    ("POST", "/v1/invoices/create_preview", create_preview),
     ("GET", "/v1/invoices", list_),
     ("GET", "/v1/invoices/{id}", retrieve),
     ("POST", "/v1/invoices/{id}", update),

@@ -1,9 +1,14 @@
-"""Payment intents (create / confirm / retrieve / update / cancel / list) and charges."""
+"""Payment intents (create / confirm / retrieve / update / cancel / list) and charges.
+
+Confirming from the browser (stripe.js, Elements) uses the publishable key and
+the intent's ``client_secret``; confirming an invoice's payment intent that way
+pays the invoice, as on Stripe (see :mod:`collection`).
+"""
 
 from __future__ import annotations
 
-from .. import payments
-from ..api import LIST_PARAMS, Call, Route, paginate
+from .. import collection, invoicing, methods, payments
+from ..api import LIST_PARAMS, Call, Route, paginate, require_client_secret
 from ..errors import invalid
 from ..params import merge_metadata
 from ..sandbox import Sandbox
@@ -28,6 +33,7 @@ PI_FIELDS = {
     "return_url",
     "error_on_requires_action",
     "mandate",
+    "mandate_data",
     "confirmation_method",
     "shipping",
     "payment_method_options",
@@ -37,17 +43,50 @@ PI_FIELDS = {
     "excluded_payment_method_types",
     "customer_account",
 }
+PAYMENT_METHOD_TYPES = ("card", "us_bank_account")
 
 
-def _confirm(sb: Sandbox, pi: Obj, pm_id: str | None, now: int) -> Obj:
-    error = payments.confirm(sb, pi, pm_id, now)
-    if error is not None:
-        raise error
+def _after_success(sb: Sandbox, pi: Obj) -> None:
+    """``setup_future_usage`` saves the payment method to the customer once it worked."""
     pm = sb.store.maybe("payment_method", pi["payment_method"])
     customer = sb.store.maybe("customer", pi["customer"])
     if pi["setup_future_usage"] and pm and customer and pm["customer"] is None:
-        payments.attach(sb, pm, customer)
+        methods.attach(sb, pm, customer, verified=True)
+
+
+def _confirm(
+    sb: Sandbox,
+    pi: Obj,
+    pm_id: str | None,
+    now: int,
+    *,
+    off_session: bool,
+    error_on_requires_action: bool = False,
+) -> Obj:
+    invoice = invoicing.invoice_for(sb, pi)
+    if invoice is not None:
+        error = collection.confirm_from_client(sb, invoice, pi, pm_id, now)
+    else:
+        error = payments.confirm(sb, pi, pm_id, now, off_session=off_session)
+    if error is not None:
+        raise error
+    if pi["status"] == "requires_action" and error_on_requires_action:
+        raise methods.card_error("authentication_required")
+    if pi["status"] in ("succeeded", "processing"):
+        _after_success(sb, pi)
     return pi
+
+
+def _payment_method_types(raw: list[object]) -> list[str]:
+    types = [str(t) for t in raw] or ["card"]
+    for value in types:
+        if value not in PAYMENT_METHOD_TYPES:
+            raise invalid(
+                f"The payment method type provided: {value} is invalid. The sandbox supports "
+                f"{', '.join(PAYMENT_METHOD_TYPES)}.",
+                param="payment_method_types",
+            )
+    return types
 
 
 def create(sb: Sandbox, call: Call) -> Obj:
@@ -63,7 +102,7 @@ def create(sb: Sandbox, call: Call) -> Obj:
     now = sb.now(sb.customer_clock(customer_id))
     pm_id = p.str("payment_method")
     if pm_id:
-        pm_id = payments.resolve_payment_method(sb, pm_id, "payment_method", now)["id"]
+        pm_id = methods.resolve_payment_method(sb, pm_id, "payment_method", now)["id"]
     pi = payments.new_payment_intent(
         sb,
         amount=amount,
@@ -75,15 +114,25 @@ def create(sb: Sandbox, call: Call) -> Obj:
         description=p.str("description"),
         setup_future_usage=p.str("setup_future_usage"),
         receipt_email=p.str("receipt_email"),
+        payment_method_types=_payment_method_types(p.list("payment_method_types")),
     )
     if p.bool("confirm"):
-        _confirm(sb, pi, None, now)
+        _confirm(
+            sb,
+            pi,
+            None,
+            now,
+            off_session=p.bool("off_session"),
+            error_on_requires_action=p.bool("error_on_requires_action"),
+        )
     return pi
 
 
 def retrieve(sb: Sandbox, call: Call) -> Obj:
     call.p({"client_secret"})
-    return sb.store.get("payment_intent", call.match["id"])
+    pi = sb.store.get("payment_intent", call.match["id"])
+    require_client_secret(call, pi)
+    return pi
 
 
 def update(sb: Sandbox, call: Call) -> Obj:
@@ -97,10 +146,11 @@ def update(sb: Sandbox, call: Call) -> Obj:
             "setup_future_usage",
             "customer",
             "currency",
+            "payment_method_types",
         }
     )
     pi = sb.store.get("payment_intent", call.match["id"])
-    if pi["status"] in ("succeeded", "canceled"):
+    if pi["status"] in ("succeeded", "canceled", "processing"):
         raise invalid(
             f"This PaymentIntent could not be updated because it has a status of {pi['status']}.",
             code="payment_intent_unexpected_state",
@@ -112,9 +162,11 @@ def update(sb: Sandbox, call: Call) -> Obj:
     for key in ("description", "receipt_email", "setup_future_usage", "customer"):
         if p.has(key):
             pi[key] = p.str(key)
+    if p.has("payment_method_types"):
+        pi["payment_method_types"] = _payment_method_types(p.list("payment_method_types"))
     if p.str("payment_method"):
-        pm = payments.resolve_payment_method(
-            sb, p.req_str("payment_method"), "payment_method", sb.now()
+        pm = methods.resolve_payment_method(
+            sb, p.req_str("payment_method"), "payment_method", sb.time_of(pi)
         )
         pi["payment_method"] = pm["id"]
         pi["status"] = "requires_confirmation"
@@ -129,36 +181,43 @@ def confirm(sb: Sandbox, call: Call) -> Obj:
             "return_url",
             "setup_future_usage",
             "mandate",
+            "mandate_data",
             "error_on_requires_action",
             "use_stripe_sdk",
             "payment_method_options",
+            "payment_method_data",
             "receipt_email",
             "client_secret",
+            "expected_payment_method_type",
         }
     )
     pi = sb.store.get("payment_intent", call.match["id"])
+    require_client_secret(call, pi)
     if p.str("setup_future_usage"):
         pi["setup_future_usage"] = p.str("setup_future_usage")
-    return _confirm(sb, pi, p.str("payment_method"), sb.now(sb.customer_clock(pi["customer"])))
+    return _confirm(
+        sb,
+        pi,
+        p.str("payment_method"),
+        sb.time_of(pi),
+        # The browser confirms with the customer present; only the server can say otherwise.
+        off_session=p.bool("off_session") and not call.publishable,
+        error_on_requires_action=p.bool("error_on_requires_action"),
+    )
 
 
 def cancel(sb: Sandbox, call: Call) -> Obj:
     p = call.p({"cancellation_reason"})
     pi = sb.store.get("payment_intent", call.match["id"])
-    if pi["status"] in ("succeeded", "canceled"):
+    if invoicing.invoice_for(sb, pi) is not None:
         raise invalid(
-            f"You cannot cancel this PaymentIntent because it has a status of {pi['status']}.",
+            "You cannot cancel this PaymentIntent because it was created by an invoice. "
+            "Void the invoice instead.",
             code="payment_intent_unexpected_state",
         )
-    pi.update(
-        {
-            "status": "canceled",
-            "canceled_at": sb.now(),
-            "cancellation_reason": p.str("cancellation_reason") or "requested_by_customer",
-        }
+    return payments.cancel(
+        sb, pi, sb.time_of(pi), p.str("cancellation_reason") or "requested_by_customer"
     )
-    sb.events.emit("payment_intent.canceled", pi)
-    return pi
 
 
 def list_(sb: Sandbox, call: Call) -> Obj:

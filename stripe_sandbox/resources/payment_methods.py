@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
-from .. import payments
+from .. import methods
 from ..api import LIST_PARAMS, Call, Route, paginate
-from ..cards import CARDS
+from ..cards import BANK_ACCOUNT_NUMBERS, CARDS
 from ..errors import invalid, required
-from ..params import merge_metadata
+from ..params import Params, merge_metadata
 from ..sandbox import Sandbox
 from ..store import Obj
+
+
+def _token_from(p: Params) -> str:
+    """Which documented test payment method the request describes."""
+    kind = p.str("type") or "card"
+    if kind == "us_bank_account":
+        account = Params(p.dict("us_bank_account"))
+        number = account.str("account_number") or ""
+        if number not in BANK_ACCOUNT_NUMBERS:
+            raise invalid(
+                "Use one of Stripe's test bank account numbers (routing number 110000000), "
+                f"e.g. {', '.join(sorted(BANK_ACCOUNT_NUMBERS))}.",
+                param="us_bank_account[account_number]",
+            )
+        return BANK_ACCOUNT_NUMBERS[number]
+    if kind != "card":
+        raise invalid(
+            "The sandbox supports card and us_bank_account payment methods.", param="type"
+        )
+    card = p.dict("card")
+    tok = card.get("token") or p.str("payment_method")
+    if tok and tok in CARDS:
+        return str(tok)
+    if card.get("number"):
+        raise invalid(
+            "Sending credit card numbers directly to the Stripe API is generally unsafe. "
+            "To continue processing use Stripe.js, the Stripe mobile bindings, or Stripe "
+            "Elements. For testing, use a test token such as tok_visa.",
+            param="card[number]",
+        )
+    raise required("card[token]")
 
 
 def create(sb: Sandbox, call: Call) -> Obj:
@@ -16,6 +47,7 @@ def create(sb: Sandbox, call: Call) -> Obj:
         {
             "type",
             "card",
+            "us_bank_account",
             "billing_details",
             "metadata",
             "customer",
@@ -23,20 +55,7 @@ def create(sb: Sandbox, call: Call) -> Obj:
             "allow_redisplay",
         }
     )
-    card = p.dict("card")
-    tok = card.get("token") or p.str("payment_method")
-    if p.str("type") not in (None, "card"):
-        raise invalid("The sandbox only supports card payment methods.", param="type")
-    if not tok or tok not in CARDS:
-        if card.get("number"):
-            raise invalid(
-                "Sending credit card numbers directly to the Stripe API is generally unsafe. "
-                "To continue processing use Stripe.js, the Stripe mobile bindings, or Stripe "
-                "Elements. For testing, use a test token such as tok_visa.",
-                param="card[number]",
-            )
-        raise required("card[token]")
-    pm = payments.payment_method_from_token(sb, tok, sb.now())
+    pm = methods.payment_method_from_token(sb, _token_from(p), sb.now())
     details = p.dict("billing_details")
     for key in ("email", "name", "phone"):
         if key in details:
@@ -47,8 +66,8 @@ def create(sb: Sandbox, call: Call) -> Obj:
 
 def retrieve(sb: Sandbox, call: Call) -> Obj:
     pm_id = call.match["id"]
-    if pm_id in CARDS:
-        return payments.payment_method_from_token(sb, pm_id, sb.now())
+    if methods.is_test_token(pm_id):
+        return methods.payment_method_from_token(sb, pm_id, sb.now())
     return sb.store.get("payment_method", pm_id)
 
 
@@ -68,15 +87,15 @@ def update(sb: Sandbox, call: Call) -> Obj:
 def attach(sb: Sandbox, call: Call) -> Obj:
     p = call.p({"customer", "customer_account"})
     customer = sb.store.get("customer", p.req_str("customer"), "customer")
-    pm = payments.resolve_payment_method(
+    pm = methods.resolve_payment_method(
         sb, call.match["id"], "payment_method", sb.now(customer["test_clock"])
     )
-    return payments.attach(sb, pm, customer)
+    return methods.attach(sb, pm, customer)
 
 
 def detach(sb: Sandbox, call: Call) -> Obj:
     call.p(set())
-    return payments.detach(sb, sb.store.get("payment_method", call.match["id"]))
+    return methods.detach(sb, sb.store.get("payment_method", call.match["id"]))
 
 
 def list_(sb: Sandbox, call: Call) -> Obj:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import payments
+from .. import refunding
 from ..api import LIST_PARAMS, Call, Route, paginate
 from ..errors import invalid
 from ..params import merge_metadata
@@ -28,16 +28,18 @@ def create(sb: Sandbox, call: Call) -> Obj:
             "currency",
         }
     )
-    if p.str("charge"):
-        charge = sb.store.get("charge", p.str("charge"), "charge")
-    elif p.str("payment_intent"):
-        pi = sb.store.get("payment_intent", p.str("payment_intent"), "payment_intent")
-        charge = sb.store.maybe("charge", pi["latest_charge"])
-        if charge is None or pi["status"] != "succeeded":
+    charge_id, pi_id = p.str("charge"), p.str("payment_intent")
+    if charge_id:
+        charge = sb.store.get("charge", charge_id, "charge")
+    elif pi_id:
+        pi = sb.store.get("payment_intent", pi_id, "payment_intent")
+        found = sb.store.maybe("charge", pi["latest_charge"])
+        if found is None or pi["status"] != "succeeded":
             raise invalid(
                 f"This PaymentIntent ({pi['id']}) does not have a successful charge to refund.",
                 param="payment_intent",
             )
+        charge = found
     else:
         raise invalid(
             "One of the following params should be provided for this request: "
@@ -47,18 +49,28 @@ def create(sb: Sandbox, call: Call) -> Obj:
     reason = p.str("reason")
     if reason is not None and reason not in REASONS:
         raise invalid(f"Invalid reason: must be one of {', '.join(REASONS)}", param="reason")
-    return payments.refund(
+    return refunding.create(
         sb,
         charge,
         amount=p.int("amount"),
         reason=reason,
         metadata=merge_metadata({}, p.raw("metadata")),
-        created=sb.now(sb.customer_clock(charge["customer"])),
+        created=sb.time_of(charge),
     )
 
 
 def retrieve(sb: Sandbox, call: Call) -> Obj:
     return sb.store.get("refund", call.match["id"])
+
+
+def update(sb: Sandbox, call: Call) -> Obj:
+    p = call.p({"metadata"})
+    refund = sb.store.get("refund", call.match["id"])
+    if p.has("metadata"):
+        before = {"metadata": dict(refund["metadata"])}
+        refund["metadata"] = merge_metadata(refund["metadata"], p.raw("metadata"))
+        sb.events.emit("refund.updated", refund, before)
+    return refund
 
 
 def list_(sb: Sandbox, call: Call) -> Obj:
@@ -75,4 +87,5 @@ ROUTES: list[Route] = [
     ("POST", "/v1/refunds", create),
     ("GET", "/v1/refunds", list_),
     ("GET", "/v1/refunds/{id}", retrieve),
+    ("POST", "/v1/refunds/{id}", update),
 ]

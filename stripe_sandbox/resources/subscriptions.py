@@ -1,15 +1,17 @@
-"""Subscriptions: create, retrieve, update (items with proration), cancel, resume, list."""
+"""Subscriptions: create, retrieve, update (items with proration, discounts, cancellation
+at period end), cancel, resume, list."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .. import lifecycle
+from .. import discounts, lifecycle, methods, prorations
 from ..api import LIST_PARAMS, Call, Route, paginate
 from ..clock import DAY
 from ..errors import StripeError, invalid, required
 from ..events import changed
-from ..lifecycle import ItemSpec
+from ..items import ItemSpec
+from ..lifecycle import NewSubscription
 from ..params import Params, merge_metadata, parse_bool, parse_int
 from ..sandbox import Sandbox
 from ..store import Obj, snapshot
@@ -63,11 +65,17 @@ PAYMENT_BEHAVIORS = (
     "error_if_incomplete",
     "pending_if_incomplete",
 )
+END_BEHAVIORS = ("cancel", "create_invoice", "pause")
 
 
-def _pm_for_customer(sb: Sandbox, customer: Obj, pm_id: str | None) -> str | None:
+def _pm_for_customer(sb: Sandbox, customer: Obj, pm_id: str | None, now: int) -> str | None:
+    """A subscription's default payment method must belong to its customer; a test
+    token (``pm_card_visa``) is saved to the customer first, as Stripe does."""
     if not pm_id:
         return None
+    if methods.is_test_token(pm_id):
+        made = methods.payment_method_from_token(sb, pm_id, now)
+        return str(methods.attach(sb, made, customer)["id"])
     pm = sb.store.maybe("payment_method", pm_id)
     if pm is None or pm["customer"] != customer["id"]:
         raise invalid(
@@ -113,6 +121,28 @@ def _trial_end(p: Params, now: int) -> int | None:
     return now + days * DAY if days else None
 
 
+def _end_behavior(p: Params) -> str:
+    behavior = (p.dict("trial_settings").get("end_behavior") or {}).get(
+        "missing_payment_method"
+    ) or "create_invoice"
+    if behavior not in END_BEHAVIORS:
+        raise invalid(
+            f"Invalid trial_settings[end_behavior][missing_payment_method]: {behavior}",
+            param="trial_settings[end_behavior][missing_payment_method]",
+        )
+    return str(behavior)
+
+
+def _save_default(p: Params) -> str:
+    save = p.dict("payment_settings").get("save_default_payment_method") or "off"
+    if save not in ("off", "on_subscription"):
+        raise invalid(
+            f"Invalid payment_settings[save_default_payment_method]: {save}",
+            param="payment_settings[save_default_payment_method]",
+        )
+    return str(save)
+
+
 def create(sb: Sandbox, call: Call) -> Obj:
     p = call.p(CREATE_FIELDS)
     customer = sb.store.get("customer", p.req_str("customer"), "customer")
@@ -129,21 +159,29 @@ def create(sb: Sandbox, call: Call) -> Obj:
     if behavior not in PAYMENT_BEHAVIORS:
         raise invalid(f"Invalid payment_behavior: {behavior}", param="payment_behavior")
     now = sb.now(customer["test_clock"])
-    end_behavior = (p.dict("trial_settings").get("end_behavior") or {}).get(
-        "missing_payment_method"
-    ) or "create_invoice"
-    return lifecycle.create(
-        sb,
-        customer,
-        specs,
+    first_amount = sum(int(s.price["unit_amount"]) * s.quantity for s in specs)
+    request = NewSubscription(
+        items=specs,
         payment_behavior=behavior,
-        default_payment_method=_pm_for_customer(sb, customer, p.str("default_payment_method")),
         trial_end=_trial_end(p, now),
         metadata=merge_metadata({}, p.raw("metadata")),
         cancel_at_period_end=p.bool("cancel_at_period_end"),
         description=p.str("description"),
-        missing_pm_behavior=end_behavior,
+        missing_pm_behavior=_end_behavior(p),
+        save_default_payment_method=_save_default(p),
+        redemptions=discounts.resolve(
+            sb,
+            p.list("discounts"),
+            param="discounts",
+            now=now,
+            customer_id=customer["id"],
+            amount=first_amount,
+        ),
     )
+    request.default_payment_method = _pm_for_customer(
+        sb, customer, p.str("default_payment_method"), now
+    )
+    return lifecycle.create(sb, customer, request)
 
 
 def retrieve(sb: Sandbox, call: Call) -> Obj:
@@ -151,22 +189,60 @@ def retrieve(sb: Sandbox, call: Call) -> Obj:
 
 
 def _schedule_cancel(sub: Obj, p: Params, now: int) -> None:
+    wants = p.has("cancel_at_period_end") or p.has("cancel_at")
+    if wants and sub["schedule"]:
+        raise invalid(
+            f"The subscription is managed by the subscription schedule `{sub['schedule']}`, "
+            "and updating any cancelation behavior directly is not allowed. Please update "
+            "the schedule instead.",
+        )
     if p.has("cancel_at_period_end"):
-        flag = p.bool("cancel_at_period_end")
-        sub["cancel_at_period_end"] = flag
-        sub["cancel_at"] = lifecycle.period_of(sub)[1] if flag else None
-        sub["canceled_at"] = now if flag else None
-        sub["cancellation_details"]["reason"] = "cancellation_requested" if flag else None
+        lifecycle.schedule_cancel(sub, at_period_end=p.bool("cancel_at_period_end"), now=now)
     if p.has("cancel_at"):
-        at = p.int("cancel_at")
-        sub["cancel_at"] = at
-        sub["cancel_at_period_end"] = bool(at and at == lifecycle.period_of(sub)[1])
-        sub["canceled_at"] = now if at else None
-        sub["cancellation_details"]["reason"] = "cancellation_requested" if at else None
+        lifecycle.schedule_cancel(sub, at_period_end=False, now=now, at=p.int("cancel_at"))
     details = p.dict("cancellation_details")
     for key in ("comment", "feedback"):
         if key in details:
             sub["cancellation_details"][key] = details[key] or None
+
+
+def _simple_fields(sb: Sandbox, sub: Obj, customer: Obj, p: Params, now: int) -> None:
+    if p.has("metadata"):
+        sub["metadata"] = merge_metadata(sub["metadata"], p.raw("metadata"))
+    if p.has("description"):
+        sub["description"] = p.str("description")
+    if p.has("default_payment_method"):
+        sub["default_payment_method"] = _pm_for_customer(
+            sb, customer, p.str("default_payment_method"), now
+        )
+    if p.has("payment_settings"):
+        sub["payment_settings"]["save_default_payment_method"] = _save_default(p)
+    if p.has("trial_settings"):
+        sub["trial_settings"]["end_behavior"]["missing_payment_method"] = _end_behavior(p)
+    if p.has("pause_collection"):
+        pause = p.raw("pause_collection")
+        sub["pause_collection"] = (
+            {"behavior": pause.get("behavior"), "resumes_at": pause.get("resumes_at")}
+            if isinstance(pause, dict)
+            else None
+        )
+
+
+def _item_changes(sb: Sandbox, sub: Obj, p: Params, behavior: str, now: int) -> Obj | None:
+    if not p.has("items"):
+        return None
+    changes = [c if isinstance(c, dict) else {} for c in p.list("items")]
+    for index, change in enumerate(changes):
+        if change.get("price"):
+            _recurring_price(sb, change["price"], f"items[{index}][price]")
+    return prorations.change_items(
+        sb,
+        sub,
+        prorations.planned_items(sb, sub, changes),
+        proration_behavior=behavior,
+        proration_date=p.int("proration_date"),
+        now=now,
+    )
 
 
 def update(sb: Sandbox, call: Call) -> Obj:
@@ -174,7 +250,7 @@ def update(sb: Sandbox, call: Call) -> Obj:
     sub = sb.store.get("subscription", call.match["id"])
     customer = sb.store.get("customer", sub["customer"])
     now = sb.now(customer["test_clock"])
-    if sub["status"] in ("canceled", "incomplete_expired") and (
+    if sub["status"] in lifecycle.ENDED_STATUSES and (
         set(call.params) - {"metadata", "cancellation_details", "expand"}
     ):
         raise invalid(
@@ -184,35 +260,13 @@ def update(sb: Sandbox, call: Call) -> Obj:
     behavior = p.str("proration_behavior") or "create_prorations"
     if behavior not in ("create_prorations", "always_invoice", "none"):
         raise invalid(f"Invalid proration_behavior: {behavior}", param="proration_behavior")
-    invoice = None
-    if p.has("items"):
-        changes = [c if isinstance(c, dict) else {} for c in p.list("items")]
-        for index, change in enumerate(changes):
-            if change.get("price"):
-                _recurring_price(sb, change["price"], f"items[{index}][price]")
-        invoice = lifecycle.change_items(
-            sb,
-            sub,
-            changes,
-            proration_behavior=behavior,
-            proration_date=p.int("proration_date"),
-            now=now,
+    if p.has("discounts"):
+        redemptions = discounts.resolve(
+            sb, p.list("discounts"), param="discounts", now=now, customer_id=customer["id"]
         )
-    if p.has("metadata"):
-        sub["metadata"] = merge_metadata(sub["metadata"], p.raw("metadata"))
-    if p.has("description"):
-        sub["description"] = p.str("description")
-    if p.has("default_payment_method"):
-        sub["default_payment_method"] = _pm_for_customer(
-            sb, customer, p.str("default_payment_method")
-        )
-    if p.has("pause_collection"):
-        pause = p.raw("pause_collection")
-        sub["pause_collection"] = (
-            {"behavior": pause.get("behavior"), "resumes_at": pause.get("resumes_at")}
-            if isinstance(pause, dict)
-            else None
-        )
+        lifecycle.replace_discounts(sb, sub, redemptions, now)
+    invoice = _item_changes(sb, sub, p, behavior, now)
+    _simple_fields(sb, sub, customer, p, now)
     _schedule_cancel(sub, p, now)
     trial_end_now = p.raw("trial_end") == "now" and sub["status"] == "trialing"
     if not trial_end_now and p.raw("trial_end") not in (None, "", "now"):
@@ -224,7 +278,7 @@ def update(sb: Sandbox, call: Call) -> Obj:
         sb.events.emit("customer.subscription.updated", sub, diff)
     error: StripeError | None = None
     if invoice is not None:
-        error = lifecycle.collect_update_invoice(sb, invoice, now)
+        error = prorations.collect_update_invoice(sb, invoice, now)
     if trial_end_now:
         lifecycle.end_trial_now(sb, sub, now)
     if error is not None and p.str("payment_behavior") == "error_if_incomplete":
@@ -235,7 +289,7 @@ def update(sb: Sandbox, call: Call) -> Obj:
 def cancel(sb: Sandbox, call: Call) -> Obj:
     p = call.p({"invoice_now", "prorate", "cancellation_details"})
     sub = sb.store.get("subscription", call.match["id"])
-    if sub["status"] in ("canceled", "incomplete_expired"):
+    if sub["status"] in lifecycle.ENDED_STATUSES:
         raise invalid(f"No such subscription: '{sub['id']}'", param="id", code="resource_missing")
     details = p.dict("cancellation_details")
     parse_bool(p.raw("invoice_now"), "invoice_now")
@@ -273,9 +327,9 @@ def list_(sb: Sandbox, call: Call) -> Obj:
     status = p.str("status")
     if status is None:
         # Stripe hides canceled subscriptions unless asked for them.
-        objs = [o for o in objs if o["status"] not in ("canceled", "incomplete_expired")]
+        objs = [o for o in objs if o["status"] not in lifecycle.ENDED_STATUSES]
     elif status == "ended":
-        objs = [o for o in objs if o["status"] in ("canceled", "incomplete_expired")]
+        objs = [o for o in objs if o["status"] in lifecycle.ENDED_STATUSES]
     elif status != "all":
         objs = [o for o in objs if o["status"] == status]
     if p.str("customer"):

@@ -8,7 +8,7 @@ poll for ``ready`` work unchanged.
 
 from __future__ import annotations
 
-from .. import lifecycle
+from .. import timeline
 from ..api import LIST_PARAMS, Call, Route, paginate
 from ..clock import to_ts, wall_now
 from ..errors import invalid
@@ -75,7 +75,7 @@ def advance(sb: Sandbox, call: Call) -> Obj:
     clock["status"] = "advancing"
     clock["status_details"] = {"advancing": {"target_frozen_time": target}}
     sb.events.emit("test_helpers.test_clock.advancing", clock)
-    lifecycle.advance(sb, clock, target)
+    timeline.run_until(sb, clock, target)
     response = snapshot(clock)
     clock["status"] = "ready"
     clock["status_details"] = {}

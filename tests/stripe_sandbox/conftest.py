@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -94,3 +94,16 @@ def catalog(client: stripe.StripeClient) -> dict[str, Any]:
             params={"product": room.id, "unit_amount": 2500, "currency": "usd"}
         ),
     }
+
+
+@pytest.fixture
+def account(sandbox: Sandbox) -> Iterator[Callable[..., dict[str, Any]]]:
+    """Change the sandbox's account settings for one test; the defaults come back after."""
+    defaults = sandbox.control("GET", "/_sandbox/settings")
+
+    def change(**values: Any) -> dict[str, Any]:
+        result: dict[str, Any] = sandbox.control("POST", "/_sandbox/settings", values)
+        return result
+
+    yield change
+    sandbox.control("POST", "/_sandbox/settings", defaults)

@@ -68,3 +68,32 @@ def new_customer(
             customer.id, params={"invoice_settings": {"default_payment_method": pm_id}}
         )
     return customer, pm_id
+
+
+DAY = 86_400
+HOUR = 3_600
+START = 1_767_225_600  # 2026-01-01T00:00:00Z, a test clock's starting point
+
+
+def new_clock(client: stripe.StripeClient, at: int = START) -> str:
+    return client.v1.test_helpers.test_clocks.create(params={"frozen_time": at}).id
+
+
+def advance(client: stripe.StripeClient, clock_id: str, to: int) -> None:
+    result = client.v1.test_helpers.test_clocks.advance(clock_id, params={"frozen_time": to})
+    assert result.status == "advancing"
+    assert client.v1.test_helpers.test_clocks.retrieve(clock_id).status == "ready"
+
+
+def events_of(client: stripe.StripeClient, object_id: str, prefix: str = "") -> list[stripe.Event]:
+    """Events about one object, oldest first (the Events API lists newest first)."""
+    found = [
+        e
+        for e in client.v1.events.list(params={"limit": 100}).auto_paging_iter()
+        if e.data.object["id"] == object_id and e.type.startswith(prefix)
+    ]
+    return list(reversed(found))
+
+
+def types_of(client: stripe.StripeClient, object_id: str, prefix: str = "") -> list[str]:
+    return [e.type for e in events_of(client, object_id, prefix)]

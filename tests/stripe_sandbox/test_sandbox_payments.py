@@ -166,4 +166,13 @@ def test_checkout_payment_and_portal(
     portal = client.v1.billing_portal.sessions.create(
         params={"customer": customer.id, "return_url": "https://example.com/account"}
     )
-    assert portal.url.startswith("https://")
+    assert portal.url.startswith("https://billing.stripe.com/")
+    assert portal.return_url == "https://example.com/account" and portal.customer == customer.id
+    # Without a portal configuration holding a default, Stripe needs the return URL.
+    with pytest.raises(stripe.InvalidRequestError) as no_return:
+        client.v1.billing_portal.sessions.create(params={"customer": customer.id})
+    assert no_return.value.param == "return_url"
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.billing_portal.sessions.create(
+            params={"customer": customer.id, "return_url": "javascript:alert(1)"}
+        )

@@ -7,20 +7,19 @@ from typing import Any
 import pytest
 import stripe
 
-from tests.stripe_sandbox.sandbox_helpers import Sandbox, new_customer
-
-DAY = 86_400
-START = 1_767_225_600  # 2026-01-01T00:00:00Z
+from tests.stripe_sandbox.sandbox_helpers import (
+    DAY,
+    HOUR,
+    START,
+    Sandbox,
+    advance,
+    new_clock,
+    new_customer,
+)
 
 
 def clock(client: stripe.StripeClient) -> str:
-    return client.v1.test_helpers.test_clocks.create(params={"frozen_time": START}).id
-
-
-def advance(client: stripe.StripeClient, clock_id: str, to: int) -> None:
-    result = client.v1.test_helpers.test_clocks.advance(clock_id, params={"frozen_time": to})
-    assert result.status == "advancing"
-    assert client.v1.test_helpers.test_clocks.retrieve(clock_id).status == "ready"
+    return new_clock(client)
 
 
 def invoices(client: stripe.StripeClient, sub_id: str) -> list[stripe.Invoice]:
@@ -122,14 +121,16 @@ def test_renewal_failure_past_due_then_recovery(
     client.v1.customers.update(
         customer.id, params={"invoice_settings": {"default_payment_method": bad.id}}
     )
-    advance(client, clock_id, period_end + 60)
+    advance(client, clock_id, period_end + 2 * HOUR)
     sub = client.v1.subscriptions.retrieve(sub.id)
     assert sub.status == "past_due"
     assert sub["items"].data[0].current_period_start == period_end
     renewal = client.v1.invoices.retrieve(str(sub.latest_invoice))
     assert renewal.billing_reason == "subscription_cycle"
     assert renewal.status == "open" and renewal.attempt_count == 1
-    assert renewal.next_payment_attempt == period_end + 3 * DAY
+    # Smart Retries (on by default): 8 tries within 2 weeks, the first an hour after renewal.
+    first_attempt = period_end + HOUR
+    assert renewal.next_payment_attempt == first_attempt + 2 * DAY
     failed = client.v1.events.list(params={"type": "invoice.payment_failed", "limit": 5})
     assert failed.data[0].data.object["id"] == renewal.id
 
@@ -137,8 +138,10 @@ def test_renewal_failure_past_due_then_recovery(
     client.v1.customers.update(
         customer.id, params={"invoice_settings": {"default_payment_method": pm}}
     )
-    advance(client, clock_id, period_end + 4 * DAY)
-    assert client.v1.invoices.retrieve(renewal.id).status == "paid"
+    advance(client, clock_id, first_attempt + 2 * DAY + HOUR)
+    paid = client.v1.invoices.retrieve(renewal.id)
+    assert paid.status == "paid" and paid.attempt_count == 2
+    assert paid.status_transitions.paid_at == first_attempt + 2 * DAY
     assert client.v1.subscriptions.retrieve(sub.id).status == "active"
 
 
