@@ -23,6 +23,8 @@ import time
 import urllib.request
 from dataclasses import dataclass
 
+from shared.shutdown import TAIL_SECONDS
+
 SERVICES = (
     ("webhooks", "WEBHOOKS_PORT", 8081),
     ("subscriptions", "SUBSCRIPTIONS_PORT", 8082),
@@ -30,7 +32,9 @@ SERVICES = (
     ("retry", "RETRY_PORT", 8084),
     ("gateway", "GATEWAY_PORT", 8080),
 )
-GRACE_SECONDS = 20
+# What a service may take to stop on SIGTERM (shared/shutdown.py): the drain,
+# then its bounded clean-up.
+GRACE_SECONDS = float(os.environ.get("SHUTDOWN_DRAIN_SECONDS", "20")) + TAIL_SECONDS
 READY_TIMEOUT = 60
 
 
@@ -93,7 +97,7 @@ async def stop_all(children: list[Child]) -> None:
         children, await asyncio.gather(*waits, return_exceptions=True), strict=True
     ):
         if isinstance(outcome, TimeoutError):
-            print(f"{child.name} did not stop within {GRACE_SECONDS}s; killing it", flush=True)
+            print(f"{child.name} did not stop within {GRACE_SECONDS:.0f}s; killing it", flush=True)
             child.process.kill()
             await child.process.wait()
 

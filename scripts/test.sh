@@ -6,6 +6,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 ensure_venv
+ensure_k8s_tools
 ensure_postgres
 ensure_rabbitmq
 ensure_rabbitmq_management
