@@ -431,8 +431,11 @@ async def _apply_queue_policies(settings: ServiceSettings, queues: Sequence[Cons
         ),
         reraise=True,
     )
-    await retrying(policies.apply, api, wanted)
-    problems = await policies.verify(api, wanted)
+    try:
+        await retrying(policies.apply, api, wanted)
+        problems = await policies.verify(api, wanted)
+    except policies.ManagementError as exc:
+        raise SystemExit(f"queue policies not applied: {exc}") from exc
     if problems:
         # Another policy of higher priority shadows ours: an operator's to settle.
         raise SystemExit(

@@ -13,6 +13,7 @@ import aio_pika
 import aiohttp
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from services.subscriptions.handlers import stripe_events_queue
 from shared import queues
@@ -132,6 +133,10 @@ async def without_subscriptions_policies() -> AsyncIterator[list[QueuePolicy]]:
     await policies.apply(api, wanted)
 
 
+def _in_force(queue: str) -> float | None:
+    return REGISTRY.get_sample_value("broker_queue_policy_in_force", {"queue": queue})
+
+
 async def _ready(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
     async with http.get(f"{url}/readyz") as response:
         return response.status, await response.json()
@@ -171,6 +176,7 @@ async def test_no_message_is_taken_before_the_policies_are_in_force(
         status, body = await _ready(http, subscriptions)
         assert status == 503
         assert body["checks"] == {"database": True, "broker": True, "consumers": False}
+        assert _in_force(queues.SUBSCRIPTIONS_STRIPE) == 0
 
         # The queue exists and keeps what arrives; nothing takes it.
         sub = so.subscription(status="active")
@@ -197,6 +203,7 @@ async def test_no_message_is_taken_before_the_policies_are_in_force(
         )
         assert row["status"] == "active"
         assert await policies.verify(management(), without_subscriptions_policies) == {}
+        assert _in_force(queues.SUBSCRIPTIONS_STRIPE) == 1
     finally:
         await stack.stop()
 

@@ -140,7 +140,7 @@ class _SlowRequest:
         await self._writer.drain()
         await asyncio.sleep(0.3)  # the handler is now waiting for the rest
 
-    async def finish(self) -> tuple[int, dict[str, Any]]:
+    async def finish(self) -> tuple[int, dict[str, str], dict[str, Any]]:
         assert self._reader is not None and self._writer is not None
         self._writer.write(b" ")
         await self._writer.drain()
@@ -152,7 +152,7 @@ class _SlowRequest:
         assert "content-length" in headers, (status_line, headers)
         body = await self._reader.readexactly(int(headers["content-length"]))
         self._writer.close()
-        return int(status_line.split()[1]), orjson.loads(body)
+        return int(status_line.split()[1]), headers, orjson.loads(body)
 
 
 async def test_sigterm_takes_no_new_message_while_in_flight_requests_drain(
@@ -179,10 +179,12 @@ async def test_sigterm_takes_no_new_message_while_in_flight_requests_drain(
     assert first.returncode is None
     assert await message_count(queues.SUBSCRIPTIONS_STRIPE) == 1
 
-    # The in-flight request gets its answer, not a reset.
-    status, body = await request.finish()
+    # The in-flight request gets its answer, not a reset, and its client is
+    # told to take its next request elsewhere.
+    status, headers, body = await request.finish()
     assert status == 404
     assert body["error"]["code"] == "not_found"
+    assert headers["connection"] == "close"
     await _exited_within_grace(first, sent, grace=10 + TAIL_SECONDS)
 
     second = _process(processes, tmp_path, "subscriptions")
