@@ -357,9 +357,9 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
         loop.add_signal_handler(signum, stop.set)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=CANCEL_SECONDS)
     shutdown = app[SHUTDOWN]
+    starting = asyncio.create_task(_start(runner, host, port))
+    stopping = asyncio.create_task(stop.wait())
     try:
-        starting = asyncio.create_task(_start(runner, host, port))
-        stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if not starting.done():
             # Stopped while starting (waiting for a migration lock, say).
@@ -370,12 +370,12 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
             starting.result()  # a failed start raises here, after the clean-up below
             log.info("serving", port=port)
             await stopping
-        stopping.cancel()
         for site in list(runner.sites):
             await site.stop()  # no new connection from here on
         await shutdown.begin()
         await shutdown.requests_done()
     finally:
+        stopping.cancel()
         await runner.cleanup()
         log.info("stopped")
 

@@ -91,6 +91,8 @@ class Shutdown:
 
     async def requests_done(self) -> bool:
         """Wait, until the drain ends at most, for in-flight requests to finish."""
+        if self._requests == 0:
+            return True
         try:
             await asyncio.wait_for(self._no_requests.wait(), self.remaining())
         except TimeoutError:
