@@ -457,9 +457,10 @@ def main(
 
     ``migrate`` applies the service's migrations, and the policies of the
     queues it consumes, and exits: a deploy runs it before the service starts
-    (an init container in deploy/k8s), which then needs
-    ``MIGRATE_ON_START=false``. With ``MIGRATE_ON_START=true`` (the default)
-    each replica does the same at start, under the same advisory lock.
+    (an init container in deploy/k8s), which then runs with
+    ``MIGRATE_ON_START=false`` and only checks the policies. With
+    ``MIGRATE_ON_START=true`` (the default) each replica does both at start
+    (the migrations under the same advisory lock).
     """
     command = sys.argv[1] if len(sys.argv) > 1 else "serve"
     if command == "serve":
