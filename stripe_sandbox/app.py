@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import copy
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from . import control, timeline
@@ -43,6 +43,7 @@ from .params import Params
 from .resources import ROUTES
 from .sandbox import SANDBOX, Sandbox
 from .settings import AccountSettings
+from .store import snapshot
 
 log = logging.getLogger("stripe_sandbox")
 
@@ -120,7 +121,7 @@ async def _serve(sb: Sandbox, request: web.Request, fn: Handler) -> web.Response
         fault = sb.faults.take(request.path)
         if fault is not None:
             entry["fault"] = fault.kind
-            if fault.kind != "slow":
+            if fault.kind not in ("slow", "late_answer"):
                 raise _fault_error(fault)
         try:
             params = decode(request.query_string)
@@ -135,10 +136,12 @@ async def _serve(sb: Sandbox, request: web.Request, fn: Handler) -> web.Response
             raise publishable_key_refused()
         call = Call(method, request.path, params, dict(request.match_info), publishable=publishable)
         if not idem_key:
-            if fault is not None:
+            if fault is not None and fault.kind == "slow":
                 await asyncio.sleep(fault.delay_ms / 1000)
             status, body, _ = _execute(sb, fn, call, request_id=request_id, headers=headers)
             entry["status"] = status
+            if fault is not None and fault.kind == "late_answer":
+                await asyncio.sleep(fault.delay_ms / 1000)
             return _json_response(status, body, headers)
         return await _serve_idempotent(
             sb,
@@ -179,7 +182,7 @@ async def _serve_idempotent(
         )
     finished = False
     try:
-        if fault is not None:
+        if fault is not None and fault.kind == "slow":
             # A slow request holds its key while it runs: a second request with the
             # same key meanwhile gets the 409 a concurrent duplicate gets on Stripe.
             await asyncio.sleep(fault.delay_ms / 1000)
@@ -198,6 +201,8 @@ async def _serve_idempotent(
             )
             finished = True
         entry["status"] = status
+        if fault is not None and fault.kind == "late_answer":
+            await asyncio.sleep(fault.delay_ms / 1000)
         return web.Response(status=status, body=payload, content_type=JSON, headers=headers)
     finally:
         if not finished:
@@ -205,7 +210,12 @@ async def _serve_idempotent(
 
 
 def _encode(body: Any) -> bytes:
-    return json.dumps(body, indent=2).encode()
+    # Stripe pretty-prints its answers; orjson does it several times faster
+    # than json, which showed as a tenth of the sandbox's time per request.
+    try:
+        return orjson.dumps(body, option=orjson.OPT_INDENT_2)
+    except TypeError:
+        return json.dumps(body, indent=2).encode()
 
 
 def _execute(
@@ -215,7 +225,7 @@ def _execute(
     token = current_request.set((request_id, headers.get("Idempotency-Key")))
     try:
         result = fn(sb, call)
-        return 200, expand(sb, copy.deepcopy(result), Params(call.params).expand()), True
+        return 200, expand(sb, snapshot(result), Params(call.params).expand()), True
     except StripeError as exc:
         headers.update(exc.headers)
         return exc.status, exc.body(request_id), not exc.validation

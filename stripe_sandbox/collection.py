@@ -228,7 +228,7 @@ def _other_open_invoices(sb: Sandbox, sub: Obj, invoice: Obj) -> bool:
         inv["status"] == "open"
         and inv["id"] != invoice["id"]
         and (subscription_of(sb, inv) or {}).get("id") == sub["id"]
-        for inv in sb.store.all("invoice")
+        for inv in sb.store.objects["invoice"].values()
     )
 
 

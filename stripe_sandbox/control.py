@@ -14,8 +14,9 @@ POST /_sandbox/settings  {"smart_retries": bool, "retry_tries": 1-8,
                           "retry_window_days": 7|14|21|30|60,
                           "after_retries": "canceled"|"unpaid"|"past_due"}   partial update
 POST /_sandbox/tick                                      run what is due on the wall clock now
-POST /_sandbox/faults    {"kind": "rate_limit"|"server_error"|"slow", "count", "delay_ms",
-                          "path_prefix", "retry_after"}
+POST /_sandbox/faults    {"kind": "rate_limit"|"server_error"|"slow"|"late_answer",
+                          "count", "delay_ms", "path_prefix", "retry_after"}
+                          (late_answer: the request runs, its answer is held delay_ms)
 GET|DELETE /_sandbox/faults
 GET|DELETE /_sandbox/requests  (?path_prefix=&method=)  log of /v1 requests
 POST /_sandbox/payment_methods/{pm}/fail_next  {"count", "decline_code"}
@@ -39,6 +40,10 @@ POST /_sandbox/delivery  {"paused", "shuffle", "duplicates", "chaos", "seed"}
 POST /_sandbox/delivery/flush {"timeout"}       wait until the outbox is drained
 GET  /_sandbox/delivery/log                      every delivery attempt
 GET|POST /_sandbox/webhook_endpoints {"url", "secret"};  DELETE .../{id}
+POST /_sandbox/customers/{customer}/open_invoices  {"count": 1-200000, "amount", "currency"}
+                                                 that many one-line invoices, finalized
+                                                 (open) at once: a dunning benchmark's
+                                                 backlog without 100,000 API calls
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import collection, disputing, payments, refunding, timeline
+from . import collection, disputing, invoicing, payments, refunding, timeline
 from .cards import DECLINE_MESSAGES
 from .errors import StripeError, invalid
 from .events import current_request
@@ -152,7 +157,7 @@ async def add_fault(request: web.Request) -> web.Response:
     fault = Fault(
         kind=kind,
         remaining=int(body.get("count", 1)),
-        delay_ms=int(body.get("delay_ms", 1000 if kind == "slow" else 0)),
+        delay_ms=int(body.get("delay_ms", 1000 if kind in ("slow", "late_answer") else 0)),
         path_prefix=body.get("path_prefix"),
         retry_after=int(body.get("retry_after", 1)),
     )
@@ -319,6 +324,38 @@ async def remove_endpoint(request: web.Request) -> web.Response:
     return _ok({"id": request.match_info["id"], "deleted": removed})
 
 
+_MAX_BULK = 200_000
+
+
+def open_invoices(sb: Sandbox, body: dict[str, Any], match: dict[str, str]) -> Obj:
+    """Open invoices for a customer, built and finalized as ``POST /v1/invoices``
+    and ``.../finalize`` would (events included), in one step."""
+    customer = sb.store.get("customer", match["customer"])
+    count, amount = body.get("count", 1), body.get("amount", 1000)
+    if not isinstance(count, int) or not 1 <= count <= _MAX_BULK:
+        raise invalid(f"count must be an integer from 1 to {_MAX_BULK}", param="count")
+    if not isinstance(amount, int) or amount < 50:
+        raise invalid("amount must be an integer of at least 50", param="amount")
+    currency = str(body.get("currency", "usd"))
+    now = sb.now(customer["test_clock"])
+    ids = []
+    for _ in range(count):
+        invoice = invoicing.new_invoice(
+            sb,
+            customer=customer,
+            subscription=None,
+            billing_reason="manual",
+            lines=[invoicing.LineSpec(amount, "Open invoice", now, now)],
+            period_start=now,
+            period_end=now,
+            created=now,
+            currency=currency,
+        )
+        invoicing.finalize(sb, invoice, now)
+        ids.append(invoice["id"])
+    return {"object": "list", "data": ids}
+
+
 CUSTOMER_ACTIONS: dict[str, Action] = {
     "/_sandbox/payment_methods/{pm}/fail_next": fail_next,
     "/_sandbox/payment_intents/{id}/authenticate": authenticate_payment,
@@ -332,6 +369,7 @@ WORLD_ACTIONS: dict[str, Action] = {
     "/_sandbox/charges/{id}/dispute": dispute,
     "/_sandbox/disputes/{id}/close": close_dispute,
     "/_sandbox/checkout/sessions/{id}/expire": expire_checkout,
+    "/_sandbox/customers/{customer}/open_invoices": open_invoices,
 }
 
 

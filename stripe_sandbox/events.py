@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 from .delivery import DeliveryManager
 from .fixtures import template
 from .ids import new_id
-from .store import Obj, Store
+from .store import Obj, Store, snapshot
 
 API_VERSION = "2026-10-28.endive"
 
@@ -37,9 +36,9 @@ class Events:
     ) -> dict[str, Any]:
         request_id, idempotency_key = current_request.get()
         event = template("event")
-        data: dict[str, Any] = {"object": copy.deepcopy(obj)}
+        data: dict[str, Any] = {"object": snapshot(obj)}
         if previous_attributes is not None:
-            data["previous_attributes"] = copy.deepcopy(previous_attributes)
+            data["previous_attributes"] = snapshot(previous_attributes)
         event.update(
             {
                 "id": new_id("evt"),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KINDS = ("rate_limit", "server_error", "slow")
+# "slow" holds a request before it runs; "late_answer" runs it (its events go
+# out) and holds the answer, as when the network is slow on the way back.
+KINDS = ("rate_limit", "server_error", "slow", "late_answer")
 
 
 @dataclass

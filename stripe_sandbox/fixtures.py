@@ -8,12 +8,13 @@ trimmed snapshot inside this package keeps the emulator working without it.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from .store import snapshot
 
 ENV_VAR = "STRIPE_FIXTURES"
 SHARED_PATH = Path(__file__).resolve().parents[1] / ".." / "shared" / "stripe" / "fixtures3.json"
@@ -50,6 +51,9 @@ RESOURCES = (
     "deleted_test_helpers.test_clock",
     "deleted_product",
     "deleted_price",
+    "billing.meter",
+    "billing.meter_event",
+    "billing.meter_event_summary",
 )
 
 
@@ -72,4 +76,4 @@ def template(resource: str) -> dict[str, Any]:
     found = _resources().get(resource)
     if found is None:
         return {}
-    return copy.deepcopy(found)
+    return snapshot(found)

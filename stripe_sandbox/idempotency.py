@@ -58,8 +58,16 @@ class IdempotencyCache:
         self._running.clear()
 
     def _expire(self) -> None:
+        # Saved in the order they were stored, so the expired ones are a prefix:
+        # stop at the first one still fresh instead of scanning every key on
+        # every request.
         cutoff = self.clock() - self.ttl
-        for key in [k for k, v in self._saved.items() if v.stored_at < cutoff]:
+        expired = []
+        for key, saved in self._saved.items():
+            if saved.stored_at >= cutoff:
+                break
+            expired.append(key)
+        for key in expired:
             del self._saved[key]
 
     def begin(

@@ -379,6 +379,7 @@ def _new_invoice_payment(sb: Sandbox, invoice: Obj, pi: Obj, now: int) -> Obj:
         }
     )
     sb.store.add("invoice_payment", record)
+    sb.store.invoice_payment_ids.setdefault(invoice["id"], []).append(record["id"])
     return record
 
 
@@ -401,7 +402,10 @@ def attach_item(sb: Sandbox, invoice: Obj, ii: Obj) -> None:
 
 
 def invoice_payments(sb: Sandbox, invoice_id: str) -> list[Obj]:
-    return [p for p in sb.store.all("invoice_payment") if p["invoice"] == invoice_id]
+    """The invoice's payment records, newest first (as ``store.all`` lists)."""
+    ids = sb.store.invoice_payment_ids.get(invoice_id, [])
+    found = (sb.store.maybe("invoice_payment", i) for i in reversed(ids))
+    return [p for p in found if p is not None]
 
 
 def payment_intent_for(sb: Sandbox, invoice: Obj) -> Obj | None:

@@ -12,6 +12,8 @@ import copy
 import itertools
 from typing import Any, TypeVar
 
+import orjson
+
 from .errors import missing
 
 # kind -> (id prefix, label used in Stripe's "No such ..." message)
@@ -37,6 +39,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "billing_portal.session": ("bps", "billing_portal.session"),
     "event": ("evt", "event"),
     "test_clock": ("clock", "test_helpers.test_clock"),
+    "billing.meter": ("mtr", "billing.meter"),
 }
 
 # Longest first, so ``sub_sched_...`` is a schedule and not a subscription.
@@ -61,6 +64,9 @@ class Store:
         # a setup, and what is due to settle later: pending refunds, bank debits.
         self.invoice_payment_intent: dict[str, str] = {}
         self.payment_intent_invoice: dict[str, str] = {}
+        # invoice id -> its invoice_payment records' ids, oldest first (paying one
+        # invoice must not scan every payment record: a dunning backlog has many)
+        self.invoice_payment_ids: dict[str, list[str]] = {}
         self.fail_next: dict[str, list[str]] = {}
         self.first_failed_attempt: dict[str, int] = {}
         self.authenticated_pms: set[str] = set()
@@ -82,6 +88,10 @@ class Store:
         self.checkout_data: dict[str, dict[str, Obj]] = {}
         # checkout session id -> the coupons / promotion codes it will redeem on completion
         self.checkout_redemptions: dict[str, list[Any]] = {}
+        # Usage reported to meters: events (never retrievable one by one on
+        # Stripe, only summarised) and the identifiers already taken.
+        self.meter_events: list[Obj] = []
+        self.meter_identifiers: set[str] = set()
 
     def add(self, kind: str, obj: Obj) -> Obj:
         self.objects[kind][obj["id"]] = obj
@@ -120,4 +130,15 @@ T = TypeVar("T")
 
 
 def snapshot(obj: T) -> T:
-    return copy.deepcopy(obj)
+    """A deep copy of a JSON-shaped object (what every Stripe object is).
+
+    Through orjson, about ten times faster than ``copy.deepcopy``: the sandbox
+    copies every object it answers with and every event it records, which made
+    copying most of its cost per request. Anything orjson cannot encode falls
+    back to ``deepcopy``.
+    """
+    try:
+        copied: T = orjson.loads(orjson.dumps(obj))
+    except TypeError:
+        return copy.deepcopy(obj)
+    return copied

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..api import Route
 from . import (
+    billing_meters,
     billing_portal,
     catalog,
     checkout,
@@ -37,4 +38,5 @@ ROUTES: list[Route] = [
     *billing_portal.ROUTES,
     *events_api.ROUTES,
     *test_clocks.ROUTES,
+    *billing_meters.ROUTES,
 ]

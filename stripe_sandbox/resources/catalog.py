@@ -197,6 +197,13 @@ def _new_price(sb: Sandbox, p: Params) -> Obj:
     return price
 
 
+def inline_price(sb: Sandbox, price_data: dict[str, object]) -> Obj:
+    """A ``price_data`` of a Checkout line item: a price (and, from ``product_data``,
+    a product) made for that line alone, inactive so it is never offered again."""
+    allowed = {"currency", "unit_amount", "unit_amount_decimal", "product", "product_data"}
+    return _new_price(sb, Params({**price_data, "active": "false"}, allowed | {"active"}))
+
+
 def create_price(sb: Sandbox, call: Call) -> Obj:
     return _new_price(sb, call.p(PRICE_FIELDS))
 

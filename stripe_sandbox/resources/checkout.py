@@ -25,7 +25,7 @@ from ..lifecycle import NewSubscription
 from ..params import merge_metadata, parse_int
 from ..sandbox import Sandbox
 from ..store import Obj
-from . import customers
+from . import catalog, customers
 
 FIELDS = {
     "mode",
@@ -69,9 +69,13 @@ def _line_items(sb: Sandbox, raw: list[Any], mode: str) -> list[Obj]:
     for index, raw_entry in enumerate(raw):
         entry = raw_entry if isinstance(raw_entry, dict) else {}
         param = f"line_items[{index}][price]"
-        if not entry.get("price"):
+        if isinstance(entry.get("price_data"), dict) and not entry.get("price"):
+            # An inline price, made for this session alone (Stripe makes it inactive).
+            price = catalog.inline_price(sb, entry["price_data"])
+        elif not entry.get("price"):
             raise required(param)
-        price = sb.store.get("price", entry["price"], param)
+        else:
+            price = sb.store.get("price", entry["price"], param)
         if mode == "payment" and price["type"] == "recurring":
             raise invalid(
                 "You specified `payment` mode but passed a recurring price. Either "

@@ -3,6 +3,7 @@ and the limits Stripe puts on expires_at."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from tests.stripe_sandbox.sandbox_helpers import (
     new_customer,
     types_of,
 )
+from tests.support.env import STRIPE_FIXTURES
 
 
 def session(client: stripe.StripeClient, price: str, **extra: Any) -> stripe.checkout.Session:
@@ -148,3 +150,60 @@ def test_three_d_secure_is_done_on_the_hosted_page(
     )
     assert done["payment_status"] == "paid"
     assert client.v1.subscriptions.retrieve(done["subscription"]).status == "active"
+
+
+def test_inline_prices_from_price_data(
+    sandbox: Sandbox, client: stripe.StripeClient, fixtures_item_keys: set[str]
+) -> None:
+    opened = client.v1.checkout.sessions.create(
+        params={
+            "mode": "payment",
+            "line_items": [
+                {
+                    "quantity": 2,
+                    "price_data": {
+                        "currency": "usd",
+                        "unit_amount": 2500,
+                        "product_data": {"name": "Meeting room, one hour"},
+                    },
+                },
+                {
+                    "quantity": 1,
+                    "price_data": {
+                        "currency": "usd",
+                        "unit_amount": 150,
+                        "product_data": {"name": "Processing fee"},
+                    },
+                },
+            ],
+            "success_url": "https://example.com/ok",
+        }
+    )
+    assert opened.amount_total == 5150
+    items = client.v1.checkout.sessions.line_items.list(opened.id).data
+    assert [(i.quantity, i.amount_total, i.description) for i in items] == [
+        (2, 5000, "Meeting room, one hour"),
+        (1, 150, "Processing fee"),
+    ]
+    price = items[0].price
+    assert price is not None and price.active is False and price.type == "one_time"
+    # An inline price has the shape of any price (Stripe's example's keys).
+    assert fixtures_item_keys <= set(items[0].to_dict())
+    done = sandbox.control("POST", f"/_sandbox/checkout/sessions/{opened.id}/complete", {})
+    assert client.v1.payment_intents.retrieve(done["payment_intent"]).amount == 5150
+
+
+def test_price_data_needs_a_currency(client: stripe.StripeClient) -> None:
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.checkout.sessions.create(
+            params={
+                "mode": "payment",
+                "line_items": [{"price_data": {"unit_amount": 100, "product_data": {"name": "x"}}}],
+                "success_url": "https://example.com/ok",
+            }
+        )
+
+
+@pytest.fixture(scope="module")
+def fixtures_item_keys() -> set[str]:
+    return set(json.loads(STRIPE_FIXTURES.read_text())["resources"]["item"])

@@ -214,3 +214,33 @@ def test_event_listing_filters_and_pagination(
         == 6
     )
     assert client.v1.events.retrieve(events.data[0].id).type == "customer.updated"
+
+
+def test_a_created_window_pages_with_starting_after_as_a_backfill_reads_it(
+    sandbox: Sandbox, client: stripe.StripeClient
+) -> None:
+    # What the product's backfill sends: a created[gte]/created[lte] window,
+    # paged newest first with starting_after; has_more speaks of the window.
+    sandbox.reset()
+    for i in range(5):
+        client.v1.customers.create(params={"email": f"w{i}@example.com"})
+    every = client.v1.events.list(params={"limit": 100}).data
+    newest = every[0].created
+    window = {"gte": newest - 3600, "lte": newest}
+    seen: list[str] = []
+    params: dict[str, object] = {"created": window, "limit": 2}
+    while True:
+        page = client.v1.events.list(params=params)
+        assert page.object == "list" and page.url == "/v1/events"
+        seen += [e.id for e in page.data]
+        if not page.has_more:
+            break
+        params["starting_after"] = page.data[-1].id
+    assert seen == [e.id for e in every]
+    # A window after the newest event is empty, and says there is no more.
+    later = client.v1.events.list(params={"created": {"gt": newest}, "limit": 2})
+    assert (later.data, later.has_more) == ([], False)
+    # Each listed event is the whole event, as a webhook carries it.
+    assert {"id", "object", "type", "created", "data", "api_version", "livemode"} <= set(
+        every[0].to_dict()
+    )

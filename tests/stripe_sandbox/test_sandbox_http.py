@@ -321,3 +321,26 @@ def test_publishable_keys_reach_only_the_client_side_endpoints(
         },
     )
     assert confirmed.status_code == 200 and confirmed.json()["status"] == "succeeded"
+
+
+def test_late_answer_fault_runs_the_request_first(
+    sandbox: Sandbox, client: stripe.StripeClient
+) -> None:
+    sandbox.control(
+        "POST",
+        "/_sandbox/faults",
+        {"kind": "late_answer", "count": 1, "delay_ms": 1500, "path_prefix": "/v1/customers"},
+    )
+    with ThreadPoolExecutor(1) as pool:
+        creating = pool.submit(
+            client.v1.customers.create, params={"email": "late-answer@example.com"}
+        )
+        deadline = time.monotonic() + 1.2
+        seen: list[Any] = []
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+            events = client.v1.events.list(params={"type": "customer.created", "limit": 100})
+            seen = [e for e in events.data if e.data.object["email"] == "late-answer@example.com"]
+        # The customer and its event exist while the answer is still held back.
+        assert seen and not creating.done()
+        assert creating.result(timeout=5).id == seen[0].data.object["id"]

@@ -1,57 +1,118 @@
-"""The catalog seeder runs against the sandbox as a real process, idempotently."""
+"""``make seed`` syncs catalog.toml to Stripe (the sandbox, as a real process):
+idempotently by lookup key, archiving what left the file, refusing a key reused
+for another amount."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import stripe
 
-from services.subscriptions.seed_catalog import load_catalog
+from services.subscriptions.seed_catalog import wanted_prices
+from shared import catalog
 from tests.stripe_sandbox.sandbox_helpers import REPO_ROOT, Sandbox
 
-EXPECTED = {
-    "hot_desk_monthly": 19900,
-    "dedicated_desk_monthly": 34900,
-    "private_office_monthly": 89900,
-    "meeting_room_hour": 2500,
-}
 
-
-def run_seed(sandbox: Sandbox) -> str:
+def run_seed(sandbox: Sandbox, path: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "STRIPE_API_BASE": sandbox.base_url}
     env.pop("STRIPE_SECRET_KEY", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "services.subscriptions.seed_catalog"],
+    args = ["--catalog", str(path)] if path else []
+    return subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "services.subscriptions.seed_catalog", *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
-        check=True,
+        check=False,
     )
-    return done.stdout
 
 
-def test_catalog_file() -> None:
-    catalog = {p.lookup_key: p for p in load_catalog()}
-    assert {k: p.unit_amount for k, p in catalog.items()} == EXPECTED
-    assert catalog["hot_desk_monthly"].credits == 10
-    assert catalog["meeting_room_hour"].interval is None
+def _prices(client: stripe.StripeClient) -> list[stripe.Price]:
+    return list(client.v1.prices.list(params={"limit": 100}).data)
+
+
+def test_every_plan_price_eligibility_price_and_product_is_wanted() -> None:
+    wanted = {w.lookup_key: w for w in wanted_prices(catalog.load())}
+    assert wanted["hot_desk_monthly"].amount == 19900
+    assert wanted["hot_desk_yearly"].interval == "year"
+    assert wanted["hot_desk_partner_monthly"].metadata["tier"] == "partner"
+    assert wanted["day_pass"].interval is None
+    assert "meeting_room_hour_overage" not in wanted  # metered: needs a meter first
 
 
 def test_seed_is_idempotent(sandbox: Sandbox, client: stripe.StripeClient) -> None:
     sandbox.reset()
+    expected = {w.lookup_key: w.amount for w in wanted_prices(catalog.load())}
     first = run_seed(sandbox)
-    assert first.count("created") == 4
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("created") == len(expected)
     second = run_seed(sandbox)
-    assert second.count("found") == 4 and "created" not in second
-    prices = client.v1.prices.list(params={"lookup_keys": list(EXPECTED), "limit": 100}).data
-    assert {p.lookup_key: p.unit_amount for p in prices} == EXPECTED
-    assert len(client.v1.products.list(params={"limit": 100}).data) == 4
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("found") == len(expected) and "created" not in second.stdout
+    prices = _prices(client)
+    assert {p.lookup_key: p.unit_amount for p in prices} == expected  # no duplicate
     hot = next(p for p in prices if p.lookup_key == "hot_desk_monthly")
     assert hot.recurring is not None and hot.recurring.interval == "month"
-    assert hot.metadata["credits"] == "10"
-    room = next(p for p in prices if p.lookup_key == "meeting_room_hour")
-    assert room.type == "one_time"
+    assert hot.product == "plan_hot_desk"
+
+
+def test_a_price_that_left_the_file_is_archived_and_comes_back(
+    sandbox: Sandbox, client: stripe.StripeClient, tmp_path: Path
+) -> None:
+    sandbox.reset()
+    assert run_seed(sandbox).returncode == 0
+    text = (REPO_ROOT / "catalog.toml").read_text()
+    smaller = tmp_path / "catalog.toml"
+    smaller.write_text(
+        text.replace('prices.year = { lookup_key = "hot_desk_yearly", amount = 199000 }\n', "")
+    )
+
+    done = run_seed(sandbox, smaller)
+
+    assert done.returncode == 0, done.stderr
+    assert "archived hot_desk_yearly" in done.stdout
+    yearly = next(p for p in _prices(client) if p.lookup_key == "hot_desk_yearly")
+    assert yearly.active is False
+    back = run_seed(sandbox)
+    assert "reactivated hot_desk_yearly" in back.stdout
+    assert next(p for p in _prices(client) if p.lookup_key == "hot_desk_yearly").active
+
+
+def test_a_lookup_key_reused_for_another_amount_is_refused_by_name(
+    sandbox: Sandbox, client: stripe.StripeClient, tmp_path: Path
+) -> None:
+    sandbox.reset()
+    assert run_seed(sandbox).returncode == 0
+    changed = tmp_path / "catalog.toml"
+    changed.write_text(
+        (REPO_ROOT / "catalog.toml")
+        .read_text()
+        .replace(
+            'lookup_key = "hot_desk_monthly", amount = 19900',
+            'lookup_key = "hot_desk_monthly", amount = 20900',
+        )
+    )
+    before = {p.id: (p.unit_amount, p.active) for p in _prices(client)}
+
+    done = run_seed(sandbox, changed)
+
+    assert done.returncode == 2
+    assert "'hot_desk_monthly'" in done.stderr and "new key" in done.stderr
+    assert {p.id: (p.unit_amount, p.active) for p in _prices(client)} == before  # nothing changed
+
+
+def test_a_file_reusing_a_key_for_two_amounts_is_refused_by_name(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    text = (REPO_ROOT / "catalog.toml").read_text()
+    broken = tmp_path / "catalog.toml"
+    broken.write_text(
+        text.replace('lookup_key = "dedicated_desk_monthly"', 'lookup_key = "hot_desk_monthly"')
+    )
+    done = run_seed(sandbox, broken)
+    assert done.returncode == 2
+    assert "'hot_desk_monthly'" in done.stderr

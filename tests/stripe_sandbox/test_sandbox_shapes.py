@@ -280,3 +280,64 @@ def test_the_packaged_snapshot_is_stripes_fixtures(fixtures: dict[str, Any]) -> 
     snapshot = json.loads(SNAPSHOT_PATH.read_text())["resources"]
     assert set(snapshot) == set(RESOURCES)
     assert {kind: fixtures[kind] for kind in RESOURCES} == snapshot
+
+
+def test_payment_event_payloads_have_the_fixture_keys(
+    sandbox: Sandbox,
+    client: stripe.StripeClient,
+    catalog: dict[str, Any],
+    fixtures: dict[str, Any],
+) -> None:
+    """The events booking payments consume, each made here so none goes untested:
+    payment_intent.processing, checkout.session.expired, charge.refunded and
+    charge.dispute.created / closed, compared with Stripe's example objects."""
+    customer, pm = new_customer(client)
+    debit = client.v1.payment_intents.create(
+        params={
+            "amount": 12000,
+            "currency": "usd",
+            "customer": customer.id,
+            "payment_method_types": ["us_bank_account"],
+            "payment_method": "pm_usBankAccount_success",
+            "confirm": True,
+        }
+    )
+    sandbox.control("POST", f"/_sandbox/payment_intents/{debit.id}/settle", {})
+    session = client.v1.checkout.sessions.create(
+        params={
+            "mode": "payment",
+            "line_items": [{"price": catalog["room"].id}],
+            "success_url": "https://example.com/ok",
+            "metadata": {"payment_id": "pay_shape"},
+        }
+    )
+    sandbox.control("POST", f"/_sandbox/checkout/sessions/{session.id}/expire")
+    card = client.v1.payment_intents.create(
+        params={
+            "amount": 2500,
+            "currency": "usd",
+            "customer": customer.id,
+            "payment_method": pm,  # type: ignore[typeddict-item]
+            "confirm": True,
+        }
+    )
+    client.v1.refunds.create(params={"payment_intent": card.id, "amount": 500})
+    dispute = sandbox.control("POST", f"/_sandbox/charges/{card.latest_charge}/dispute", {})
+    sandbox.control("POST", f"/_sandbox/disputes/{dispute['id']}/close", {"outcome": "lost"})
+
+    wanted = {
+        ("payment_intent.processing", debit.id),
+        ("payment_intent.succeeded", debit.id),
+        ("checkout.session.expired", session.id),
+        ("charge.refunded", str(card.latest_charge)),
+        ("charge.dispute.created", dispute["id"]),
+        ("charge.dispute.closed", dispute["id"]),
+    }
+    seen: dict[tuple[str, str], list[str]] = {}
+    for event in client.v1.events.list(params={"limit": 100}).auto_paging_iter():
+        inner = event.to_dict()["data"]["object"]
+        key = (event.type, inner["id"])
+        if key in wanted:
+            seen[key] = missing_keys(fixtures[inner["object"]], inner)
+    assert set(seen) == wanted
+    assert {k: v for k, v in seen.items() if v} == {}
