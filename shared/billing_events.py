@@ -38,7 +38,9 @@ class _Data(BaseModel):
 class Member(_Data):
     """Who the event is about."""
 
-    user_id: str
+    user_id: str = Field(
+        description="Empty only for a Stripe customer this product did not create."
+    )
     customer_id: str = Field(description="The Stripe customer.")
     email: str | None = None
 
@@ -168,7 +170,9 @@ class InvoicePaymentFailed(_Data):
 class PaymentRef(_Data):
     """What a payment paid for: bookings, or a subscription invoice."""
 
-    payment_id: str | None = Field(description="The payments service's id (bookings).")
+    payment_id: str | None = Field(
+        description="The payment's id in GET /v1/payments/{id} (bookings and invoices' charges)."
+    )
     payment_intent_id: str | None
     charge_id: str | None = None
     booking_refs: list[str] = Field(default_factory=list)

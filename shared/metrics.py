@@ -31,6 +31,12 @@ HTTP_REQUESTS_IN_FLIGHT = Gauge(
     "HTTP requests being answered right now, by route template.",
     ["route"],
 )
+SERVICE_READY = Gauge(
+    "service_ready",
+    "1 when the readiness check passed at the last /readyz or /metrics request, else 0, "
+    "by check (database, broker, consumers).",
+    ["check"],
+)
 DB_POOL_CONNECTIONS = Gauge(
     "db_pool_connections",
     "Postgres connections of a service's pool, by schema and state (open, in_use, max).",
@@ -63,6 +69,11 @@ API_AUTH_FAILURES = Counter(
     "gateway_api_auth_failures_total",
     "Client API requests refused by authentication or authorisation, by reason.",
     ["reason"],
+)
+API_PREVIOUS_SECRET_TOKENS = Counter(
+    "gateway_api_previous_secret_tokens_total",
+    "Client API tokens accepted with a secret of JWT_PREVIOUS_SECRETS (a rotation in "
+    "progress); once it stays at zero for a token lifetime, the old secret can go.",
 )
 API_RATE_LIMITED = Counter(
     "gateway_api_rate_limited_total",
@@ -98,6 +109,14 @@ MESSAGE_HANDLE_SECONDS = Histogram(
     ["queue"],
     buckets=_FAST_BUCKETS,
 )
+MESSAGE_WAIT_SECONDS = Histogram(
+    "consumer_message_wait_seconds",
+    "Time a message waited in its queue, from its publish (the AMQP timestamp, whole "
+    "seconds) to its first delivery; in a queue worked in order, the age of the oldest "
+    "message. Retried and redelivered messages are left out (their wait includes the delay).",
+    ["queue"],
+    buckets=(1.0, 2.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0),
+)
 MESSAGES_IN_FLIGHT = Gauge(
     "consumer_messages_in_flight",
     "Messages being handled right now.",
@@ -120,6 +139,26 @@ DEAD_LETTERS_REDRIVEN = Counter(
     "Dead-lettered messages sent back to their queue by an operator.",
     ["queue"],
 )
+DEAD_LETTERS_RECORDED = Counter(
+    "dead_letters_recorded_total",
+    "Dead-lettered messages taken from a dead-letter queue into the webhooks service's store.",
+    ["queue"],
+)
+DEAD_LETTERS_DISCARDED = Counter(
+    "dead_letters_discarded_total",
+    "Dead letters an operator gave up on, with a reason.",
+    ["queue"],
+)
+DEAD_LETTERS = Gauge(
+    "dead_letters",
+    "Dead letters waiting for an operator (neither redriven nor discarded), by consumer queue.",
+    ["queue"],
+)
+DEAD_LETTERS_OLDEST_AGE_SECONDS = Gauge(
+    "dead_letters_oldest_age_seconds",
+    "Age of the oldest dead letter waiting for an operator, by consumer queue (0 when none).",
+    ["queue"],
+)
 
 # --- Webhooks ledger --------------------------------------------------------
 LEDGER_EVENTS_STORED = Counter(
@@ -130,6 +169,22 @@ LEDGER_EVENTS_STORED = Counter(
 LEDGER_EVENTS_REPLAYED = Counter(
     "ledger_events_replayed_total",
     "Stripe events published again from the ledger on an operator's request.",
+)
+
+RECONCILE_EVENTS = Counter(
+    "reconcile_events_total",
+    "Events listed from Stripe's Events API by a backfill, by outcome "
+    "(already_had: in the ledger or published by another backfill; recovered: published now).",
+    ["outcome"],
+)
+RECONCILE_JOBS = Counter(
+    "reconcile_jobs_total",
+    "Backfill jobs finished, by trigger (schedule, manual) and state (succeeded, failed).",
+    ["trigger", "state"],
+)
+RECONCILE_CHECKED_UNTIL_SECONDS = Gauge(
+    "reconcile_checked_until_timestamp_seconds",
+    "Unix time up to which every Stripe event was checked against the ledger.",
 )
 
 # --- Subscriptions ----------------------------------------------------------
@@ -173,4 +228,66 @@ OUTBOX_OLDEST_PENDING_SECONDS = Gauge(
     "outbox_oldest_pending_age_seconds",
     "Age of the oldest domain event not yet confirmed by the broker, by schema.",
     ["schema"],
+)
+
+# --- Retry: dunning ------------------------------------------------------------
+DUNNING_CASES_OPENED = Counter(
+    "dunning_cases_opened_total",
+    "Dunning cases opened (a renewal's first failed payment).",
+)
+DUNNING_CASES_CLOSED = Counter(
+    "dunning_cases_closed_total",
+    "Dunning cases closed, by final state (recovered, canceled, exhausted) and reason.",
+    ["state", "reason"],
+)
+DUNNING_CASES_RESUMED = Counter(
+    "dunning_cases_resumed_total",
+    "Paused cases (hard decline) made due again by a new payment method or an operator.",
+)
+DUNNING_ATTEMPTS = Counter(
+    "dunning_attempts_total",
+    "Dunning attempts finished, by outcome (succeeded, failed, already_settled, unavailable, "
+    "error, observed) and Stripe decline code (empty when none).",
+    ["outcome", "decline_code"],
+)
+DUNNING_RECOVERED_AMOUNT = Counter(
+    "dunning_recovered_amount_total",
+    "Money recovered by dunning cases, in the currency's minor units.",
+    ["currency"],
+)
+DUNNING_END_ACTIONS = Counter(
+    "dunning_end_actions_total",
+    "End actions of exhausted cases run, by action and outcome (done, failed).",
+    ["action", "outcome"],
+)
+DUNNING_CASES = Gauge(
+    "dunning_cases",
+    "Dunning cases by state, as the database holds them (refreshed by the scheduler).",
+    ["state"],
+)
+DUNNING_RECOVERY_RATE = Gauge(
+    "dunning_recovery_rate",
+    "Recovered cases over all closed cases (recovered, canceled, exhausted); 0 when none closed.",
+)
+DUNNING_OLDEST_DUE_SECONDS = Gauge(
+    "dunning_oldest_due_attempt_age_seconds",
+    "How long the most overdue attempt has been due; 0 when none is due (a growing value: "
+    "the scheduler is not keeping up, or not running).",
+)
+
+# --- Retry: notifications ------------------------------------------------------
+EMAILS_SENT = Counter(
+    "notifications_emails_sent_total",
+    "Emails accepted by the mail server, by template.",
+    ["template"],
+)
+EMAILS_FAILED = Counter(
+    "notifications_emails_failed_total",
+    "Emails not sent, by why: retry (a send failed, tried again later), dead (given up), "
+    "no_recipient (the event names no email), skipped, disabled (NOTIFICATIONS_ENABLED off).",
+    ["outcome"],
+)
+EMAILS_PENDING = Gauge(
+    "notifications_emails_pending",
+    "Emails waiting to be sent (the mail server is down or slow when this grows).",
 )

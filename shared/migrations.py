@@ -105,8 +105,11 @@ async def migrate(
     await _wait_for_lock(conn, schema)
     try:
         # The schema name is checked against _SCHEMA above; identifiers cannot
-        # be bound as parameters.
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        # be bound as parameters. A service's own role owns its schema
+        # (shared/db_roles.py) but may not create schemas: only create it
+        # when it is missing (a superuser's dev or test database).
+        if not await conn.fetchval("SELECT true FROM pg_namespace WHERE nspname = $1", schema):
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         await conn.execute(
             f"""CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
                     source text NOT NULL,

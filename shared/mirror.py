@@ -79,12 +79,22 @@ async def decide(
     """
     if not (_TABLE.fullmatch(table) and _TABLE.fullmatch(id_column)):
         raise ValueError(f"not a table and column name: {table!r}, {id_column!r}")
+    # FOR UPDATE locks only a row that exists: two first events for one object
+    # (created and updated, handled at once) would both find none, both apply,
+    # and the later commit would win, older or not. The lock on the object's
+    # id serialises them whether or not its row exists yet; it is taken in its
+    # own statement so the read below sees what the other transaction committed.
+    await ctx.conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{table}:{stripe_id}"
+    )
     row = await ctx.conn.fetchrow(
         f"SELECT version_created, version_progress, version_digest FROM {table}"  # noqa: S608
         f" WHERE {id_column} = $1 FOR UPDATE",
         stripe_id,
     )
-    if row is None:
+    if row is None or row["version_created"] is None:
+        # No row, or one written before any event about the object (a payment
+        # the API created before calling Stripe): nothing newer is held.
         return Verdict.APPLY
     held = Version(row["version_created"], tuple(row["version_progress"]))
     if version > held:

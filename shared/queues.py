@@ -8,5 +8,17 @@ from __future__ import annotations
 
 WEBHOOKS_LEDGER = "webhooks.ledger"
 SUBSCRIPTIONS_STRIPE = "subscriptions.stripe-events"
+SUBSCRIPTIONS_PAYMENTS = "subscriptions.payments"
+CREDITS_BILLING = "credits.billing-events"
+RETRY_STRIPE = "retry.stripe-events"
+# billing.events -> member emails (a module of the retry service).
+RETRY_NOTIFICATIONS = "retry.notifications"
 
-ALL = (WEBHOOKS_LEDGER, SUBSCRIPTIONS_STRIPE)
+ALL = (
+    WEBHOOKS_LEDGER,
+    SUBSCRIPTIONS_STRIPE,
+    SUBSCRIPTIONS_PAYMENTS,
+    CREDITS_BILLING,
+    RETRY_STRIPE,
+    RETRY_NOTIFICATIONS,
+)

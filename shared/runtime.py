@@ -52,6 +52,8 @@ from shared.http.internal_auth import require_service_token
 from shared.http.middleware import observe
 from shared.logging import configure_logging, get_logger
 from shared.migrations import SHARED_MIGRATIONS, migrate_database
+from shared.mirror_routes import Mirror
+from shared.mirrored_kinds import MirroredKinds
 from shared.outbox import OutboxRelay, purge_published
 from shared.settings import ServiceSettings
 from shared.shutdown import CANCEL_SECONDS, OUTBOX_FINAL_DRAIN_SECONDS, Shutdown, bounded
@@ -254,9 +256,12 @@ def service_app(
     consumes: Sequence[tuple[ConsumerQueue, Handlers]] = (),
     routes: ServiceRoutes | None = None,
     clock: Clock | None = None,
+    mirrors: MirroredKinds | None = None,
 ) -> web.Application:
     """A service with a schema, a broker connection, Stripe, its outbox relay,
-    its consumers, its API and health routes."""
+    its consumers, its API and health routes; with ``mirrors``, the routes the
+    drift report reads its mirrored Stripe objects by and repairs them through
+    (``shared/mirror_routes.py``)."""
     app = base_app(settings)
     app[CLOCK] = clock or SystemClock()
     app[CONSUMER_QUEUES] = tuple(queue for queue, _ in consumes)
@@ -302,6 +307,15 @@ def service_app(
             )
         )
         routes.install(app, lambda: app[POOL])
+    if mirrors is not None and len(mirrors):
+        Mirror(
+            mirrors,
+            service=name,
+            consumes=consumes,
+            pool=lambda: app[POOL],
+            clock=lambda: app[CLOCK],
+            stripe=lambda: app.get(STRIPE),
+        ).install(app)
     audit.add_internal_route(app, name, lambda: app[POOL])
     add_standard_routes(app, consumers=bool(consumes))
     return app

@@ -25,7 +25,9 @@ class ServiceSettings(StripeSettings):
     # amqps:// for TLS (then see the amqp_* TLS settings below). ?heartbeat=N
     # sets the heartbeat in seconds for every broker connection.
     amqp_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/", repr=False)
-    # Shared secret the gateway presents to the services' internal APIs.
+    # The token callers (the gateway) must present to this service's internal
+    # API; each service has its own. Comma separated during a rotation: the
+    # first is current, the others are still accepted.
     service_token: SecretStr
 
     http_host: str = "127.0.0.1"

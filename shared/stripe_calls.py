@@ -169,6 +169,7 @@ _RETRIEVE: dict[str, Callable[[stripe.StripeClient, str], Awaitable[Any]]] = {
     "dispute": lambda c, i: c.v1.disputes.retrieve_async(i),
     "customer": lambda c, i: c.v1.customers.retrieve_async(i),
     "subscription_schedule": lambda c, i: c.v1.subscription_schedules.retrieve_async(i),
+    "coupon": lambda c, i: c.v1.coupons.retrieve_async(i),
 }
 
 

@@ -27,8 +27,8 @@ import stripe
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
-from shared.api.caller import CALLER, Caller
-from shared.api.endpoint import Endpoint
+from shared.api.caller import CALLER, USER_ID_HEADER, Caller, Role
+from shared.api.endpoint import Access, Endpoint
 from shared.db import DbConnection
 from shared.http import idempotency
 from shared.http.errors import (
@@ -129,6 +129,16 @@ def _respond(endpoint: Endpoint, result: BaseModel | None) -> web.Response:
     return json_response(_dump(result), status=endpoint.status)
 
 
+# A public endpoint called without a token: an id no member has.
+ANONYMOUS = Caller(user_id="", role=Role.MEMBER)
+
+
+def _caller(endpoint: Endpoint, request: web.Request) -> Caller:
+    if endpoint.access is Access.PUBLIC and USER_ID_HEADER not in request.headers:
+        return ANONYMOUS
+    return Caller.from_headers(request.headers)
+
+
 def _path_params(endpoint: Endpoint, request: web.Request) -> dict[str, str]:
     values = {}
     for name, param in endpoint.path_params.items():
@@ -216,7 +226,7 @@ class ServiceRoutes:
         self, endpoint: Endpoint, handler: Handler, pool: Callable[[], asyncpg.Pool[Any]]
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def serve(request: web.Request) -> web.StreamResponse:
-            caller = Caller.from_headers(request.headers)
+            caller = _caller(endpoint, request)
             request[CALLER] = caller
             if not endpoint.access.allows(caller.role):
                 raise ApiError(403, "forbidden", f"requires role {endpoint.access.value}")

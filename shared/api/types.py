@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime
+from pydantic import AfterValidator, AwareDatetime, WithJsonSchema
 
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -20,5 +20,11 @@ def _in_utc(value: datetime) -> datetime:
     return moment
 
 
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+# What the validator takes, documented as such: clients (and fuzzers) may send
+# unix seconds as well as an ISO 8601 string with its offset.
+_ACCEPTED = WithJsonSchema(
+    {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]},
+    mode="validation",
+)
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc), _ACCEPTED]
 """A point in time with its offset (ISO 8601 or unix seconds), held in UTC."""

@@ -46,6 +46,7 @@ import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -323,6 +324,9 @@ class ConfirmConnection(asyncio.Protocol):
             delivery_mode=_PERSISTENT,
             message_id=message_id,
             headers=dict(headers) if headers else None,
+            # When it entered the broker: consumers measure how long messages
+            # wait (consumer_message_wait_seconds).
+            timestamp=datetime.now(UTC),
         )
         content_header = frame.marshal(header.ContentHeader(0, len(body), properties), _CHANNEL)
         self._outbox.append(method)

@@ -189,6 +189,7 @@ class Consumer:
             self._in_flight.add(task)
         gauge = metrics.MESSAGES_IN_FLIGHT.labels(self.queue.name)
         gauge.inc()
+        _observe_wait(self.queue.name, message)
         started = time.perf_counter()
         try:
             with log_context(queue=self.queue.name, message_id=message.message_id):
@@ -267,34 +268,16 @@ class Consumer:
         *,
         fetched: Mapping[str, Any] | None,
     ) -> str:
-        async with self._pool.acquire() as conn, conn.transaction():
-            first_time = await conn.fetchval(
-                "INSERT INTO inbox (event_id, event_type, queue) VALUES ($1, $2, $3)"
-                " ON CONFLICT (event_id, queue) DO NOTHING RETURNING true",
-                body["id"],
-                body["type"],
-                self.queue.name,
-            )
-            if not first_time:
-                await conn.execute(
-                    "UPDATE inbox SET duplicate_count = duplicate_count + 1,"
-                    " last_seen_at = now() WHERE event_id = $1 AND queue = $2",
-                    body["id"],
-                    self.queue.name,
-                )
-                log.debug("duplicate_skipped")
-                return "duplicate"
-            ctx = Context(
-                conn=conn,
-                clock=self._clock,
-                outbox=Outbox(conn, source=self._source, clock=self._clock),
-                message_id=body["id"],
-                queue=self.queue.name,
-                body=body,
-                fetched=fetched,
-            )
-            await registration.handle(event, ctx)
-        return "processed"
+        return await apply_in_inbox(
+            self._pool,
+            queue=self.queue.name,
+            source=self._source,
+            clock=self._clock,
+            body=body,
+            registration=registration,
+            event=event,
+            fetched=fetched,
+        )
 
     async def _retry(
         self, message: AbstractIncomingMessage, attempt: int, error: BaseException
@@ -387,6 +370,53 @@ class Consumer:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
 
+async def apply_in_inbox(
+    pool: asyncpg.Pool[Any],
+    *,
+    queue: str,
+    source: str,
+    clock: Clock,
+    body: Mapping[str, Any],
+    registration: Registration,
+    event: Any,
+    fetched: Mapping[str, Any] | None,
+) -> str:
+    """Step 2 of the ack rule: record the message in the inbox and run its
+    handler, in one transaction; "duplicate" when the inbox had it already.
+
+    Also the path of an object re-read on request (``shared/mirror_routes.py``),
+    so a repair is applied exactly as a delivered event would be.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        first_time = await conn.fetchval(
+            "INSERT INTO inbox (event_id, event_type, queue) VALUES ($1, $2, $3)"
+            " ON CONFLICT (event_id, queue) DO NOTHING RETURNING true",
+            body["id"],
+            body["type"],
+            queue,
+        )
+        if not first_time:
+            await conn.execute(
+                "UPDATE inbox SET duplicate_count = duplicate_count + 1,"
+                " last_seen_at = now() WHERE event_id = $1 AND queue = $2",
+                body["id"],
+                queue,
+            )
+            log.debug("duplicate_skipped")
+            return "duplicate"
+        ctx = Context(
+            conn=conn,
+            clock=clock,
+            outbox=Outbox(conn, source=source, clock=clock),
+            message_id=body["id"],
+            queue=queue,
+            body=body,
+            fetched=fetched,
+        )
+        await registration.handle(event, ctx)
+    return "processed"
+
+
 class _Hold:
     """The log lines and the held-messages gauge of one held message."""
 
@@ -437,6 +467,16 @@ def _delivery_channel_closed(message: AbstractIncomingMessage) -> bool:
         return bool(message.channel.is_closed)
     except aiormq.exceptions.ChannelInvalidStateError:
         return True
+
+
+def _observe_wait(queue: str, message: AbstractIncomingMessage) -> None:
+    # First deliveries only: a retried copy's timestamp is its republish, so
+    # its wait would include the retry delay; a redelivery's, the time it
+    # spent with a consumer that went away.
+    if message.timestamp is None or message.redelivered or _attempt(message):
+        return
+    waited = time.time() - message.timestamp.timestamp()
+    metrics.MESSAGE_WAIT_SECONDS.labels(queue).observe(max(0.0, waited))
 
 
 def _attempt(message: AbstractIncomingMessage) -> int:

@@ -1,28 +1,25 @@
-"""Inspect and redrive dead-letter queues.
+"""What a dead-lettered message says about itself.
 
-RabbitMQ is the store of dead letters: ``Q.dlq`` holds each message with the
-headers the consumer added (``x-last-error``, ``x-attempt``, ...). Inspecting
-takes messages with ``basic.get`` on a private channel and closes the channel
-without acking, so they all go back; redriving acks a message from the DLQ
-only after its copy into ``Q`` was confirmed, so a crash in between leaves a
-duplicate (which the consumer's inbox absorbs), never a loss.
+``Q.dlq`` holds each message with the headers the consumer added
+(``x-last-error``, ``x-attempt``, ...) or, when RabbitMQ itself dead-lettered
+it (the delivery limit), its ``x-death``. The dead-letter queues are only a
+hand-over point: the webhooks service takes every message out of them into
+its Postgres store (``services/webhooks/dead_letter_recorder.py``), where an
+operator lists, redrives and discards them. Peeking at a queue instead would
+hide the messages being looked at from everyone else and count as deliveries.
 """
 
 from __future__ import annotations
 
-import uuid
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
-import aiormq
 import orjson
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
-
-from shared import metrics
-from shared.broker.publisher import Publisher
-from shared.broker.topology import dead_letter_queue
+from aio_pika.abc import AbstractIncomingMessage
 
 
 @dataclass(frozen=True)
@@ -55,14 +52,6 @@ class DeadLetter:
         )
 
 
-@dataclass(frozen=True)
-class DeadLetterQueue:
-    queue: str
-    count: int
-    messages: list[DeadLetter]
-    declared: bool = True
-
-
 def _broker_reason(headers: Mapping[str, Any]) -> str | None:
     """Why RabbitMQ itself dead-lettered a message (no consumer wrote a reason):
     typically ``delivery_limit``, a message whose handling kept killing the
@@ -81,73 +70,50 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-async def inspect(
-    connection: AbstractRobustConnection, queue: str, *, limit: int = 50
-) -> DeadLetterQueue:
-    channel = await connection.channel(publisher_confirms=False)
-    try:
-        try:
-            dlq = await channel.declare_queue(dead_letter_queue(queue), passive=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            return DeadLetterQueue(queue=queue, count=0, messages=[], declared=False)
-        # The declare's count of a quorum queue lags: messages another channel
-        # just returned (an inspect a moment ago) may be missing from it, while
-        # basic.get already sees them. So read until the queue is empty.
-        count = dlq.declaration_result.message_count or 0
-        messages: list[DeadLetter] = []
-        while len(messages) < limit:
-            message = await dlq.get(no_ack=False, fail=False)
-            if message is None:
-                break
-            messages.append(DeadLetter.from_message(message))
-        return DeadLetterQueue(queue=queue, count=max(count, len(messages)), messages=messages)
-    finally:
-        # Closing without ack returns every message we looked at.
-        if not channel.is_closed:
-            await channel.close()
+def letter_key(message: AbstractIncomingMessage) -> str:
+    """What identifies a dead letter within its queue: the message id (the
+    event id), or a digest of the body for a message sent without one."""
+    if message.message_id:
+        return message.message_id
+    return "sha256:" + hashlib.sha256(message.body).hexdigest()
 
 
-async def redrive(
-    connection: AbstractRobustConnection,
-    publisher: Publisher,
-    queue: str,
-    *,
-    message_ids: set[str] | None = None,
-    limit: int = 1_000,
-) -> int:
-    """Move dead letters of ``queue`` back into it; all, or those with ``message_ids``."""
-    channel = await connection.channel(publisher_confirms=False)
-    moved = 0
-    try:
-        try:
-            dlq = await channel.declare_queue(dead_letter_queue(queue), passive=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            return 0
-        # Not bounded by the declare's message count: it lags (see inspect).
-        # Skipped messages stay unacked on this channel, so get never returns
-        # them twice and the loop ends when the queue has nothing ready; a
-        # message this call moved that failed again straight back into the DLQ
-        # carries this call's token and is left there, not moved in a loop.
-        token = uuid.uuid4().hex
-        while moved < limit:
-            message = await dlq.get(no_ack=False, fail=False)
-            if message is None:
-                break
-            if message_ids is not None and message.message_id not in message_ids:
-                continue  # returned to the DLQ when the channel closes
-            if _text((message.headers or {}).get("x-redrive-id")) == token:
-                continue  # likewise
-            headers = dict(message.headers or {})
-            headers["x-attempt"] = 0
-            headers["x-redrive-id"] = token
-            headers["x-redriven-at"] = datetime.now(UTC).isoformat()
-            await publisher.publish(
-                "", queue, message.body, message_id=message.message_id or "", headers=headers
-            )
-            await message.ack()
-            moved += 1
-            metrics.DEAD_LETTERS_REDRIVEN.labels(queue).inc()
-    finally:
-        if not channel.is_closed:
-            await channel.close()
-    return moved
+def death_mark(headers: Mapping[str, Any]) -> str:
+    """Which dead-lettering of a message this copy records.
+
+    Every failure the consumer dead-letters stamps ``x-failed-at``; a redrive
+    stamps ``x-redrive-id``; the broker's own dead-lettering counts in
+    ``x-death``. The same copy delivered twice (recorded, then its ack lost)
+    has the same mark; the same message failing again after a redrive has a
+    new one.
+    """
+    parts = [
+        _text(headers.get("x-failed-at")) or "",
+        _text(headers.get("x-redrive-id")) or "",
+        str(headers.get("x-attempt", "")),
+    ]
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list):
+        for death in deaths:
+            if isinstance(death, Mapping):
+                parts.append(f"{_text(death.get('queue'))}:{death.get('count')}")
+    return "|".join(parts)
+
+
+def json_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """AMQP headers as JSON (bytes as text, times as ISO 8601), for storing."""
+    return {str(k): _json_value(v) for k, v in headers.items()}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    return value

@@ -11,8 +11,9 @@ may change lives in one policy per queue, named after the queue:
   ``Q`` (at-least-once, which needs ``overflow: reject-publish``). TTL and
   target travel together: a tier without its policy keeps its messages (no
   TTL) rather than expiring them into nowhere.
-- ``Q.dlq``: a practically unreachable delivery limit, so peeking at dead
-  letters never drops one (RabbitMQ 4 defaults quorum queues to 20).
+- ``Q.dlq``: a practically unreachable delivery limit, so a dead letter put
+  back (its store unreachable) is never dropped (RabbitMQ 4 defaults quorum
+  queues to 20).
 
 A queue without its policy is not safe to consume: a message that keeps
 crashing the consumer would come back forever (RabbitMQ 3) or be dropped
@@ -195,6 +196,16 @@ class Management:
 
     async def delete_policy(self, name: str) -> None:
         await self._request("DELETE", f"policies/{self._vhost}/{quote(name, safe='')}")
+
+    async def put_user(self, name: str, password: str, tags: Iterable[str]) -> None:
+        """Create or update a user (shared/broker/users.py); needs an administrator."""
+        body = {"password": password, "tags": ",".join(tags)}
+        await self._request("PUT", f"users/{quote(name, safe='')}", body)
+
+    async def put_permissions(self, user: str, *, configure: str, write: str, read: str) -> None:
+        """Set ``user``'s permission regexes in this virtual host."""
+        body = {"configure": configure, "write": write, "read": read}
+        await self._request("PUT", f"permissions/{self._vhost}/{quote(user, safe='')}", body)
 
 
 def _same(existing: Mapping[str, Any] | None, policy: QueuePolicy) -> bool:

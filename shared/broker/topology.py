@@ -43,7 +43,8 @@ EXCHANGES = (STRIPE_EVENTS, BILLING_EVENTS)
 # Redeliveries after which RabbitMQ itself dead-letters a message (a consumer
 # crashing on it, or a connection dropping mid-handle, each count as one).
 DELIVERY_LIMIT = 20
-# Dead-letter queues are read by peeking (get, then return), and every return
+# Dead-letter queues are emptied by the webhooks service into its store; a
+# letter it could not store (its database away) goes back, and every return
 # counts as a delivery. Quorum queues on RabbitMQ 4 default to a limit of 20
 # and would then drop the dead letter; an explicit, practically unreachable
 # limit keeps it (on 3.x, -1 would drop on the first return instead).

@@ -20,7 +20,8 @@ A state-changing call that carries a key goes through three steps:
 
 Business refusals (4xx raised by the operation) are stored like successes, as
 Stripe does, so a retry sees the same refusal; unexpected failures release
-the key so the client may retry at once. Keys expire after
+the lease so the client may retry at once (the same request: the key stays
+bound to it until it expires). Keys expire after
 ``idempotency_key_ttl_seconds`` (24 h, as Stripe's) and are then forgotten.
 Keys are scoped by caller: two users may use the same key.
 """
@@ -31,7 +32,7 @@ import hashlib
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -73,15 +74,23 @@ class Claim:
     scope: str
     key: str
     token: uuid.UUID
+    # When the key was first claimed; a takeover keeps it, an expiry starts anew.
+    since: datetime | None = None
 
     def derived_key(self, namespace: str, purpose: str) -> str:
         """The idempotency key for one Stripe call made on behalf of this request.
 
-        Deterministic, so every run of the same request sends the same key;
-        distinct per ``purpose``, so two different calls of one request never
-        collide.
+        Deterministic, so every run of the same request (a retry, a takeover)
+        sends the same key; distinct per ``purpose``, so two different calls of
+        one request never collide; and distinct per lifetime of the client's
+        key, so a key reused after it expired (for another request, perhaps)
+        never meets the Stripe keys of its first life, which Stripe may still
+        hold with other parameters.
         """
-        digest = hashlib.sha256(f"{namespace}\0{self.scope}\0{self.key}\0{purpose}".encode())
+        life = self.since.isoformat() if self.since is not None else ""
+        digest = hashlib.sha256(
+            f"{namespace}\0{self.scope}\0{self.key}\0{life}\0{purpose}".encode()
+        )
         return f"{namespace}-{digest.hexdigest()[:48]}"
 
 
@@ -110,24 +119,24 @@ async def claim(
             key,
             ttl,
         )
-        token = await conn.fetchval(
+        fresh = await conn.fetchrow(
             "INSERT INTO idempotency_keys (scope, key, request_hash, lease_token, leased_until)"
             " VALUES ($1, $2, $3, gen_random_uuid(), now() + $4::interval)"
-            " ON CONFLICT (scope, key) DO NOTHING RETURNING lease_token",
+            " ON CONFLICT (scope, key) DO NOTHING RETURNING lease_token, created_at",
             scope,
             key,
             request_fingerprint,
             lease,
         )
-        if token is not None:
-            return Claim(scope, key, token)
+        if fresh is not None:
+            return Claim(scope, key, fresh["lease_token"], fresh["created_at"])
         row = await conn.fetchrow(
-            "SELECT request_hash, status, response, leased_until > now() AS running"
+            "SELECT request_hash, status, response, created_at, leased_until > now() AS running"
             " FROM idempotency_keys WHERE scope = $1 AND key = $2 FOR UPDATE",
             scope,
             key,
         )
-        if row is None:  # released by its holder a moment ago
+        if row is None:  # purged a moment ago, as it expired
             raise _in_progress()
         if row["request_hash"] != request_fingerprint:
             raise unprocessable(
@@ -148,7 +157,7 @@ async def claim(
             key,
             lease,
         )
-        return Claim(scope, key, token)
+        return Claim(scope, key, token, row["created_at"])
 
 
 def _in_progress() -> ApiError:
@@ -177,9 +186,16 @@ async def complete(conn: DbConnection, held: Claim, status: int, response: Any) 
 
 
 async def release(pool: asyncpg.Pool[Any], held: Claim) -> None:
-    """Give the key up after an unexpected failure: the client may retry at once."""
+    """Give the lease up after an unexpected failure: the client may retry at once.
+
+    The key itself stays (its request and its lifetime): the retry takes it
+    over like a dead holder's, so it derives the same Stripe keys, and a call
+    that timed out but did happen at Stripe is answered by Stripe's first
+    result instead of making a second object.
+    """
     await pool.execute(
-        "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND lease_token = $3",
+        "UPDATE idempotency_keys SET lease_token = NULL, leased_until = NULL"
+        " WHERE scope = $1 AND key = $2 AND lease_token = $3",
         held.scope,
         held.key,
         held.token,

@@ -23,6 +23,7 @@ from shared.broker.topology import (
     declare_consumer_queue,
 )
 from tests.support import env
+from tests.support.amqp import message_count, take_all
 from tests.support.policies import management, queue_policies
 from tests.support.stack import delete_queues, queue_family
 from tests.support.waiting import eventually
@@ -68,15 +69,17 @@ async def _next(queue: AbstractQueue) -> aio_pika.abc.AbstractIncomingMessage | 
     return None
 
 
-async def _dead_lettered(connection: AbstractRobustConnection, spec: ConsumerQueue) -> None:
-    view = await eventually(
-        lambda: dead_letters.inspect(connection, spec.name),
-        until=lambda v: v.count == 1,
+async def _dead_lettered(spec: ConsumerQueue) -> None:
+    await eventually(
+        lambda: message_count(spec.dead_letter_queue),
+        until=lambda n: n == 1,
         what="the message in the DLQ",
     )
-    assert view.messages[0].message_id == "m1"
-    assert view.messages[0].last_error is not None
-    assert "delivery_limit" in view.messages[0].last_error
+    [message] = await take_all(spec.dead_letter_queue)
+    letter = dead_letters.DeadLetter.from_message(message)
+    assert letter.message_id == "m1"
+    assert letter.last_error is not None
+    assert "delivery_limit" in letter.last_error
 
 
 async def _publish(channel: aio_pika.abc.AbstractChannel, spec: ConsumerQueue) -> None:
@@ -97,7 +100,7 @@ async def test_poison_message_lands_in_the_dlq_with_the_broker_reason(
         returns = await _return_until_dead_lettered(queue, at_most=DELIVERY_LIMIT + 5)
 
         assert returns == DELIVERY_LIMIT + 1
-        await _dead_lettered(connection, spec)
+        await _dead_lettered(spec)
         await channel.close()
 
 
@@ -122,5 +125,5 @@ async def test_a_changed_delivery_limit_needs_no_new_queue(
         # Three returns with a limit of 2 (RabbitMQ may take a moment to apply
         # the change to a quorum queue); far fewer than the old limit's 21.
         assert returns < DELIVERY_LIMIT
-        await _dead_lettered(connection, spec)
+        await _dead_lettered(spec)
         await channel.close()

@@ -198,7 +198,7 @@ async def test_always_failing_handler_backs_off_then_dead_letters_then_redrives(
         # The operator sees it in the admin API once the retries are spent.
         view = await eventually(
             lambda: admin_get(http, stack.gateway, "/v1/admin/dead-letters", queue=bench.spec.name),
-            until=lambda v: v["queues"][0]["count"] == 1,
+            until=lambda v: len(v["data"]) == 1,
             timeout=10,
             what="dead letter visible through the admin API",
         )
@@ -213,19 +213,21 @@ async def test_always_failing_handler_backs_off_then_dead_letters_then_redrives(
         assert await bench.effects(evt["id"]) == []
         assert await bench.inbox_rows(evt["id"]) == 0
 
-        queue_view = view["queues"][0]
-        assert queue_view["dead_letter_queue"] == f"{bench.spec.name}.dlq"
-        [letter] = queue_view["messages"]
+        [letter] = view["data"]
+        assert letter["queue"] == bench.spec.name
+        assert letter["state"] == "dead"
         assert letter["message_id"] == evt["id"]
         assert letter["event_type"] == bench.routing_key
         assert letter["attempts"] == len(DELAYS)
         assert letter["last_error"] == "RuntimeError: ledger upstream exploded"
         assert letter["original_routing_key"] == bench.routing_key
-        # Looking does not consume.
+        assert letter["body"] == evt
+        # The store took it out of the dead-letter queue; looking does not consume.
+        assert await message_count(bench.spec.dead_letter_queue) == 0
         again = await admin_get(
             http, stack.gateway, "/v1/admin/dead-letters", queue=bench.spec.name
         )
-        assert again["queues"][0]["count"] == 1
+        assert again["data"] == view["data"]
 
         broken["yes"] = False
         status, answer = await admin_post(
@@ -234,16 +236,19 @@ async def test_always_failing_handler_backs_off_then_dead_letters_then_redrives(
             "/v1/admin/dead-letters/redrive",
             {"queue": bench.spec.name, "reason": "handler fixed"},
         )
-        assert (status, answer) == (200, {"queue": bench.spec.name, "redriven": 1})
+        assert (status, answer) == (200, {"redriven": 1, "ids": [letter["id"]], "complete": True})
 
         await eventually(
             lambda: bench.effects(evt["id"]), until=lambda e: e == ["applied"], what="applied"
         )
-        await eventually(
-            lambda: admin_get(http, stack.gateway, "/v1/admin/dead-letters", queue=bench.spec.name),
-            until=lambda v: v["queues"][0]["count"] == 0,
-            what="dead-letter queue empty",
+        waiting = await admin_get(
+            http, stack.gateway, "/v1/admin/dead-letters", queue=bench.spec.name
         )
+        assert waiting["data"] == []
+        redriven = await admin_get(
+            http, stack.gateway, "/v1/admin/dead-letters", queue=bench.spec.name, state="redriven"
+        )
+        assert [(d["id"], d["redrive_count"]) for d in redriven["data"]] == [(letter["id"], 1)]
         assert len(consumer.deliveries[evt["id"]]) == 1 + len(DELAYS) + 1
         assert consumer.deliveries[evt["id"]][-1][1] == 0  # redriven with a fresh attempt count
         assert await bench.inbox_rows(evt["id"]) == 1
@@ -356,20 +361,22 @@ async def test_operator_always_sees_every_dead_letter_and_a_redrive_moves_each_o
     stack = await start_stack(webhooks={"dead_letter_queues": bench.spec.name})
     try:
         sent = {await bench.send(bench.event()) for _ in range(3)}
+
+        def listed(view: Any) -> set[str]:
+            return {m["message_id"] for m in view["data"]}
+
         await eventually(
-            lambda: message_count(bench.spec.dead_letter_queue),
-            until=lambda n: n == 3,
+            lambda: admin_get(http, stack.gateway, "/v1/admin/dead-letters", queue=bench.spec.name),
+            until=lambda v: listed(v) == sent,
             what="three dead letters",
         )
-        # Looking returns the messages to the queue; looking again at once
-        # (a second operator, a refreshing dashboard) still sees all of them.
+        # Looking is a read of the store: looking again at once (a second
+        # operator, a refreshing dashboard) still sees all of them.
         for _ in range(15):
             view = await admin_get(
                 http, stack.gateway, "/v1/admin/dead-letters", queue=bench.spec.name
             )
-            queue_view = view["queues"][0]
-            assert queue_view["count"] == 3
-            assert {m["message_id"] for m in queue_view["messages"]} == sent
+            assert listed(view) == sent
 
         # The handler still fails: each message is moved once and comes back,
         # not moved round and round within the same redrive.
@@ -379,13 +386,16 @@ async def test_operator_always_sees_every_dead_letter_and_a_redrive_moves_each_o
             "/v1/admin/dead-letters/redrive",
             {"queue": bench.spec.name, "reason": "handler fixed"},
         )
-        assert (status, answer) == (200, {"queue": bench.spec.name, "redriven": 3})
+        assert status == 200
+        assert (answer["redriven"], answer["complete"]) == (3, True)
         view = await eventually(
             lambda: admin_get(http, stack.gateway, "/v1/admin/dead-letters", queue=bench.spec.name),
-            until=lambda v: v["queues"][0]["count"] == 3,
-            what="the three messages back in the dead-letter queue",
+            until=lambda v: (
+                listed(v) == sent and all(d["times_dead_lettered"] == 2 for d in v["data"])
+            ),
+            what="the three messages dead again",
         )
-        assert {m["message_id"] for m in view["queues"][0]["messages"]} == sent
+        assert all(d["redrive_count"] == 1 for d in view["data"])
     finally:
         await stack.stop()
 
@@ -404,11 +414,11 @@ async def test_invalid_subscription_event_is_dead_lettered_without_retries(
         lambda: admin_get(
             http, stack.gateway, "/v1/admin/dead-letters", queue=queues.SUBSCRIPTIONS_STRIPE
         ),
-        until=lambda v: v["queues"][0]["count"] == 1,
+        until=lambda v: len(v["data"]) == 1,
         timeout=10,
         what="invalid subscription event dead-lettered",
     )
-    [letter] = view["queues"][0]["messages"]
+    [letter] = view["data"]
     assert letter["message_id"] == evt["id"]
     assert letter["event_type"] == "customer.subscription.updated"
     assert letter["attempts"] == 0

@@ -14,7 +14,7 @@ import pytest
 from shared import queues
 from tests.support import env
 from tests.support import stripe_objects as so
-from tests.support.amqp import message_count
+from tests.support.dead_letters import dead_lettered
 from tests.support.gateway_client import post_event
 from tests.support.stack import Stack, start_stack
 from tests.support.tcp_proxy import TcpProxy, via_proxy
@@ -67,7 +67,7 @@ async def test_outage_longer_than_the_retry_bound_loses_nothing(
             timeout=15,
             what="retries beyond the ordinary bound",
         )
-        assert await message_count(f"{QUEUE}.dlq") == 0
+        assert await dead_lettered(db, QUEUE) == 0
     finally:
         database_proxy.restore()
 
@@ -84,4 +84,4 @@ async def test_outage_longer_than_the_retry_bound_loses_nothing(
         await db.fetchval("SELECT count(*) FROM subscriptions.inbox WHERE event_id = $1", evt["id"])
         == 1
     )
-    assert await message_count(f"{QUEUE}.dlq") == 0
+    assert await dead_lettered(db, QUEUE) == 0

@@ -66,3 +66,10 @@ async def message_count(queue: str) -> int:
         except aio_pika.exceptions.ChannelNotFoundEntity:
             return 0
         return amqp_queue.declaration_result.message_count or 0
+
+
+async def delete_queue_if_any(queue: str) -> None:
+    connection = await aio_pika.connect(env.AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(queue)

@@ -27,12 +27,13 @@ from services.retry.settings import RetrySettings
 from services.subscriptions.app import create_app as subscriptions_app
 from services.subscriptions.settings import SubscriptionsSettings
 from services.webhooks.app import create_app as webhooks_app
-from services.webhooks.settings import WebhooksSettings
+from services.webhooks.settings import MIRROR_SERVICES, WebhooksSettings
 from shared import queues
 from shared.broker.topology import EXCHANGES
 from shared.clock import Clock
 from shared.settings import ServiceSettings
 from tests.support import env
+from tests.support.processes import free_port
 
 _DEFAULT_DELAYS = (1_000, 5_000, 30_000, 120_000, 600_000)
 
@@ -59,10 +60,10 @@ class RunningApp:
         await self.runner.cleanup()
 
 
-async def serve(app: web.Application) -> RunningApp:
+async def serve(app: web.Application, port: int = 0) -> RunningApp:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     host, port = runner.addresses[0][:2]
     return RunningApp(app=app, runner=runner, url=f"http://{host}:{port}")
@@ -115,10 +116,16 @@ async def start_stack(
         raise ValueError(f"no such services: {unknown}")
     stack = Stack()
     if with_consumers:
+        # Ports chosen first: webhooks reaches the services that mirror Stripe
+        # objects (the drift report), which start after it.
+        ports = {name: free_port() for name in SERVICES}
         for name, (factory, settings_class) in SERVICES.items():
             stripe = {"stripe_api_base": stripe_api_base} if stripe_api_base else {}
-            settings = settings_class(**common_settings(**stripe, **services.get(name, {})))
-            stack.apps[name] = await serve(factory(settings, clock=clock))
+            peers = _mirror_peers(ports) if name == "webhooks" else {}
+            settings = settings_class(
+                **common_settings(**stripe, **{**peers, **services.get(name, {})})
+            )
+            stack.apps[name] = await serve(factory(settings, clock=clock), ports[name])
     gateway_values = common_settings(
         stripe_webhook_secrets=env.WEBHOOK_SECRET,
         jwt_secret=env.JWT_SECRET,
@@ -135,6 +142,18 @@ async def start_stack(
     gateway_values.update(gateway or {})
     stack.apps["gateway"] = await serve(gateway_app(GatewaySettings(**gateway_values)))
     return stack
+
+
+def _mirror_peers(ports: dict[str, int]) -> dict[str, Any]:
+    """Where webhooks finds the services that mirror Stripe objects, and their tokens."""
+    return {
+        setting: value
+        for name in MIRROR_SERVICES
+        for setting, value in (
+            (f"{name}_url", f"http://127.0.0.1:{ports[name]}"),
+            (f"{name}_service_token", env.SERVICE_TOKEN),
+        )
+    }
 
 
 def queue_family(name: str, delays: tuple[int, ...] = ()) -> list[str]:

@@ -44,6 +44,7 @@ def subscription(
     cancel_at_period_end: bool = False,
     canceled_at: int | None = None,
     period_on_items: bool = True,
+    user_id: str = "user_test_member",
 ) -> dict[str, Any]:
     obj = fixture("subscription")
     obj.update(
@@ -52,6 +53,8 @@ def subscription(
         status=status,
         cancel_at_period_end=cancel_at_period_end,
         canceled_at=canceled_at,
+        # The product puts the member's user id on every subscription it creates.
+        metadata={"user_id": user_id},
     )
     item = obj["items"]["data"][0]
     item["price"]["id"] = price
