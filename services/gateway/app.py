@@ -11,7 +11,7 @@ from services.gateway.auth import Authenticator, TokenRules
 from services.gateway.forward import CLIENT_SESSION, Upstream
 from services.gateway.rate_limit import RateLimits
 from services.gateway.routes import add_api_routes
-from services.gateway.settings import GatewaySettings
+from services.gateway.settings import UPSTREAMS, GatewaySettings
 from services.gateway.webhook import WebhookEndpoint
 from shared.broker.publisher import Publisher
 from shared.http.health import add_health_routes
@@ -26,12 +26,9 @@ def create_app(settings: GatewaySettings) -> web.Application:
         confirm_timeout=settings.publish_confirm_timeout,
         ssl_context=settings.amqp_ssl_context(),
     )
-    token = settings.service_token.get_secret_value()
     upstreams = {
-        "webhooks": Upstream("webhooks", settings.webhooks_url, token),
-        "subscriptions": Upstream("subscriptions", settings.subscriptions_url, token),
-        "credits": Upstream("credits", settings.credits_url, token),
-        "retry": Upstream("retry", settings.retry_url, token),
+        name: Upstream(name, settings.upstream_url(name), settings.upstream_token(name))
+        for name in UPSTREAMS
     }
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -54,6 +51,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     authenticator = Authenticator(
         TokenRules(
             secret=settings.jwt_secret.get_secret_value(),
+            previous_secrets=settings.jwt_previous(),
             leeway=settings.jwt_leeway_seconds,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
@@ -64,6 +62,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
         member=settings.rate_limit_member,
         staff=settings.rate_limit_staff,
         anonymous=settings.rate_limit_anonymous,
+        trusted_proxies=settings.trusted_proxy_list(),
     )
     add_api_routes(
         app,

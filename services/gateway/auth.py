@@ -7,10 +7,16 @@ checked when configured; a token whose ``exp`` lies further ahead than the
 maximum lifetime is refused. Each refusal is a 401 whose code says which
 (missing, malformed, expired, badly signed, unacceptable claims), counted by
 reason.
+
+Rotation: a token whose signature the current secret refuses is tried with
+the previous secrets (``JWT_PREVIOUS_SECRETS``), so tokens issued before the
+issuer switched keep working until they expire; each such acceptance is
+counted, and when the count stays at zero the old secret can go.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass
@@ -42,6 +48,7 @@ def _unauthorized(reason: str, message: str) -> ApiError:
 @dataclass(frozen=True)
 class TokenRules:
     secret: str
+    previous_secrets: tuple[str, ...] = ()
     leeway: int = 0
     issuer: str | None = None
     audience: str | None = None
@@ -64,17 +71,8 @@ class Authenticator:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _unauthorized("malformed", "expected 'Authorization: Bearer <token>'")
-        rules = self._rules
         try:
-            claims = jwt.decode(
-                token.strip(),
-                rules.secret,
-                algorithms=["HS256"],
-                leeway=rules.leeway,
-                issuer=rules.issuer,
-                audience=rules.audience,
-                options=self._options,
-            )
+            claims = self._decode(token.strip())
         except jwt.ExpiredSignatureError as exc:
             raise _unauthorized("expired", "token expired") from exc
         except jwt.InvalidSignatureError as exc:
@@ -88,6 +86,32 @@ class Authenticator:
         except jwt.InvalidTokenError as exc:
             raise _unauthorized("malformed", "token malformed") from exc
         return self._caller(claims)
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        try:
+            return self._decode_with(token, self._rules.secret)
+        except jwt.InvalidSignatureError:
+            # Only a wrong key is worth another try: every other refusal
+            # (expired, claims) would be the same with any key.
+            for secret in self._rules.previous_secrets:
+                with contextlib.suppress(jwt.InvalidSignatureError):
+                    claims = self._decode_with(token, secret)
+                    metrics.API_PREVIOUS_SECRET_TOKENS.inc()
+                    return claims
+            raise
+
+    def _decode_with(self, token: str, secret: str) -> dict[str, Any]:
+        rules = self._rules
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            leeway=rules.leeway,
+            issuer=rules.issuer,
+            audience=rules.audience,
+            options=self._options,
+        )
+        return claims
 
     def _caller(self, claims: dict[str, Any]) -> Caller:
         exp = claims["exp"]

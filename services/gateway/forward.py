@@ -18,7 +18,7 @@ from aiohttp import web
 
 from shared import metrics
 from shared.api.caller import Caller
-from shared.http.errors import ApiError
+from shared.http.errors import ApiError, ErrorDetail
 from shared.logging import current_context, get_logger
 
 log = get_logger(__name__)
@@ -54,6 +54,10 @@ class Upstream:
             async with session.get(
                 f"{self._base_url}{path}", params=params, headers=self.headers(None)
             ) as response:
+                if 400 <= response.status < 500 and response.content_type == "application/json":
+                    # The owner refused what the client asked (a cursor it did
+                    # not issue...): the client's error, passed on as it is.
+                    raise _refusal(response.status, await response.json())
                 if response.status != 200:
                     raise self._unavailable(f"answered {response.status}")
                 return await response.json()
@@ -100,3 +104,20 @@ class Upstream:
         log.warning("upstream_unavailable", upstream=self.name, why=why)
         metrics.UPSTREAM_FAILURES.labels(self.name).inc()
         return ApiError(503, code, f"{self.name} is unavailable, retry later", headers=_RETRY_AFTER)
+
+
+def _refusal(status: int, payload: object) -> ApiError:
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        return ApiError(status, "rejected", "the request was refused")
+    details = [
+        ErrorDetail(field=str(d.get("field", "")), reason=str(d.get("reason", "")))
+        for d in error.get("details") or []
+        if isinstance(d, dict)
+    ]
+    return ApiError(
+        status,
+        str(error.get("code") or "rejected"),
+        str(error.get("message") or "the request was refused"),
+        details=details,
+    )

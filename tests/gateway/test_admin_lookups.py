@@ -135,7 +135,8 @@ async def test_show_malformed_subscription_id_is_400(
     [
         (b'{"queue": "no.such.queue", "reason": "stuck"}', 422, "validation_failed", "queue"),
         (b'{"queue": "webhooks.ledger"}', 422, "validation_failed", "reason"),
-        (b'{"reason": "stuck"}', 422, "validation_failed", "queue"),
+        (b'{"reason": "stuck"}', 422, "validation_failed", "all"),
+        (b'{"ids": [], "reason": "stuck"}', 422, "validation_failed", "ids"),
         (b'{"queue": 42, "reason": "stuck"}', 422, "validation_failed", "queue"),
         (b"not json", 400, "invalid_json", None),
         (b'["webhooks.ledger"]', 400, "invalid_json", None),

@@ -28,6 +28,10 @@ ADMIN_ROUTES = [
     ("GET", "/v1/admin/subscriptions/sub_test_auth"),
     ("GET", "/v1/admin/dead-letters"),
     ("POST", "/v1/admin/dead-letters/redrive"),
+    ("GET", "/v1/admin/dead-letters/queues"),
+    ("POST", "/v1/admin/dead-letters/1/discard"),
+    ("POST", "/v1/admin/reconcile/events"),
+    ("GET", "/v1/admin/reconcile/jobs/3f0c9a52-8d0b-4c41-9a57-0f4c2a3c8e11"),
 ]
 
 
@@ -44,6 +48,12 @@ async def list_events(
 ) -> tuple[int, Any]:
     status, answer, _ = await api(http, "GET", f"{stack.gateway}/v1/admin/events", headers=headers)
     return status, answer
+
+
+def lasting(**claims: Any) -> str:
+    """A token built when the tests are collected: it must outlive a whole run
+    of the suite, to be refused for its claims rather than for its age."""
+    return token(expires_in=6 * 3600, **claims)
 
 
 REFUSED_TOKENS = [
@@ -77,11 +87,11 @@ REFUSED_TOKENS = [
     pytest.param({}, "missing", id="no-header"),
     pytest.param({"Authorization": ""}, "missing", id="empty-header"),
     pytest.param(bearer(token(drop=("exp",))), "claims", id="no-exp"),
-    pytest.param(bearer(token(drop=("sub",))), "claims", id="no-sub"),
-    pytest.param(bearer(token(drop=("role",))), "claims", id="no-role"),
-    pytest.param(bearer(token(sub="")), "claims", id="empty-sub"),
-    pytest.param(bearer(token(role="superuser")), "claims", id="unknown-role"),
-    pytest.param(bearer(token(role="Admin")), "claims", id="role-wrong-case"),
+    pytest.param(bearer(lasting(drop=("sub",))), "claims", id="no-sub"),
+    pytest.param(bearer(lasting(drop=("role",))), "claims", id="no-role"),
+    pytest.param(bearer(lasting(sub="")), "claims", id="empty-sub"),
+    pytest.param(bearer(lasting(role="superuser")), "claims", id="unknown-role"),
+    pytest.param(bearer(lasting(role="Admin")), "claims", id="role-wrong-case"),
     pytest.param(
         bearer(forged_token({"alg": "RS256", "typ": "JWT"}, _claims())),
         "algorithm",
@@ -130,7 +140,7 @@ async def test_an_expired_token_says_so(module_stack: Stack, http: aiohttp.Clien
 async def test_a_token_without_a_role_names_the_missing_claim(
     module_stack: Stack, http: aiohttp.ClientSession
 ) -> None:
-    status, answer = await list_events(http, module_stack, bearer(token(drop=("role",))))
+    status, answer = await list_events(http, module_stack, bearer(lasting(drop=("role",))))
     assert_error(status, answer, 401, "token_claims_invalid", "role")
 
 
@@ -210,3 +220,66 @@ async def test_the_bearer_scheme_is_case_insensitive(
 ) -> None:
     status, _ = await list_events(http, module_stack, {"Authorization": f"bearer {token('admin')}"})
     assert status == 200
+
+
+# --- rotation -------------------------------------------------------------------
+
+NEW_JWT_SECRET = "the-new-jwt-secret-after-a-rotation-long-enough"
+RETIRED_JWT_SECRET = "a-jwt-secret-retired-before-this-rotation-long"
+
+
+async def test_during_a_rotation_tokens_of_the_old_and_the_new_secret_verify(
+    module_stack: Stack, extra_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    # The gateway rolled to the new secret, keeping the old one (the test
+    # secret, which the issuer still signs with) as previous.
+    gateway = await extra_gateway(
+        jwt_secret=NEW_JWT_SECRET,
+        jwt_previous_secrets=env.JWT_SECRET,
+        webhooks_url=module_stack.apps["webhooks"].url,
+    )
+    url = f"{gateway}/v1/admin/events"
+    accepted_before = await metric(http, gateway, "gateway_api_previous_secret_tokens_total")
+
+    status, _, _ = await api(http, "GET", url, headers=bearer(token()))
+    assert status == 200
+    assert (
+        await metric(http, gateway, "gateway_api_previous_secret_tokens_total")
+        == accepted_before + 1
+    )
+    status, _, _ = await api(http, "GET", url, headers=bearer(token(secret=NEW_JWT_SECRET)))
+    assert status == 200
+    # The new secret verifies first: nothing counted as previous.
+    assert (
+        await metric(http, gateway, "gateway_api_previous_secret_tokens_total")
+        == accepted_before + 1
+    )
+
+    # Neither an unrelated secret...
+    status, answer, _ = await api(
+        http, "GET", url, headers=bearer(token(secret=RETIRED_JWT_SECRET))
+    )
+    assert_error(status, answer, 401, "token_signature_invalid")
+    # ...nor an expired token of the old secret gets in.
+    status, answer, _ = await api(http, "GET", url, headers=bearer(token(expires_in=-5)))
+    assert_error(status, answer, 401, "token_expired")
+
+
+async def test_once_the_rotation_ends_the_old_secret_no_longer_verifies(
+    module_stack: Stack, extra_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gateway = await extra_gateway(jwt_secret=NEW_JWT_SECRET)
+    status, answer, _ = await api(
+        http, "GET", f"{gateway}/v1/admin/events", headers=bearer(token())
+    )
+    assert_error(status, answer, 401, "token_signature_invalid")
+
+
+def test_a_short_previous_jwt_secret_is_refused_at_start() -> None:
+    values = common_settings(
+        stripe_webhook_secrets=env.WEBHOOK_SECRET,
+        jwt_secret=NEW_JWT_SECRET,
+        jwt_previous_secrets=f"{env.JWT_SECRET},{'x' * 31}",
+    )
+    with pytest.raises(pydantic.ValidationError, match="JWT_PREVIOUS_SECRETS"):
+        GatewaySettings(**values)
