@@ -1,18 +1,28 @@
-"""Create the coworking plans catalog in Stripe, idempotently.
+"""Sync the catalog (``catalog.toml``) to Stripe: ``make seed``.
 
 ``python -m services.subscriptions.seed_catalog [--catalog PATH]``
 
-Uses ``STRIPE_SECRET_KEY`` and, when set, ``STRIPE_API_BASE`` as the API
-base (e.g. the offline sandbox, which needs no key). Each price is
-looked up by its ``lookup_key`` first; products get stable ids, and every
-create carries an Idempotency-Key derived from the lookup key, so re-running
-after a partial failure, or concurrently, never makes duplicates.
+Uses ``STRIPE_SECRET_KEY`` and, when set, ``STRIPE_API_BASE`` (the offline
+sandbox needs no key). A ``lookup_key`` names one price forever, so:
+
+- a price whose lookup key Stripe already has (same amount, currency and
+  interval) is left alone: running the seed twice, or concurrently, never
+  makes a second price (every create also carries an idempotency key
+  derived from the lookup key);
+- a lookup key Stripe has for a *different* amount, currency or interval is
+  refused before anything changes, with a message naming the key: give the
+  new amount a new key;
+- a price this seed made earlier whose key left the file is archived
+  (``active=false``): existing subscriptions keep it until changed, nobody
+  new can buy it. A key that comes back reactivates its price.
+
+Products get stable ids (``plan_<key>``, ``product_<key>``). Metered overage
+prices are not seeded here: they need a Stripe billing meter first.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,155 +30,180 @@ from typing import Any
 
 import stripe
 
+from shared import catalog as catalog_file
+from shared.catalog import Catalog, Price
 from shared.stripe_client import StripeNotConfigured, StripeSettings, stripe_client
 
-CATALOG_PATH = Path(__file__).resolve().parent / "catalog.json"
-INTERVALS = ("day", "week", "month", "year")
+# Marks the prices this seed manages (and may archive).
+MANAGED = "catalog_toml"
 
 
 @dataclass(frozen=True)
-class CatalogPrice:
+class Wanted:
     lookup_key: str
     product_id: str
     product_name: str
     description: str
-    unit_amount: int
+    amount: int
     currency: str
     interval: str | None
-    interval_count: int
-    credits: int
+    metadata: dict[str, str]
 
 
-def _field(entry: dict[str, Any], key: str, kind: type) -> Any:
-    value = entry.get(key)
-    # bool is an int subclass; amounts and credits must be real integers.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(f"catalog entry {entry.get('lookup_key')!r}: {key} must be {kind}")
-    return value
+class Refused(ValueError):
+    """The file and Stripe disagree about what a lookup key means."""
 
 
-def parse_catalog(data: Any) -> list[CatalogPrice]:
-    if not isinstance(data, dict) or not isinstance(data.get("prices"), list):
-        raise ValueError("catalog must be an object with a 'prices' list")
-    prices: list[CatalogPrice] = []
-    for entry in data["prices"]:
-        if not isinstance(entry, dict):
-            raise ValueError("each catalog price must be an object")
-        recurring = entry.get("recurring")
-        interval: str | None = None
-        count = 1
-        if recurring is not None:
-            interval = _field(recurring, "interval", str)
-            count = _field(recurring, "interval_count", int)
-            if interval not in INTERVALS:
-                raise ValueError(f"{entry.get('lookup_key')!r}: bad interval {interval!r}")
-        price = CatalogPrice(
-            lookup_key=_field(entry, "lookup_key", str),
-            product_id=_field(entry, "product_id", str),
-            product_name=_field(entry, "product_name", str),
-            description=_field(entry, "description", str),
-            unit_amount=_field(entry, "unit_amount", int),
-            currency=_field(entry, "currency", str).lower(),
-            interval=interval,
-            interval_count=count,
-            credits=_field(entry, "credits", int),
+def wanted_prices(cat: Catalog) -> list[Wanted]:
+    found: dict[str, Wanted] = {}
+    for key, plan in cat.plans.items():
+        credits = ",".join(f"{t}={n}" for t, n in sorted(plan.credits.items()))
+        entries: list[tuple[str | None, str, Price]] = [
+            (None, interval, price) for interval, price in plan.prices.items()
+        ]
+        entries += [
+            (tier, interval, price)
+            for tier, prices in plan.eligibility.items()
+            for interval, price in prices.items()
+        ]
+        for tier, interval, price in entries:
+            meta = {"managed_by": MANAGED, "plan": key, "interval": interval, "credits": credits}
+            if tier:
+                meta["tier"] = tier
+            found.setdefault(
+                price.lookup_key,
+                Wanted(
+                    price.lookup_key,
+                    f"plan_{key}",
+                    plan.name,
+                    plan.description,
+                    price.amount,
+                    cat.currency,
+                    interval,
+                    meta,
+                ),
+            )
+    for key, product in cat.products.items():
+        found.setdefault(
+            product.lookup_key,
+            Wanted(
+                product.lookup_key,
+                f"product_{key}",
+                product.name,
+                product.description,
+                product.amount,
+                cat.currency,
+                None,
+                {"managed_by": MANAGED, "product": key},
+            ),
         )
-        if price.unit_amount <= 0 or price.credits < 0:
-            raise ValueError(f"{price.lookup_key!r}: amount must be > 0 and credits >= 0")
-        prices.append(price)
-    keys = [p.lookup_key for p in prices]
-    if len(keys) != len(set(keys)):
-        raise ValueError("lookup_key values must be unique")
-    return prices
+    return list(found.values())
 
 
-def load_catalog(path: Path = CATALOG_PATH) -> list[CatalogPrice]:
-    with path.open(encoding="utf-8") as handle:
-        return parse_catalog(json.load(handle))
+def _all_prices(client: stripe.StripeClient) -> list[stripe.Price]:
+    prices: list[stripe.Price] = []
+    params: dict[str, Any] = {"limit": 100}
+    while True:
+        page = client.v1.prices.list(params=params)  # type: ignore[arg-type]
+        prices.extend(page.data)
+        if not page.has_more or not page.data:
+            return prices
+        params["starting_after"] = page.data[-1].id
 
 
-def make_client() -> stripe.StripeClient:
-    return stripe_client(StripeSettings())
+def _interval(price: stripe.Price) -> str | None:
+    return price.recurring.interval if price.recurring else None
 
 
-def _ensure_product(client: stripe.StripeClient, item: CatalogPrice) -> tuple[str, bool]:
+def check(wanted: list[Wanted], existing: dict[str, stripe.Price]) -> None:
+    """Refuse the whole file if any lookup key means another price in Stripe."""
+    for item in wanted:
+        held = existing.get(item.lookup_key)
+        if held is None:
+            continue
+        theirs = (held.unit_amount, held.currency, _interval(held))
+        ours = (item.amount, item.currency, item.interval)
+        if theirs != ours:
+            raise Refused(
+                f"lookup_key {item.lookup_key!r} is {theirs[0]} {theirs[1]}"
+                f" ({theirs[2] or 'one-time'}) in Stripe but {ours[0]} {ours[1]}"
+                f" ({ours[2] or 'one-time'}) in the catalog: a lookup key names one price;"
+                " give the new amount a new key"
+            )
+
+
+def _ensure_product(client: stripe.StripeClient, item: Wanted) -> str:
     try:
-        return client.v1.products.retrieve(item.product_id).id, False
+        return client.v1.products.retrieve(item.product_id).id
     except stripe.InvalidRequestError as exc:
         if exc.http_status != 404:
             raise
-    product = client.v1.products.create(
-        params={
-            "id": item.product_id,
-            "name": item.product_name,
-            "description": item.description,
-            "metadata": {"lookup_key": item.lookup_key, "credits": str(item.credits)},
-        },
-        options={"idempotency_key": f"seed-catalog-product-{item.lookup_key}"},
-    )
-    return product.id, True
+    params: dict[str, Any] = {"id": item.product_id, "name": item.product_name}
+    if item.description:
+        params["description"] = item.description
+    return client.v1.products.create(
+        params=params,  # type: ignore[arg-type]
+        options={"idempotency_key": f"seed-catalog-product-{item.product_id}"},
+    ).id
 
 
-def _create_price(client: stripe.StripeClient, item: CatalogPrice, product_id: str) -> str:
-    params: dict[str, Any] = {
-        "product": product_id,
-        "unit_amount": item.unit_amount,
-        "currency": item.currency,
-        "lookup_key": item.lookup_key,
-        "metadata": {"credits": str(item.credits), "lookup_key": item.lookup_key},
-    }
-    if item.interval is not None:
-        params["recurring"] = {"interval": item.interval, "interval_count": item.interval_count}
-    price = client.v1.prices.create(
-        params=params,  # type: ignore[arg-type]  # built to the same TypedDict shape
-        options={"idempotency_key": f"seed-catalog-price-{item.lookup_key}"},
-    )
-    return price.id
-
-
-def seed(client: stripe.StripeClient, catalog: list[CatalogPrice]) -> dict[str, str]:
-    """Ensure every catalog price exists; returns lookup_key -> price id."""
-    existing = {
-        price.lookup_key: price
-        for price in client.v1.prices.list(
-            params={"lookup_keys": [p.lookup_key for p in catalog], "limit": 100}
-        ).data
-        if price.lookup_key
-    }
+def seed(client: stripe.StripeClient, cat: Catalog) -> dict[str, str]:
+    """Make Stripe's prices what the file says; returns lookup_key -> price id."""
+    wanted = wanted_prices(cat)
+    existing = {p.lookup_key: p for p in _all_prices(client) if p.lookup_key}
+    check(wanted, existing)
     result: dict[str, str] = {}
-    for item in catalog:
-        found = existing.get(item.lookup_key)
-        if found is not None:
-            note = ""
-            if (found.unit_amount, found.currency) != (item.unit_amount, item.currency):
-                note = (
-                    f" (WARNING: Stripe has {found.unit_amount} {found.currency}, "
-                    f"catalog says {item.unit_amount} {item.currency})"
-                )
-            print(f"found   {item.lookup_key}: {found.id}{note}")
-            result[item.lookup_key] = found.id
+    for item in wanted:
+        held = existing.get(item.lookup_key)
+        if held is not None:
+            if not held.active:
+                client.v1.prices.update(held.id, params={"active": True})
+                print(f"reactivated {item.lookup_key}: {held.id}")
+            else:
+                print(f"found   {item.lookup_key}: {held.id}")
+            result[item.lookup_key] = held.id
             continue
-        product_id, product_created = _ensure_product(client, item)
-        price_id = _create_price(client, item, product_id)
-        verb = "product+price" if product_created else "price"
-        print(f"created {item.lookup_key}: {price_id} ({verb}, product {product_id})")
-        result[item.lookup_key] = price_id
+        product_id = _ensure_product(client, item)
+        params: dict[str, Any] = {
+            "product": product_id,
+            "unit_amount": item.amount,
+            "currency": item.currency,
+            "lookup_key": item.lookup_key,
+            "metadata": item.metadata,
+        }
+        if item.interval is not None:
+            params["recurring"] = {"interval": item.interval}
+        price = client.v1.prices.create(
+            params=params,  # type: ignore[arg-type]
+            options={"idempotency_key": f"seed-catalog-price-{item.lookup_key}"},
+        )
+        print(f"created {item.lookup_key}: {price.id}")
+        result[item.lookup_key] = price.id
+    keys = {item.lookup_key for item in wanted}
+    for lookup_key, price in existing.items():
+        managed = price.metadata.to_dict().get("managed_by") == MANAGED if price.metadata else False
+        if managed and price.active and lookup_key not in keys:
+            client.v1.prices.update(price.id, params={"active": False})
+            print(f"archived {lookup_key}: {price.id} (no longer in the catalog)")
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--catalog", type=Path, default=CATALOG_PATH)
+    parser.add_argument("--catalog", type=Path, default=None)
     args = parser.parse_args(argv)
     try:
-        catalog = load_catalog(args.catalog)
+        cat = catalog_file.load(args.catalog)
     except (OSError, ValueError) as exc:
         print(f"invalid catalog: {exc}", file=sys.stderr)
         return 2
     try:
-        seed(make_client(), catalog)
+        seed(stripe_client(StripeSettings()), cat)
     except StripeNotConfigured as exc:
         print(f"{exc} (make dev sets STRIPE_API_BASE to the sandbox)", file=sys.stderr)
+        return 2
+    except Refused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
         return 2
     except stripe.StripeError as exc:
         print(f"stripe error: {exc}", file=sys.stderr)

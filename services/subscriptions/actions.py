@@ -1,0 +1,319 @@
+"""Changing, cancelling and resuming a subscription: the same for a member acting
+on their own and staff acting on a member's behalf (who then give a reason)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.subscriptions import contract, plans, routing, stripe_catalog, views
+from services.subscriptions.state import history
+from services.subscriptions.state.snapshots import ENDED
+from shared import audit
+from shared.api.service import Call
+from shared.clock import from_unix
+from shared.db import DbConnection
+from shared.http.errors import ApiError, conflict, invalid_field
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: the member, or staff with a reason (audited)."""
+
+    kind: str  # "member" | "staff"
+    reason: str | None = None
+
+
+async def _stripe_subscription(call: Call[Any, Any], sub_id: str) -> Any:
+    return await routing.stripe(call).call(
+        "retrieve subscription", lambda c: c.v1.subscriptions.retrieve_async(sub_id)
+    )
+
+
+def _kind(row: asyncpg.Record, target: plans.PricedPlan) -> str:
+    old = plans.rank(row["plan"], row["interval"])
+    new = plans.rank(target.key, target.interval)
+    if (row["plan"], row["interval"]) == (target.key, target.interval):
+        return "same"
+    return "upgrade" if new > old else "downgrade"
+
+
+def _target(row: asyncpg.Record, plan: str, interval: str) -> plans.PricedPlan:
+    if row["status"] in ENDED:
+        raise conflict("subscription_ended", "the subscription has ended")
+    return plans.chosen_or_refuse(plan, interval, row["tier"])
+
+
+async def preview(
+    call: Call[Any, Any], row: asyncpg.Record, plan: str, interval: str
+) -> contract.ChangePreview:
+    target = _target(row, plan, interval)
+    kind = _kind(row, target)
+    stripe = routing.stripe(call)
+    period_end = row["current_period_end"] or routing.now(call)
+    if kind != "upgrade":
+        return contract.ChangePreview(
+            kind="downgrade" if kind == "downgrade" else "same",
+            amount_due_now=0,
+            currency=row["currency"] or "usd",
+            effective_at=period_end,
+            next_amount=target.amount,
+        )
+    sub = await _stripe_subscription(call, row["stripe_subscription_id"])
+    item = sub["items"].data[0]
+    price = await stripe_catalog.price_id(stripe, target.lookup_key)
+    upcoming = await stripe.call(
+        "preview invoice",
+        lambda c: c.v1.invoices.create_preview_async(
+            {
+                "subscription": sub.id,
+                "subscription_details": {
+                    "items": [{"id": item.id, "price": price}],
+                    "proration_behavior": "always_invoice",
+                },
+            }
+        ),
+    )
+    return contract.ChangePreview(
+        kind="upgrade",
+        amount_due_now=upcoming.amount_due,
+        currency=upcoming.currency,
+        effective_at=routing.now(call),
+        next_amount=target.amount,
+    )
+
+
+async def _after(  # noqa: PLR0917 - one call shape for every action
+    call: Call[Any, Any],
+    row: asyncpg.Record,
+    actor: Actor,
+    action: str,
+    changes: dict[str, tuple[Any, Any]],
+    updates: dict[str, Any],
+) -> contract.SubscriptionView:
+    """Record what was asked of Stripe (its events bring the rest) and answer."""
+    sub_id = row["stripe_subscription_id"]
+
+    async def effect(conn: DbConnection) -> contract.SubscriptionView:
+        if updates:
+            assignments = ", ".join(f"{column} = ${n}" for n, column in enumerate(updates, start=2))
+            await conn.execute(
+                f"UPDATE subscriptions SET {assignments}, updated_at = now()"  # noqa: S608 - fixed columns
+                " WHERE stripe_subscription_id = $1",
+                sub_id,
+                *updates.values(),
+            )
+        who = call.caller.user_id
+        await history.record(
+            conn, sub_id, actor_type=actor.kind, actor=who, action=action, changes=changes
+        )
+        if actor.kind == "staff":
+            await audit.record(
+                conn,
+                caller=call.caller,
+                action=f"subscription.{action}",
+                target_type="subscription",
+                target_id=sub_id,
+                reason=actor.reason or "",
+                request_id=call.request_id,
+                details={k: [str(a), str(b)] for k, (a, b) in changes.items()},
+            )
+        fresh = await conn.fetchrow(
+            "SELECT * FROM subscriptions WHERE stripe_subscription_id = $1", sub_id
+        )
+        assert fresh is not None
+        return (await views.subscriptions(conn, [fresh]))[0]
+
+    return await call.commit(effect)
+
+
+async def _release_schedule(call: Call[Any, Any], schedule_id: str | None) -> None:
+    if schedule_id:
+        await routing.stripe(call).call(
+            "release schedule",
+            lambda c: c.v1.subscription_schedules.release_async(
+                schedule_id, {}, {"idempotency_key": call.stripe_key(f"release-{schedule_id}")}
+            ),
+        )
+
+
+async def change(
+    call: Call[Any, Any], row: asyncpg.Record, plan: str, interval: str, actor: Actor
+) -> contract.SubscriptionView:
+    target = _target(row, plan, interval)
+    kind = _kind(row, target)
+    if kind == "same":
+        raise invalid_field("plan", "the subscription is already on this plan and interval")
+    stripe = routing.stripe(call)
+    sub_id = row["stripe_subscription_id"]
+    sub = await _stripe_subscription(call, sub_id)
+    item = sub["items"].data[0]
+    price = await stripe_catalog.price_id(stripe, target.lookup_key)
+    schedule = (
+        sub.schedule if isinstance(sub.schedule, str) or sub.schedule is None else sub.schedule.id
+    )
+    changes: dict[str, tuple[Any, Any]] = {
+        "plan": (row["plan"], target.key),
+        "interval": (row["interval"], target.interval),
+    }
+    if kind == "upgrade":
+        # At once, the difference prorated and charged now.
+        await _release_schedule(call, schedule)
+        await stripe.call(
+            "upgrade subscription",
+            lambda c: c.v1.subscriptions.update_async(
+                sub_id,
+                {
+                    "items": [{"id": item.id, "price": price}],
+                    "proration_behavior": "always_invoice",
+                    "payment_behavior": "error_if_incomplete",
+                    "metadata": {"plan": target.key, "interval": target.interval},
+                },
+                {"idempotency_key": call.stripe_key("upgrade")},
+            ),
+        )
+        return await _after(call, row, actor, "upgrade", changes, {"pending_change": None})
+    # A downgrade waits for the period end: a schedule's second phase.
+    if sub.cancel_at_period_end:
+        raise conflict("cancellation_pending", "resume the subscription before changing it")
+    if schedule is None:
+        created = await stripe.call(
+            "create schedule",
+            lambda c: c.v1.subscription_schedules.create_async(
+                {"from_subscription": sub_id},
+                {"idempotency_key": call.stripe_key("schedule")},
+            ),
+        )
+        schedule, phase = created.id, created.phases[0]
+    else:
+        existing = await stripe.call(
+            "retrieve schedule", lambda c: c.v1.subscription_schedules.retrieve_async(schedule)
+        )
+        phase = existing.phases[0]
+    current_price = item.price.id
+    schedule_id = schedule
+    await stripe.call(
+        "schedule downgrade",
+        lambda c: c.v1.subscription_schedules.update_async(
+            schedule_id,
+            {
+                "phases": [
+                    {
+                        "items": [{"price": current_price, "quantity": 1}],
+                        "start_date": phase.start_date,
+                        "end_date": phase.end_date,
+                    },
+                    {
+                        "items": [{"price": price, "quantity": 1}],
+                        "duration": {"interval": target.interval},
+                    },
+                ],
+                "end_behavior": "release",
+                "metadata": {"plan": target.key, "interval": target.interval},
+            },
+            {"idempotency_key": call.stripe_key("schedule-downgrade")},
+        ),
+    )
+    effective = from_unix(phase.end_date)
+    pending = {
+        "plan": target.key,
+        "interval": target.interval,
+        "effective_at": effective.isoformat(),
+    }
+    changes = {"pending_change": (None, pending)}
+    return await _after(
+        call,
+        row,
+        actor,
+        "downgrade_scheduled",
+        changes,
+        {"pending_change": pending, "schedule_id": schedule_id},
+    )
+
+
+async def cancel(
+    call: Call[Any, Any], row: asyncpg.Record, at_period_end: bool, actor: Actor
+) -> contract.SubscriptionView:
+    if row["status"] in ENDED:
+        raise conflict("subscription_ended", "the subscription has already ended")
+    stripe = routing.stripe(call)
+    sub_id = row["stripe_subscription_id"]
+    # A pending downgrade goes with the cancellation.
+    await _release_schedule(call, row["schedule_id"])
+    if at_period_end:
+        updated = await stripe.call(
+            "cancel at period end",
+            lambda c: c.v1.subscriptions.update_async(
+                sub_id,
+                {"cancel_at_period_end": True},
+                {"idempotency_key": call.stripe_key("cancel-at-period-end")},
+            ),
+        )
+        cancel_at: datetime | None = (
+            from_unix(updated.cancel_at) if updated.cancel_at else row["current_period_end"]
+        )
+        return await _after(
+            call,
+            row,
+            actor,
+            "cancel_at_period_end",
+            {"cancel_at_period_end": (row["cancel_at_period_end"], True)},
+            {
+                "cancel_at_period_end": True,
+                "cancel_at": cancel_at,
+                "pending_change": None,
+                "schedule_id": None,
+            },
+        )
+    ended = await stripe.call(
+        "cancel now",
+        lambda c: c.v1.subscriptions.cancel_async(
+            sub_id, {}, {"idempotency_key": call.stripe_key("cancel-now")}
+        ),
+    )
+    return await _after(
+        call,
+        row,
+        actor,
+        "cancel",
+        {"status": (row["status"], ended.status)},
+        {"pending_change": None, "schedule_id": None},
+    )
+
+
+async def resume(
+    call: Call[Any, Any], row: asyncpg.Record, actor: Actor
+) -> contract.SubscriptionView:
+    stripe = routing.stripe(call)
+    sub_id = row["stripe_subscription_id"]
+    if row["status"] == "paused":
+        await stripe.call(
+            "resume subscription",
+            lambda c: c.v1.subscriptions.resume_async(
+                sub_id,
+                {"billing_cycle_anchor": "now"},  # type: ignore[arg-type]
+                {"idempotency_key": call.stripe_key("resume")},
+            ),
+        )
+        return await _after(call, row, actor, "resume", {"status": ("paused", "active")}, {})
+    if row["status"] in ENDED or not row["cancel_at_period_end"]:
+        raise ApiError(409, "nothing_to_resume", "the subscription is not set to end, nor paused")
+    await stripe.call(
+        "undo cancellation",
+        lambda c: c.v1.subscriptions.update_async(
+            sub_id,
+            {"cancel_at_period_end": False},
+            {"idempotency_key": call.stripe_key("undo-cancel")},
+        ),
+    )
+    return await _after(
+        call,
+        row,
+        actor,
+        "resume",
+        {"cancel_at_period_end": (True, False)},
+        {"cancel_at_period_end": False, "cancel_at": None},
+    )

@@ -1,0 +1,46 @@
+"""Payment metrics, declared once with their meaning (Prometheus conventions).
+
+The success rate an alert can use is a ratio of counters, e.g. over 15 minutes::
+
+    sum(rate(payments_outcomes_total{outcome="succeeded"}[15m]))
+      / sum(rate(payments_outcomes_total{outcome=~"succeeded|failed"}[15m]))
+
+Counters move when a state change commits in a consumer (a handler that
+rolls back and runs again may count once more, never less). Label values are
+bounded sets; currencies come from the catalog and Stripe's few.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+PAYMENT_OUTCOMES = Counter(
+    "payments_outcomes_total",
+    "Booking payments reaching an outcome: succeeded, failed, canceled, expired.",
+    ["outcome"],
+)
+AMOUNT_COLLECTED = Counter(
+    "payments_collected_minor_units_total",
+    "Money collected by booking payments, in minor units of the currency.",
+    ["currency"],
+)
+REFUNDS = Counter(
+    "payments_refunds_total",
+    "Refunds Stripe reported (charge.refunded), by kind of payment (booking, invoice).",
+    ["kind"],
+)
+AMOUNT_REFUNDED = Counter(
+    "payments_refunded_minor_units_total",
+    "Money refunded, in minor units of the currency.",
+    ["currency"],
+)
+DISPUTES = Counter(
+    "payments_disputes_total",
+    "Disputes opened on charges, by kind of payment (booking, invoice).",
+    ["kind"],
+)
+REFUNDS_REQUESTED = Counter(
+    "payments_refunds_requested_total",
+    "Refunds staff asked Stripe for, by target (payment, invoice).",
+    ["target"],
+)

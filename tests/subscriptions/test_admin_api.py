@@ -1,0 +1,100 @@
+"""Staff: every subscription with filters and a cursor, a member's whole picture
+by user id or email, and writes on a member's behalf, each with a reason and an
+audit entry."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from tests.subscriptions.conftest import Billing
+from tests.subscriptions.helpers import api
+from tests.subscriptions.test_member_api import subscribe_with_elements
+from tests.support.waiting import eventually
+
+
+async def _staff(
+    http: aiohttp.ClientSession, billing: Billing, method: str, path: str, **kw: object
+) -> tuple[int, dict]:  # type: ignore[type-arg]
+    return await api(http, billing.gateway, method, path, "staff_1", role="staff", **kw)  # type: ignore[arg-type]
+
+
+async def test_staff_list_lookup_and_audited_writes(
+    billing: Billing, http: aiohttp.ClientSession
+) -> None:
+    first = await subscribe_with_elements(http, billing, "u_one")
+    second = await subscribe_with_elements(http, billing, "u_two", plan="private_office")
+
+    status, page = await _staff(
+        http, billing, "GET", "/v1/admin/subscriptions", params={"limit": "1"}
+    )
+    assert status == 200 and len(page["data"]) == 1 and page["has_more"]
+    _, rest = await _staff(
+        http,
+        billing,
+        "GET",
+        "/v1/admin/subscriptions",
+        params={"limit": "1", "cursor": page["next_cursor"]},
+    )
+    assert {page["data"][0]["id"], rest["data"][0]["id"]} == {first, second}
+    assert rest["has_more"] is False
+    _, offices = await _staff(
+        http,
+        billing,
+        "GET",
+        "/v1/admin/subscriptions",
+        params={"plan": "private_office", "status": "active"},
+    )
+    assert [s["id"] for s in offices["data"]] == [second]
+
+    status, by_id = await _staff(http, billing, "GET", "/v1/admin/customers/u_one")
+    assert status == 200 and by_id["customer"]["email"] == "u_one@example.com"
+    assert [s["id"] for s in by_id["subscriptions"]] == [first]
+    assert by_id["invoices"] and by_id["history"]
+    status, by_email = await _staff(
+        http, billing, "GET", "/v1/admin/customers", params={"email": "U_ONE@example.com"}
+    )
+    assert status == 200 and by_email["customer"]["user_id"] == "u_one"
+    assert (await _staff(http, billing, "GET", "/v1/admin/customers/nobody"))[0] == 404
+
+    # A staff write without a reason is refused; with one it acts and is audited.
+    path = f"/v1/admin/subscriptions/{first}/cancel"
+    status, refused = await _staff(http, billing, "POST", path, body={"at_period_end": True})
+    assert status == 422 and refused["error"]["details"][0]["field"] == "reason"
+    status, canceled = await _staff(
+        http, billing, "POST", path, body={"at_period_end": True, "reason": "member asked by phone"}
+    )
+    assert status == 200 and canceled["cancel_at_period_end"] is True
+    status, resumed = await _staff(
+        http,
+        billing,
+        "POST",
+        f"/v1/admin/subscriptions/{first}/resume",
+        body={"reason": "member changed their mind"},
+    )
+    assert status == 200 and resumed["cancel_at_period_end"] is False
+    status, upgraded = await _staff(
+        http,
+        billing,
+        "PATCH",
+        f"/v1/admin/subscriptions/{first}",
+        body={"plan": "private_office", "interval": "month", "reason": "goodwill upgrade"},
+    )
+    assert status == 200, upgraded
+
+    audit = await eventually(
+        lambda: _staff(http, billing, "GET", "/v1/admin/audit", params={"target": first}),
+        until=lambda answer: len(answer[1].get("data", [])) == 3,
+        what="three audit entries",
+    )
+    entries = audit[1]["data"]
+    assert [e["action"] for e in entries] == [
+        "subscription.upgrade",
+        "subscription.resume",
+        "subscription.cancel_at_period_end",
+    ]
+    assert entries[-1]["reason"] == "member asked by phone"
+    assert {e["actor_id"] for e in entries} == {"staff_1"}
+    assert {e["actor_role"] for e in entries} == {"staff"}
+    assert all(e["request_id"] for e in entries)
+    _, detail = await _staff(http, billing, "GET", "/v1/admin/customers/u_one")
+    assert {"staff"} <= {h["actor_type"] for h in detail["history"]}
