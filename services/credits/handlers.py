@@ -1,0 +1,353 @@
+"""Domain events on ``billing.events`` -> grants and claw-backs.
+
+Consumed strictly by the contract in ``shared/billing_events.py``. Each event
+is applied once (the consumer's inbox); beyond that, every grant has a stable
+key, so the same fact reaching us twice under two event ids (an activation and
+a renewal for one period, a replay) still grants once.
+
+Period grants are *top-ups to a level*: for one subscription, period and
+credit type, the credits granted are the highest allotment any event said for
+that period. So an activation (10) and a mid-period upgrade (25) grant 10 then
+15, in whichever order they arrive, and a replay of either grants nothing. A
+downgrade takes effect at the period end (``effective_at``): the next renewal
+carries the lower allotment, nothing happens now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+from services.credits import ledger
+from services.credits import metrics as m
+from shared import catalog as catalog_module
+from shared import queues
+from shared.billing_events import (
+    DomainEvent,
+    PaymentDisputed,
+    PaymentRefunded,
+    PaymentSucceeded,
+    SubscriptionActivated,
+    SubscriptionCanceled,
+    SubscriptionChanged,
+    SubscriptionRenewed,
+)
+from shared.broker.handlers import Context, Handlers
+from shared.broker.topology import BILLING_EVENTS, Binding, ConsumerQueue
+from shared.catalog import Catalog
+from shared.db import DbConnection
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+EVENT_TYPES = (
+    "subscription.activated",
+    "subscription.renewed",
+    "subscription.changed",
+    "subscription.canceled",
+    "payment.succeeded",
+    "payment.refunded",
+    "payment.disputed",
+)
+
+
+def billing_events_queue(retry_delays_ms: list[int]) -> ConsumerQueue:
+    return ConsumerQueue(
+        name=queues.CREDITS_BILLING,
+        bindings=tuple(Binding(BILLING_EVENTS, t) for t in EVENT_TYPES),
+        retry_delays_ms=tuple(retry_delays_ms),
+    )
+
+
+def build_handlers(catalog: Catalog | None = None) -> Handlers:
+    """The handlers, reading credit packs, trial credits and priorities from
+    ``catalog`` (the repository's by default)."""
+    handlers = Handlers()
+
+    def the_catalog() -> Catalog:
+        return catalog or catalog_module.default()
+
+    @handlers.on("subscription.activated", model=DomainEvent[SubscriptionActivated])
+    async def activated(event: DomainEvent[SubscriptionActivated], ctx: Context) -> None:
+        data = event.data
+        trial = data.status == "trialing"
+        allotments = dict(data.allotments)
+        plan = the_catalog().plans.get(data.plan.plan)
+        if trial and plan is not None:
+            # The catalog says what a trial grants (default: the full allotment).
+            allotments = plan.allotments(trial=True)
+        await _period_grants(
+            ctx,
+            user_id=data.member.user_id,
+            customer_id=data.member.customer_id,
+            subscription_id=data.subscription_id,
+            plan=data.plan.plan,
+            start=data.period.start,
+            end=data.period.end,
+            allotments=allotments,
+            source="trial" if trial else "plan",
+            invoice_id=data.invoice_id,
+            priority=the_catalog().plan_grant_priority,
+        )
+
+    @handlers.on("subscription.renewed", model=DomainEvent[SubscriptionRenewed])
+    async def renewed(event: DomainEvent[SubscriptionRenewed], ctx: Context) -> None:
+        data = event.data
+        await _period_grants(
+            ctx,
+            user_id=data.member.user_id,
+            customer_id=data.member.customer_id,
+            subscription_id=data.subscription_id,
+            plan=data.plan.plan,
+            start=data.period.start,
+            end=data.period.end,
+            allotments=data.allotments,
+            source="plan",
+            invoice_id=data.invoice_id,
+            priority=the_catalog().plan_grant_priority,
+        )
+
+    @handlers.on("subscription.changed", model=DomainEvent[SubscriptionChanged])
+    async def changed(event: DomainEvent[SubscriptionChanged], ctx: Context) -> None:
+        data = event.data
+        if data.effective_at >= data.period.end:
+            # A downgrade (or any change) from the next period: that period's
+            # renewal carries the new allotments.
+            log.info("credits_change_deferred", subscription_id=data.subscription_id)
+            return
+        await _period_grants(
+            ctx,
+            user_id=data.member.user_id,
+            customer_id=data.member.customer_id,
+            subscription_id=data.subscription_id,
+            plan=data.current.plan,
+            start=data.period.start,
+            end=data.period.end,
+            allotments=data.current_allotments,
+            source="upgrade",
+            invoice_id=None,
+            priority=the_catalog().plan_grant_priority,
+        )
+
+    @handlers.on("subscription.canceled", model=DomainEvent[SubscriptionCanceled])
+    async def canceled(event: DomainEvent[SubscriptionCanceled], ctx: Context) -> None:
+        data = event.data
+        # What was granted stays until it expires; no period starting at or
+        # after the end is granted (a late renewal included), nothing rolls over.
+        await ctx.conn.execute(
+            """
+            INSERT INTO subscriptions (subscription_id, user_id, ended_at, updated_at)
+            VALUES ($1, $2, $3, $4)
+            ON CONFLICT (subscription_id) DO UPDATE
+            SET ended_at = LEAST(COALESCE(subscriptions.ended_at, EXCLUDED.ended_at),
+                                 EXCLUDED.ended_at),
+                updated_at = EXCLUDED.updated_at
+            """,
+            data.subscription_id,
+            data.member.user_id,
+            data.ended_at,
+            ctx.clock.now(),
+        )
+
+    @handlers.on("payment.succeeded", model=DomainEvent[PaymentSucceeded])
+    async def succeeded(event: DomainEvent[PaymentSucceeded], ctx: Context) -> None:
+        data = event.data
+        ref = data.payment.payment_id or data.payment.payment_intent_id or event.id
+        now = ctx.clock.now()
+        granted: dict[str, int] = {}
+        for product_key, quantity in sorted(data.products.items()):
+            product = the_catalog().products.get(product_key)
+            if product is None or not product.grants or quantity <= 0:
+                continue
+            expires = (
+                now + timedelta(days=product.grant_valid_days) if product.grant_valid_days else None
+            )
+            priority = (
+                product.grant_priority
+                if product.grant_priority is not None
+                else the_catalog().admin_grant_priority
+            )
+            for credit_type, per_unit in sorted(product.grants.items()):
+                made = await ledger.grant(
+                    ctx.conn,
+                    ledger.NewGrant(
+                        key=f"pack:{ref}:{product_key}:{credit_type}",
+                        user_id=data.member.user_id,
+                        credit_type=credit_type,
+                        source="pack",
+                        amount=per_unit * quantity,
+                        priority=priority,
+                        expires_at=expires,
+                        invoice_id=data.payment.invoice_id,
+                        payment_intent_id=data.payment.payment_intent_id,
+                    ),
+                    now,
+                )
+                if made is not None:
+                    granted[credit_type] = granted.get(credit_type, 0) + per_unit * quantity
+        for credit_type, amount in granted.items():
+            m.GRANTED.labels(credit_type, "pack").inc(amount)
+
+    @handlers.on("payment.refunded", model=DomainEvent[PaymentRefunded])
+    async def refunded(event: DomainEvent[PaymentRefunded], ctx: Context) -> None:
+        data = event.data
+        cause = f"refund:{data.refund_id or event.id}"
+        await _claw_back(ctx, data.payment.invoice_id, data.payment.payment_intent_id, cause)
+
+    @handlers.on("payment.disputed", model=DomainEvent[PaymentDisputed])
+    async def disputed(event: DomainEvent[PaymentDisputed], ctx: Context) -> None:
+        data = event.data
+        cause = f"dispute:{data.dispute_id}"
+        await _claw_back(ctx, data.payment.invoice_id, data.payment.payment_intent_id, cause)
+
+    return handlers
+
+
+async def _subscription_seen(
+    conn: DbConnection,
+    *,
+    subscription_id: str,
+    user_id: str,
+    customer_id: str,
+    plan: str,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+) -> datetime | None:
+    """Remember the newest period seen; the subscription's end, if it ended."""
+    ended_at: datetime | None = await conn.fetchval(
+        """
+        INSERT INTO subscriptions (subscription_id, user_id, plan, period_start, period_end,
+                                   updated_at, customer_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        ON CONFLICT (subscription_id) DO UPDATE SET
+            customer_id = EXCLUDED.customer_id,
+            plan = CASE WHEN subscriptions.period_start IS NULL
+                          OR EXCLUDED.period_start >= subscriptions.period_start
+                        THEN EXCLUDED.plan ELSE subscriptions.plan END,
+            period_start = GREATEST(subscriptions.period_start, EXCLUDED.period_start),
+            period_end = CASE WHEN subscriptions.period_start IS NULL
+                                OR EXCLUDED.period_start >= subscriptions.period_start
+                              THEN EXCLUDED.period_end ELSE subscriptions.period_end END,
+            updated_at = EXCLUDED.updated_at
+        RETURNING ended_at
+        """,
+        subscription_id,
+        user_id,
+        plan,
+        start,
+        end,
+        now,
+        customer_id,
+    )
+    return ended_at
+
+
+async def _period_grants(
+    ctx: Context,
+    *,
+    user_id: str,
+    customer_id: str,
+    subscription_id: str,
+    plan: str,
+    start: datetime,
+    end: datetime,
+    allotments: Mapping[str, int],
+    source: str,
+    invoice_id: str | None,
+    priority: int,
+) -> None:
+    now = ctx.clock.now()
+    ended_at = await _subscription_seen(
+        ctx.conn,
+        subscription_id=subscription_id,
+        user_id=user_id,
+        customer_id=customer_id,
+        plan=plan,
+        start=start,
+        end=end,
+        now=now,
+    )
+    if ended_at is not None and start >= ended_at:
+        log.info("credits_not_granted_after_cancel", subscription_id=subscription_id)
+        return
+    for credit_type, level in sorted(allotments.items()):
+        if level <= 0:
+            continue
+        # Under the account's lock: two events of one period never race.
+        await ledger.lock_account(ctx.conn, user_id, credit_type)
+        already = await ctx.conn.fetchval(
+            "SELECT COALESCE(sum(amount), 0) FROM grants WHERE subscription_id = $1"
+            " AND period_start = $2 AND credit_type = $3"
+            " AND source IN ('plan', 'trial', 'upgrade')",
+            subscription_id,
+            start,
+            credit_type,
+        )
+        top_up = level - int(already)
+        if top_up <= 0:
+            continue
+        made = await ledger.grant(
+            ctx.conn,
+            ledger.NewGrant(
+                # Stable for this subscription, period, type and level.
+                key=f"period:{subscription_id}:{start.isoformat()}:{credit_type}:{level}",
+                user_id=user_id,
+                credit_type=credit_type,
+                source=source,
+                amount=top_up,
+                priority=priority,
+                expires_at=end,
+                subscription_id=subscription_id,
+                period_start=start,
+                period_end=end,
+                invoice_id=invoice_id,
+            ),
+            now,
+        )
+        if made is not None:
+            m.GRANTED.labels(credit_type, source).inc(top_up)
+
+
+async def _claw_back(
+    ctx: Context, invoice_id: str | None, payment_intent_id: str | None, cause: str
+) -> None:
+    """A refunded or disputed payment takes back the unspent credits it paid
+    for: a subscription invoice's period grants (with that period's upgrades),
+    or a credit pack's."""
+    if invoice_id is not None:
+        ids = await ctx.conn.fetch(
+            """
+            SELECT g.id FROM grants g WHERE g.invoice_id = $1
+            UNION
+            SELECT u.id FROM grants g JOIN grants u
+              ON u.subscription_id = g.subscription_id AND u.period_start = g.period_start
+             AND u.source = 'upgrade'
+            WHERE g.invoice_id = $1
+            """,
+            invoice_id,
+        )
+    elif payment_intent_id is not None:
+        ids = await ctx.conn.fetch(
+            "SELECT id FROM grants WHERE payment_intent_id = $1", payment_intent_id
+        )
+    else:
+        return
+    done = await ledger.clawback(
+        ctx.conn,
+        grant_ids=[int(r["id"]) for r in ids],
+        cause=cause,
+        note=f"taken back: {cause}",
+        now=ctx.clock.now(),
+    )
+    for item in done:
+        if item.taken:
+            m.CLAWED_BACK.labels(item.credit_type).inc(item.taken)
+        log.info(
+            "credits_clawed_back",
+            cause=cause,
+            grant_id=item.grant_id,
+            credit_type=item.credit_type,
+            taken=item.taken,
+            already_spent=item.already_spent,
+        )

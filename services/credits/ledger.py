@@ -1,0 +1,562 @@
+"""The credit ledger: grants, spends, reversals, expiry and claw-backs.
+
+Rules every function here keeps (the tests prove them):
+
+* Every change of a grant's ``remaining`` writes one ``entries`` row with the
+  signed amount, in the same transaction, and moves ``balances.balance`` by the
+  same amount; so for every account, sum(entries) = balance = sum(remaining).
+* Every writer locks the account's ``balances`` row (``FOR UPDATE``) before
+  touching its grants. That one lock serialises spends, reversals, grants, the
+  sweep and claw-backs of one account, in one lock order, so they neither
+  interleave nor deadlock, and a spend never sees a half-applied change.
+* The database refuses a negative balance or ``remaining`` (CHECK constraints):
+  a bug here fails a transaction, it never overdraws.
+
+Spending order: lower ``priority`` first, then the soonest ``expires_at``
+(never-expiring last), then the oldest grant (lowest id). A spend writes one
+entry per grant it consumed, so a reversal returns each part to its grant.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from shared.db import DbConnection
+
+# Also written out in spend_credits (migrations/0002); the model test holds
+# the two to the same order.
+SPENDING_ORDER = "priority, expires_at NULLS LAST, id"
+
+
+class InsufficientCredits(Exception):
+    def __init__(self, balance: int) -> None:
+        super().__init__(f"balance {balance}")
+        self.balance = balance
+
+
+class SpendNotFound(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class NewGrant:
+    key: str
+    user_id: str
+    credit_type: str
+    source: str
+    amount: int
+    priority: int
+    expires_at: datetime | None
+    subscription_id: str | None = None
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    invoice_id: str | None = None
+    payment_intent_id: str | None = None
+    # When it counts from in the ledger (the instant of the fact); now if None.
+    effective_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SpendResult:
+    id: str
+    user_id: str
+    credit_type: str
+    amount: int
+    reference: str
+    created_at: datetime
+    balance_after: int
+    consumed: list[tuple[int, int]]
+    # Beyond the balance, billed (only where the plan allows overage).
+    overage: int = 0
+
+
+@dataclass(frozen=True)
+class ReversalResult:
+    spend_id: str
+    user_id: str
+    credit_type: str
+    reversed_at: datetime
+    returned: int
+    forfeited: int
+    first_time: bool
+
+
+@dataclass
+class SweepResult:
+    accounts: int = 0
+    # credit_type -> credits
+    expired: dict[str, int] = field(default_factory=dict)
+    rolled_over: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Clawback:
+    grant_id: int
+    user_id: str
+    credit_type: str
+    taken: int
+    already_spent: int
+
+
+def new_spend_id() -> str:
+    return f"csp_{uuid.uuid4().hex}"
+
+
+async def lock_account(conn: DbConnection, user_id: str, credit_type: str) -> int:
+    """Lock (creating it if needed) the account's balance row; its balance."""
+    balance = await conn.fetchval(
+        "SELECT balance FROM balances WHERE user_id = $1 AND credit_type = $2 FOR UPDATE",
+        user_id,
+        credit_type,
+    )
+    if balance is not None:
+        return int(balance)
+    await conn.execute(
+        "INSERT INTO balances (user_id, credit_type) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        user_id,
+        credit_type,
+    )
+    balance = await conn.fetchval(
+        "SELECT balance FROM balances WHERE user_id = $1 AND credit_type = $2 FOR UPDATE",
+        user_id,
+        credit_type,
+    )
+    return int(balance)
+
+
+async def _move_balance(conn: DbConnection, user_id: str, credit_type: str, delta: int) -> None:
+    await conn.execute(
+        "UPDATE balances SET balance = balance + $3 WHERE user_id = $1 AND credit_type = $2",
+        user_id,
+        credit_type,
+        delta,
+    )
+
+
+async def grant(conn: DbConnection, new: NewGrant, now: datetime) -> int | None:
+    """Record ``new`` once: its id, or None when its key was granted before."""
+    await lock_account(conn, new.user_id, new.credit_type)
+    at = new.effective_at or now
+    grant_id = await conn.fetchval(
+        """
+        INSERT INTO grants (grant_key, user_id, credit_type, source, amount, remaining,
+            priority, granted_at, expires_at, subscription_id, period_start, period_end,
+            invoice_id, payment_intent_id)
+        VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+        ON CONFLICT (grant_key) DO NOTHING RETURNING id
+        """,
+        new.key,
+        new.user_id,
+        new.credit_type,
+        new.source,
+        new.amount,
+        new.priority,
+        at,
+        new.expires_at,
+        new.subscription_id,
+        new.period_start,
+        new.period_end,
+        new.invoice_id,
+        new.payment_intent_id,
+    )
+    if grant_id is None:
+        return None
+    await conn.execute(
+        "INSERT INTO entries (user_id, credit_type, grant_id, kind, amount, at)"
+        " VALUES ($1, $2, $3, 'grant', $4, $5)",
+        new.user_id,
+        new.credit_type,
+        grant_id,
+        new.amount,
+        at,
+    )
+    await _move_balance(conn, new.user_id, new.credit_type, new.amount)
+    return int(grant_id)
+
+
+_SPENDABLE = f"""
+SELECT id, remaining FROM grants
+WHERE user_id = $1 AND credit_type = $2 AND remaining > 0 AND closed_at IS NULL
+  AND (expires_at IS NULL OR expires_at > $3)
+ORDER BY {SPENDING_ORDER}
+"""  # noqa: S608 - a constant, no values
+
+
+async def spendable(conn: DbConnection, user_id: str, credit_type: str, now: datetime) -> int:
+    rows = await conn.fetch(_SPENDABLE, user_id, credit_type, now)
+    return sum(int(r["remaining"]) for r in rows)
+
+
+async def spend(
+    conn: DbConnection,
+    *,
+    user_id: str,
+    credit_type: str,
+    amount: int,
+    reference: str,
+    now: datetime,
+    spend_id: str | None = None,
+    overage_allowed: bool = False,
+) -> SpendResult:
+    """Take ``amount`` from the account's grants in spending order, or raise
+    :class:`InsufficientCredits` having changed nothing; with
+    ``overage_allowed``, take what there is and count the rest as overage.
+
+    One call of ``spend_credits`` (migrations/0002): the account stays locked
+    for one round trip, not five.
+    """
+    spend_id = spend_id or new_spend_id()
+    row = await conn.fetchrow(
+        "SELECT * FROM spend_credits($1, $2, $3, $4, $5, $6, $7)",
+        user_id,
+        credit_type,
+        amount,
+        reference,
+        now,
+        spend_id,
+        overage_allowed,
+    )
+    if row is None or row["grant_ids"] is None:
+        raise InsufficientCredits(int(row["available"]) if row is not None else 0)
+    consumed = list(zip(map(int, row["grant_ids"]), map(int, row["takes"]), strict=True))
+    return SpendResult(
+        id=spend_id,
+        user_id=user_id,
+        credit_type=credit_type,
+        amount=amount,
+        reference=reference,
+        created_at=now,
+        balance_after=max(int(row["available"]) - amount, 0),
+        consumed=consumed,
+        overage=int(row["overage"]),
+    )
+
+
+async def reverse(
+    conn: DbConnection, spend_id: str, *, now: datetime, owner: str | None
+) -> ReversalResult:
+    """Return a spend's credits to the grants they came from, once.
+
+    ``owner``: the member the spend must belong to (None for staff); another
+    member's spend is :class:`SpendNotFound`, as a missing one is. Credits whose
+    grant has expired or was taken back are forfeited.
+    """
+    found = await conn.fetchrow("SELECT user_id, credit_type FROM spends WHERE id = $1", spend_id)
+    if found is None or (owner is not None and found["user_id"] != owner):
+        raise SpendNotFound(spend_id)
+    user_id, credit_type = found["user_id"], found["credit_type"]
+    await lock_account(conn, user_id, credit_type)
+    spent = await conn.fetchrow("SELECT * FROM spends WHERE id = $1", spend_id)
+    if spent is None:  # pragma: no cover - spends are never deleted
+        raise SpendNotFound(spend_id)
+    if spent["reversed_at"] is not None:
+        return ReversalResult(
+            spend_id=spend_id,
+            user_id=user_id,
+            credit_type=credit_type,
+            reversed_at=spent["reversed_at"],
+            returned=int(spent["returned"]),
+            forfeited=int(spent["forfeited"]),
+            first_time=False,
+        )
+    parts = await conn.fetch(
+        """
+        SELECT e.grant_id, -e.amount AS amount,
+               g.closed_at IS NULL AND (g.expires_at IS NULL OR g.expires_at > $2) AS open
+        FROM entries e JOIN grants g ON g.id = e.grant_id
+        WHERE e.spend_id = $1 AND e.kind = 'spend' ORDER BY e.id
+        """,
+        spend_id,
+        now,
+    )
+    back = [(int(p["grant_id"]), int(p["amount"])) for p in parts if p["open"]]
+    returned = sum(a for _, a in back)
+    forfeited = sum(int(p["amount"]) for p in parts) - returned
+    if back:
+        await conn.execute(
+            """
+            WITH back AS (SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS t(id, amount)),
+            moved AS (
+                UPDATE grants g SET remaining = g.remaining + back.amount
+                FROM back WHERE g.id = back.id
+            )
+            INSERT INTO entries (user_id, credit_type, grant_id, kind, amount, at, spend_id)
+            SELECT $3, $4, back.id, 'reversal', back.amount, $5, $6 FROM back
+            """,
+            [b[0] for b in back],
+            [b[1] for b in back],
+            user_id,
+            credit_type,
+            now,
+            spend_id,
+        )
+        await _move_balance(conn, user_id, credit_type, returned)
+    await conn.execute(
+        "UPDATE spends SET reversed_at = $2, returned = $3, forfeited = $4 WHERE id = $1",
+        spend_id,
+        now,
+        returned,
+        forfeited,
+    )
+    return ReversalResult(
+        spend_id=spend_id,
+        user_id=user_id,
+        credit_type=credit_type,
+        reversed_at=now,
+        returned=returned,
+        forfeited=forfeited,
+        first_time=True,
+    )
+
+
+# --- expiry and rollover -------------------------------------------------------------
+
+# Grants that carry over (up to the type's cap) into the subscription's next period.
+ROLLOVER_SOURCES = frozenset({"plan", "trial", "upgrade"})
+
+
+async def expire_account(
+    conn: DbConnection,
+    user_id: str,
+    credit_type: str,
+    *,
+    now: datetime,
+    rollover_cap: int,
+    result: SweepResult,
+) -> None:
+    """Expire what is left of the account's grants past their expiry.
+
+    A subscription's period grants (plan, trial, upgrade) that end while the
+    subscription goes on carry up to ``rollover_cap`` credits into a rollover
+    grant valid for one more period of the same length; the rest expires. The
+    caller holds the account's lock.
+    """
+    rows = await conn.fetch(
+        f"""
+        SELECT g.*, s.ended_at FROM grants g
+        LEFT JOIN subscriptions s ON s.subscription_id = g.subscription_id
+        WHERE g.user_id = $1 AND g.credit_type = $2 AND g.remaining > 0
+          AND g.expires_at <= $3
+        ORDER BY g.expires_at, {SPENDING_ORDER}
+        """,  # noqa: S608 - a constant, no values
+        user_id,
+        credit_type,
+        now,
+    )
+    # One cap per subscription period boundary, shared by its grants.
+    carry_left: dict[tuple[str, datetime], int] = {}
+    rollovers: dict[tuple[str, datetime], tuple[int, asyncpg.Record]] = {}
+    for row in rows:
+        remaining = int(row["remaining"])
+        # The entries count from when the credits stopped being spendable.
+        at = max(row["expires_at"], row["granted_at"])
+        carried = 0
+        boundary = (row["subscription_id"], row["expires_at"])
+        if (
+            rollover_cap > 0
+            and row["source"] in ROLLOVER_SOURCES
+            and row["subscription_id"] is not None
+            and (row["ended_at"] is None or row["ended_at"] > row["expires_at"])
+        ):
+            carried = min(remaining, carry_left.setdefault(boundary, rollover_cap))
+            carry_left[boundary] -= carried
+        entries: list[tuple[str, int, str]] = []
+        if carried:
+            entries.append(("rollover", -carried, "carried into the next period"))
+            total, first = rollovers.get(boundary, (0, row))
+            rollovers[boundary] = (total + carried, first)
+        if remaining - carried:
+            entries.append(("expiry", -(remaining - carried), "expired"))
+            result.expired[credit_type] = result.expired.get(credit_type, 0) + remaining - carried
+        for kind, amount, note in entries:
+            await conn.execute(
+                "INSERT INTO entries (user_id, credit_type, grant_id, kind, amount, at, note)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                user_id,
+                credit_type,
+                row["id"],
+                kind,
+                amount,
+                at,
+                note,
+            )
+        await conn.execute(
+            "UPDATE grants SET remaining = 0, closed_at = $2 WHERE id = $1", row["id"], now
+        )
+        await _move_balance(conn, user_id, credit_type, -remaining)
+    for (subscription_id, boundary_at), (amount, first) in rollovers.items():
+        length = (first["period_end"] or boundary_at) - (first["period_start"] or boundary_at)
+        await grant(
+            conn,
+            NewGrant(
+                key=f"rollover:{first['id']}",
+                user_id=user_id,
+                credit_type=credit_type,
+                source="rollover",
+                amount=amount,
+                priority=int(first["priority"]),
+                expires_at=boundary_at + length,
+                subscription_id=subscription_id,
+                period_start=boundary_at,
+                period_end=boundary_at + length,
+                effective_at=boundary_at,
+            ),
+            now,
+        )
+        result.rolled_over[credit_type] = result.rolled_over.get(credit_type, 0) + amount
+
+
+async def accounts_to_sweep(conn: DbConnection, now: datetime, limit: int) -> list[asyncpg.Record]:
+    """Lock up to ``limit`` accounts holding expired credits, skipping those
+    another replica (or a spend) holds: replicas share the sweep, none waits."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        SELECT b.user_id, b.credit_type FROM balances b
+        WHERE EXISTS (
+            SELECT 1 FROM grants g
+            WHERE g.user_id = b.user_id AND g.credit_type = b.credit_type
+              AND g.remaining > 0 AND g.expires_at <= $1
+        )
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+        """,
+        now,
+        limit,
+    )
+    return rows
+
+
+# --- claw-back ---------------------------------------------------------------------------
+
+
+async def clawback(
+    conn: DbConnection,
+    *,
+    grant_ids: Sequence[int],
+    cause: str,
+    note: str,
+    now: datetime,
+) -> list[Clawback]:
+    """Take back what is unspent of ``grant_ids``; report what was already spent.
+
+    Once per grant and cause. Never drives anything negative: what was spent
+    stays spent and is reported.
+    """
+    if not grant_ids:
+        return []
+    accounts = await conn.fetch(
+        "SELECT DISTINCT user_id, credit_type FROM grants WHERE id = ANY($1::bigint[])"
+        " ORDER BY user_id, credit_type",
+        list(grant_ids),
+    )
+    for account in accounts:
+        await lock_account(conn, account["user_id"], account["credit_type"])
+    rows = await conn.fetch(
+        """
+        SELECT g.*, COALESCE((
+            SELECT -sum(e.amount) FROM entries e
+            WHERE e.grant_id = g.id AND e.kind IN ('spend', 'reversal')
+        ), 0) AS spent
+        FROM grants g WHERE g.id = ANY($1::bigint[]) ORDER BY g.id
+        """,
+        list(grant_ids),
+    )
+    done: list[Clawback] = []
+    for row in rows:
+        taken = int(row["remaining"])
+        recorded = await conn.fetchval(
+            "INSERT INTO clawbacks (grant_id, cause, taken, already_spent, at)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true",
+            row["id"],
+            cause,
+            taken,
+            int(row["spent"]),
+            now,
+        )
+        if not recorded:
+            continue
+        if taken:
+            await conn.execute(
+                "INSERT INTO entries (user_id, credit_type, grant_id, kind, amount, at, note)"
+                " VALUES ($1, $2, $3, 'clawback', $4, $5, $6)",
+                row["user_id"],
+                row["credit_type"],
+                row["id"],
+                -taken,
+                now,
+                note,
+            )
+            await _move_balance(conn, row["user_id"], row["credit_type"], -taken)
+        await conn.execute(
+            "UPDATE grants SET remaining = 0, closed_at = COALESCE(closed_at, $2) WHERE id = $1",
+            row["id"],
+            now,
+        )
+        done.append(
+            Clawback(
+                grant_id=int(row["id"]),
+                user_id=row["user_id"],
+                credit_type=row["credit_type"],
+                taken=taken,
+                already_spent=int(row["spent"]),
+            )
+        )
+    return done
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+async def balances_at(conn: DbConnection, user_id: str, at: datetime) -> dict[str, int]:
+    """Balances per type at ``at``: the sum of every entry that took effect by then."""
+    rows = await conn.fetch(
+        "SELECT credit_type, sum(amount) AS balance FROM entries"
+        " WHERE user_id = $1 AND at <= $2 GROUP BY credit_type ORDER BY credit_type",
+        user_id,
+        at,
+    )
+    return {r["credit_type"]: int(r["balance"]) for r in rows}
+
+
+async def spendable_by_expiry(
+    conn: DbConnection, user_id: str, now: datetime
+) -> dict[str, list[tuple[int, datetime | None]]]:
+    """What each type holds, by expiry (soonest first, never-expiring last)."""
+    rows = await conn.fetch(
+        """
+        SELECT credit_type, expires_at, sum(remaining) AS amount FROM grants
+        WHERE user_id = $1 AND remaining > 0 AND closed_at IS NULL
+          AND (expires_at IS NULL OR expires_at > $2)
+        GROUP BY credit_type, expires_at
+        ORDER BY credit_type, expires_at NULLS LAST
+        """,
+        user_id,
+        now,
+    )
+    found: dict[str, list[tuple[int, datetime | None]]] = {}
+    for r in rows:
+        found.setdefault(r["credit_type"], []).append((int(r["amount"]), r["expires_at"]))
+    return found
+
+
+async def check_account(conn: DbConnection, user_id: str, credit_type: str) -> dict[str, Any]:
+    """The three sums that must agree (for tests, the benchmark and operators)."""
+    row = await conn.fetchrow(
+        """
+        SELECT
+          (SELECT balance FROM balances WHERE user_id = $1 AND credit_type = $2) AS balance,
+          (SELECT COALESCE(sum(amount), 0) FROM entries
+             WHERE user_id = $1 AND credit_type = $2) AS entries,
+          (SELECT COALESCE(sum(remaining), 0) FROM grants
+             WHERE user_id = $1 AND credit_type = $2) AS remaining
+        """,
+        user_id,
+        credit_type,
+    )
+    return dict(row) if row is not None else {}

@@ -1,0 +1,127 @@
+"""Claw-back after a refund or dispute; staff grants on the audit record."""
+
+from __future__ import annotations
+
+from shared.billing_events import Member, PaymentDisputed, PaymentRef
+from tests.credits.conftest import Credits
+
+
+async def test_a_refunded_invoice_takes_back_its_periods_unspent_credits(
+    credits: Credits,
+) -> None:
+    await credits.activate("u1", "sub_1", invoice="in_7")
+    await credits.pay("u1", {"meeting_room_hours_pack_10": 1}, intent="pi_pack")
+    assert (await credits.spend("u1", 4))[0] == 201
+    await credits.refund("u1", invoice="in_7")
+    await credits.refund("u1", invoice="in_7")  # the same refund again: nothing more
+    # The pack stays; the period's 6 unspent hours and 2 passes are taken back.
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 10
+    assert (await credits.balances("u1"))["guest_passes"] == 0
+    rows = await credits.db.fetch(
+        "SELECT g.credit_type, c.taken, c.already_spent, c.cause FROM credits.clawbacks c"
+        " JOIN credits.grants g ON g.id = c.grant_id ORDER BY g.credit_type"
+    )
+    assert [tuple(r) for r in rows] == [
+        ("guest_passes", 2, 0, "refund:re_1"),
+        ("meeting_room_hours", 6, 4, "refund:re_1"),
+    ]
+    note = await credits.db.fetchval(
+        "SELECT note FROM credits.entries"
+        " WHERE kind = 'clawback' AND credit_type = 'meeting_room_hours'"
+    )
+    assert note == "taken back: refund:re_1"
+    await credits.consistent("u1")
+
+
+async def test_a_disputed_credit_pack_payment_takes_back_the_pack(credits: Credits) -> None:
+    await credits.pay("u1", {"meeting_room_hours_pack_10": 1}, intent="pi_pack")
+    status, spent = await credits.spend("u1", 12 - 10 + 1)
+    assert status == 201
+    await credits.send(
+        "payment.disputed",
+        PaymentDisputed(
+            member=Member(user_id="u1", customer_id="cus_u1"),
+            payment=PaymentRef(payment_id="pay_pi_pack", payment_intent_id="pi_pack"),
+            dispute_id="dp_1",
+            amount=20000,
+            currency="usd",
+            reason="fraudulent",
+            status="needs_response",
+        ),
+    )
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 0
+    # Reversing the spend now returns nothing to a grant that was taken back.
+    status, reversal = await credits.request(
+        "POST", f"/v1/credits/spends/{spent['id']}/reverse", "u1", json={}
+    )
+    assert status == 200
+    assert (reversal["returned"], reversal["forfeited"]) == (0, 3)
+    await credits.consistent("u1")
+
+
+async def test_a_staff_grant_needs_a_reason_and_is_audited(credits: Credits) -> None:
+    payload = {"user_id": "u9", "credit_type": "guest_passes", "amount": 3}
+    status, body = await credits.request(
+        "POST", "/v1/admin/credits/grants", "ops-1", role="admin", json=payload
+    )
+    assert status == 422
+    assert body["error"]["details"][0]["field"] == "reason"
+    status, body = await credits.request(
+        "POST",
+        "/v1/admin/credits/grants",
+        "ops-1",
+        role="staff",
+        json={**payload, "reason": "welcome gift"},
+        key="gift-u9",
+    )
+    assert status == 201, body
+    assert (body["source"], body["priority"], body["remaining"]) == ("admin", 20, 3)
+    # Replayed with its key: the same grant, not a second one.
+    again = await credits.request(
+        "POST",
+        "/v1/admin/credits/grants",
+        "ops-1",
+        role="staff",
+        json={**payload, "reason": "welcome gift"},
+        key="gift-u9",
+    )
+    assert again == (201, body)
+    assert (await credits.balances("u9"))["guest_passes"] == 3
+    status, audit = await credits.request(
+        "GET", "/v1/admin/audit", "ops-1", role="admin", params={"target": str(body["id"])}
+    )
+    assert status == 200, audit
+    (entry,) = audit["data"]
+    assert (entry["service"], entry["action"], entry["reason"], entry["actor_id"]) == (
+        "credits",
+        "credits.grant.create",
+        "welcome gift",
+        "ops-1",
+    )
+    # Members cannot grant themselves credits.
+    status, _ = await credits.request(
+        "POST", "/v1/admin/credits/grants", "u9", json={**payload, "reason": "because"}
+    )
+    assert status == 403
+
+
+async def test_a_staff_grant_of_an_unknown_type_or_past_expiry_is_refused(
+    credits: Credits,
+) -> None:
+    base = {"user_id": "u9", "amount": 3, "reason": "test grant"}
+    status, body = await credits.request(
+        "POST",
+        "/v1/admin/credits/grants",
+        "ops-1",
+        role="admin",
+        json={**base, "credit_type": "parking"},
+    )
+    assert (status, body["error"]["details"][0]["field"]) == (422, "credit_type")
+    status, body = await credits.request(
+        "POST",
+        "/v1/admin/credits/grants",
+        "ops-1",
+        role="admin",
+        json={**base, "credit_type": "guest_passes", "expires_at": "2020-01-01T00:00:00Z"},
+    )
+    assert (status, body["error"]["details"][0]["field"]) == (422, "expires_at")

@@ -1,0 +1,150 @@
+"""The expiry sweep: grants past their expiry, rollover caps, several replicas."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from tests.credits.conftest import MONTH, START, Credits
+
+
+async def _entries(credits: Credits, user: str, kind: str) -> list[tuple[str, int]]:
+    rows = await credits.db.fetch(
+        "SELECT credit_type, amount FROM credits.entries WHERE user_id = $1 AND kind = $2"
+        " ORDER BY credit_type, id",
+        user,
+        kind,
+    )
+    return [(r["credit_type"], r["amount"]) for r in rows]
+
+
+async def test_unused_credits_beyond_the_rollover_cap_expire_with_their_own_entry(
+    credits: Credits,
+) -> None:
+    # meeting_room_hours: cap 5; guest_passes: cap 0.
+    await credits.activate("u1", "sub_1")
+    assert (await credits.spend("u1", 3))[0] == 201
+    await credits.renew("u1", "sub_1", start=START + MONTH)
+    credits.clock.set(START + MONTH + timedelta(minutes=5))
+    result = await credits.sweep()
+    assert result.expired == {"meeting_room_hours": 2, "guest_passes": 2}
+    assert result.rolled_over == {"meeting_room_hours": 5}
+    assert await _entries(credits, "u1", "expiry") == [
+        ("guest_passes", -2),
+        ("meeting_room_hours", -2),
+    ]
+    assert await _entries(credits, "u1", "rollover") == [("meeting_room_hours", -5)]
+    rollover = await credits.db.fetchrow(
+        "SELECT * FROM credits.grants WHERE user_id = 'u1' AND source = 'rollover'"
+    )
+    assert rollover is not None
+    assert rollover["amount"] == 5
+    assert rollover["expires_at"] == START + 2 * MONTH
+    assert await credits.balances("u1") == {
+        "meeting_room_hours": 15,
+        "guest_passes": 2,
+        "printing_pages": 0,
+    }
+    # Nothing is left to sweep: a second run changes nothing.
+    again = await credits.sweep()
+    assert (again.expired, again.rolled_over) == ({}, {})
+    await credits.consistent("u1")
+
+
+async def test_a_canceled_subscription_rolls_nothing_over(credits: Credits) -> None:
+    await credits.activate("u1", "sub_1")
+    await credits.cancel("u1", "sub_1", ended_at=START + MONTH)
+    credits.clock.set(START + MONTH + timedelta(minutes=5))
+    result = await credits.sweep()
+    assert result.expired == {"meeting_room_hours": 10, "guest_passes": 2}
+    assert result.rolled_over == {}
+    await credits.consistent("u1")
+
+
+async def test_admin_grants_expire_at_their_own_expiry(credits: Credits) -> None:
+    now = credits.clock.now()
+    status, _ = await credits.request(
+        "POST",
+        "/v1/admin/credits/grants",
+        "ops-1",
+        role="admin",
+        json={
+            "user_id": "u1",
+            "credit_type": "printing_pages",
+            "amount": 40,
+            "expires_at": (now + timedelta(days=2)).isoformat(),
+            "reason": "printer was broken for a week",
+        },
+    )
+    assert status == 201
+    credits.clock.advance(timedelta(days=1))
+    assert (await credits.sweep()).expired == {}
+    credits.clock.advance(timedelta(days=1))
+    # An admin grant does not roll over, whatever the type's cap.
+    assert (await credits.sweep()).expired == {"printing_pages": 40}
+    await credits.consistent("u1")
+
+
+async def test_replicas_sweeping_together_expire_each_credit_once(credits: Credits) -> None:
+    users = [f"m{n}" for n in range(30)]
+    for n, user in enumerate(users):
+        await credits.activate(user, f"sub_{n}", invoice=f"in_{n}")
+    await credits.cancel(users[0], "sub_0", ended_at=START + MONTH)
+    credits.clock.set(START + MONTH + timedelta(minutes=1))
+    results = await asyncio.gather(*(credits.sweep() for _ in range(4)))
+    expired = sum(r.expired.get("meeting_room_hours", 0) for r in results)
+    rolled = sum(r.rolled_over.get("meeting_room_hours", 0) for r in results)
+    # 29 live subscriptions carry 5 and expire 5; the canceled one expires 10.
+    assert (expired, rolled) == (29 * 5 + 10, 29 * 5)
+    count = await credits.db.fetchval(
+        "SELECT count(*) FROM credits.entries"
+        " WHERE kind = 'expiry' AND credit_type = 'meeting_room_hours'"
+    )
+    assert count == 30
+    for user in users:
+        await credits.consistent(user)
+
+
+async def test_balances_at_a_past_instant_come_from_the_ledger(credits: Credits) -> None:
+    await credits.activate("u1", "sub_1")
+    before_spend = credits.clock.now()
+    credits.clock.advance(timedelta(days=1))
+    assert (await credits.spend("u1", 4))[0] == 201
+    credits.clock.set(START + MONTH + timedelta(days=1))
+    await credits.sweep()
+
+    async def at(moment: object) -> dict[str, int]:
+        status, body = await credits.request(
+            "GET", "/v1/admin/credits/u1", "ops-1", role="admin", params={"at": str(moment)}
+        )
+        assert status == 200, body
+        return {b["credit_type"]: b["balance"] for b in body["balances"]}
+
+    assert await at((START - timedelta(days=1)).isoformat()) == {}
+    assert (await at(before_spend.isoformat()))["meeting_room_hours"] == 10
+    assert (await at((before_spend + timedelta(days=2)).isoformat()))["meeting_room_hours"] == 6
+    # Expired at the period's end (the sweep ran a day later): the rollover carries 5.
+    assert (await at((START + MONTH).isoformat()))["meeting_room_hours"] == 5
+    status, body = await credits.request(
+        "GET", "/v1/admin/credits/u1", "u1", params={"at": START.isoformat()}
+    )
+    assert (status, body["error"]["code"]) == (403, "forbidden")
+
+
+async def test_the_sweep_and_spends_on_one_account_at_once_stay_consistent(
+    credits: Credits,
+) -> None:
+    await credits.activate("u1", "sub_1")
+    await credits.renew("u1", "sub_1", start=START + MONTH)
+    await credits.pay("u1", {"meeting_room_hours_pack_10": 3})
+    credits.clock.set(START + MONTH + timedelta(minutes=1))
+    # 10 expiring (5 carried), 10 of the new period, 30 from packs.
+    results = await asyncio.gather(
+        *(credits.spend("u1", 2) for _ in range(30)), credits.sweep(), credits.sweep()
+    )
+    assert {r[0] for r in results[:30]} <= {201, 422}
+    spent = sum(2 for r in results[:30] if r[0] == 201)
+    # Whether a spend came before the rollover or after, nothing is lost or
+    # made: what was spent and what is left make the 45 there were.
+    assert spent + (await credits.balances("u1"))["meeting_room_hours"] == 45
+    await credits.consistent("u1")

@@ -1,0 +1,146 @@
+"""Grants from billing events: one per subscription, period and type, however
+the events arrive."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from tests.credits.conftest import MONTH, START, Credits
+
+
+async def _grants(credits: Credits, user: str) -> list[tuple[str, str, int, object]]:
+    rows = await credits.db.fetch(
+        "SELECT credit_type, source, amount, expires_at FROM credits.grants"
+        " WHERE user_id = $1 ORDER BY period_start, credit_type, id",
+        user,
+    )
+    return [(r["credit_type"], r["source"], r["amount"], r["expires_at"]) for r in rows]
+
+
+async def test_activation_grants_the_allotments_until_the_period_ends(credits: Credits) -> None:
+    await credits.activate("u1", "sub_1")
+    assert await _grants(credits, "u1") == [
+        ("guest_passes", "plan", 2, START + MONTH),
+        ("meeting_room_hours", "plan", 10, START + MONTH),
+    ]
+    assert await credits.balances("u1") == {
+        "meeting_room_hours": 10,
+        "guest_passes": 2,
+        "printing_pages": 0,
+    }
+    await credits.consistent("u1")
+
+
+async def test_the_same_period_is_granted_once_however_often_it_arrives(
+    credits: Credits,
+) -> None:
+    first = await credits.activate("u1", "sub_1")
+    # The same event redelivered, and the same fact under another event id.
+    await credits.activate("u1", "sub_1", event_id=first)
+    await credits.activate("u1", "sub_1")
+    await credits.renew("u1", "sub_1", start=START, invoice="in_1")
+    assert len(await _grants(credits, "u1")) == 2
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 10
+    await credits.consistent("u1")
+
+
+async def test_renewals_out_of_order_grant_each_period_once(credits: Credits) -> None:
+    # The next period's renewal arrives before the activation.
+    await credits.renew("u1", "sub_1", start=START + MONTH, invoice="in_2")
+    await credits.activate("u1", "sub_1")
+    await credits.renew("u1", "sub_1", start=START + MONTH, invoice="in_2")
+    hours = [g for g in await _grants(credits, "u1") if g[0] == "meeting_room_hours"]
+    assert [(g[2], g[3]) for g in hours] == [(10, START + MONTH), (10, START + 2 * MONTH)]
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 20
+    await credits.consistent("u1")
+
+
+async def test_a_trial_grants_the_catalogs_trial_credits(credits: Credits) -> None:
+    # hot_desk: trial_credits = {meeting_room_hours = 2, guest_passes = 0, printing_pages = 20}
+    await credits.activate("u1", "sub_1", trial=True, allotments={"meeting_room_hours": 10})
+    assert await credits.balances("u1") == {
+        "meeting_room_hours": 2,
+        "guest_passes": 0,
+        "printing_pages": 20,
+    }
+    assert {g[1] for g in await _grants(credits, "u1")} == {"trial"}
+
+
+async def test_a_trial_defaults_to_the_full_allotment(credits: Credits) -> None:
+    # dedicated_desk has no trial_credits: the trial grants the plan's credits.
+    await credits.activate("u1", "sub_1", trial=True, plan="dedicated_desk")
+    assert await credits.balances("u1") == {
+        "meeting_room_hours": 25,
+        "guest_passes": 4,
+        "printing_pages": 300,
+    }
+
+
+async def test_an_upgrade_grants_the_difference_at_once_and_only_once(credits: Credits) -> None:
+    await credits.activate("u1", "sub_1", allotments={"meeting_room_hours": 10})
+    mid = START + timedelta(days=10)
+    for _ in range(2):
+        await credits.change(
+            "u1",
+            "sub_1",
+            previous={"meeting_room_hours": 10},
+            current={"meeting_room_hours": 25},
+            effective_at=mid,
+        )
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 25
+    upgrade = [g for g in await _grants(credits, "u1") if g[1] == "upgrade"]
+    assert upgrade == [("meeting_room_hours", "upgrade", 15, START + MONTH)]
+    await credits.consistent("u1")
+
+
+async def test_an_upgrade_arriving_before_the_activation_still_totals_the_new_level(
+    credits: Credits,
+) -> None:
+    await credits.change(
+        "u1",
+        "sub_1",
+        previous={"meeting_room_hours": 10},
+        current={"meeting_room_hours": 25},
+        effective_at=START + timedelta(days=3),
+    )
+    await credits.activate("u1", "sub_1", allotments={"meeting_room_hours": 10})
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 25
+
+
+async def test_a_downgrade_waits_for_the_next_period(credits: Credits) -> None:
+    await credits.activate("u1", "sub_1", allotments={"meeting_room_hours": 25})
+    await credits.change(
+        "u1",
+        "sub_1",
+        previous={"meeting_room_hours": 25},
+        current={"meeting_room_hours": 10},
+        effective_at=START + MONTH,
+    )
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 25
+    await credits.renew("u1", "sub_1", start=START + MONTH, allotments={"meeting_room_hours": 10})
+    hours = [g[2] for g in await _grants(credits, "u1") if g[0] == "meeting_room_hours"]
+    assert hours == [25, 10]
+
+
+async def test_cancel_stops_later_grants_and_keeps_what_was_granted(credits: Credits) -> None:
+    await credits.activate("u1", "sub_1")
+    await credits.cancel("u1", "sub_1", ended_at=START + MONTH)
+    # A renewal for a period after the end (late, or replayed) grants nothing.
+    await credits.renew("u1", "sub_1", start=START + MONTH)
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 10
+    assert len(await _grants(credits, "u1")) == 2
+
+
+async def test_a_credit_pack_payment_grants_its_credits_with_its_own_expiry_and_priority(
+    credits: Credits,
+) -> None:
+    await credits.pay("u1", {"meeting_room_hours_pack_10": 2, "day_pass": 1}, intent="pi_9")
+    await credits.pay("u1", {"meeting_room_hours_pack_10": 2, "day_pass": 1}, intent="pi_9")
+    row = await credits.db.fetchrow(
+        "SELECT * FROM credits.grants WHERE user_id = 'u1' AND source = 'pack'"
+    )
+    assert row is not None
+    assert row["amount"] == 20
+    assert row["priority"] == 50
+    assert row["expires_at"] == credits.clock.now() + timedelta(days=365)
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 20

@@ -1,0 +1,252 @@
+"""Spends through the gateway: the spending order, idempotency, refusals,
+reversal to the same grants, and members kept to their own records."""
+
+from __future__ import annotations
+
+import base64
+from datetime import timedelta
+
+from tests.credits.conftest import MONTH, START, Credits
+from tests.support.billing_events import member_headers
+
+
+async def _admin_grant(credits: Credits, user: str, amount: int, **extra: object) -> int:
+    status, body = await credits.request(
+        "POST",
+        "/v1/admin/credits/grants",
+        "ops-1",
+        role="admin",
+        json={
+            "user_id": user,
+            "credit_type": "meeting_room_hours",
+            "amount": amount,
+            "reason": "goodwill after an outage",
+            **extra,
+        },
+    )
+    assert status == 201, body
+    return int(body["id"])
+
+
+async def test_spending_order_is_priority_then_soonest_expiry_then_oldest(
+    credits: Credits,
+) -> None:
+    now = credits.clock.now()
+    late = await _admin_grant(
+        credits, "u1", 3, priority=10, expires_at=(now + 3 * MONTH).isoformat()
+    )
+    never = await _admin_grant(credits, "u1", 3, priority=10)
+    soon = await _admin_grant(credits, "u1", 3, priority=10, expires_at=(now + MONTH).isoformat())
+    soon_too = await _admin_grant(
+        credits, "u1", 3, priority=10, expires_at=(now + MONTH).isoformat()
+    )
+    first = await _admin_grant(credits, "u1", 1, priority=5)
+    status, spent = await credits.spend("u1", 12)
+    assert status == 201, spent
+    assert [(c["grant_id"], c["amount"]) for c in spent["consumed"]] == [
+        (first, 1),
+        (soon, 3),
+        (soon_too, 3),
+        (late, 3),
+        (never, 2),
+    ]
+    assert spent["balance_after"] == 1
+    entries = await credits.db.fetch(
+        "SELECT grant_id, amount FROM credits.entries WHERE spend_id = $1 ORDER BY id",
+        spent["id"],
+    )
+    assert [(e["grant_id"], e["amount"]) for e in entries] == [
+        (c["grant_id"], -c["amount"]) for c in spent["consumed"]
+    ]
+    await credits.consistent("u1")
+
+
+async def test_the_same_idempotency_key_answers_the_same_spend_once(credits: Credits) -> None:
+    await credits.activate("u1", "sub_1")
+    first = await credits.spend("u1", 3, key="book-42")
+    again = await credits.spend("u1", 3, key="book-42")
+    assert first[0] == again[0] == 201
+    assert first[1] == again[1]
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 7
+    status, body = await credits.spend("u1", 4, key="book-42")
+    assert status == 422, body
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 7
+
+
+async def test_a_spend_needs_an_idempotency_key(credits: Credits) -> None:
+    await credits.activate("u1", "sub_1")
+    async with credits.http.post(
+        f"{credits.gateway}/v1/credits/spend",
+        json={"credit_type": "meeting_room_hours", "amount": 1, "reference": "b"},
+        headers=member_headers("u1"),
+    ) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["code"] == "idempotency_key_required"
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 10
+
+
+async def test_a_spend_beyond_the_balance_is_refused_with_the_balance(credits: Credits) -> None:
+    await credits.activate("u1", "sub_1")
+    status, body = await credits.spend("u1", 11, key="too-much")
+    assert status == 422
+    assert body["error"]["code"] == "insufficient_credits"
+    assert {"field": "balance", "reason": "10"} in body["error"]["details"]
+    # The same key answers the same refusal, even once credits arrived.
+    await credits.renew("u1", "sub_1", start=START + MONTH)
+    assert (await credits.spend("u1", 11, key="too-much"))[1] == body
+    assert (await credits.spend("u1", 11))[0] == 201
+    await credits.consistent("u1")
+
+
+async def test_an_unknown_credit_type_is_a_validation_error(credits: Credits) -> None:
+    status, body = await credits.spend("u1", 1, credit_type="parking_spots")
+    assert status == 422
+    assert body["error"]["details"][0]["field"] == "credit_type"
+
+
+async def test_expired_credits_are_not_spendable_even_before_the_sweep(credits: Credits) -> None:
+    await credits.activate("u1", "sub_1")
+    credits.clock.advance(MONTH)
+    status, body = await credits.spend("u1", 1)
+    assert status == 422
+    assert {"field": "balance", "reason": "0"} in body["error"]["details"]
+
+
+async def test_reverse_returns_credits_to_the_grants_they_came_from_once(
+    credits: Credits,
+) -> None:
+    await credits.activate("u1", "sub_1")
+    await credits.pay("u1", {"meeting_room_hours_pack_10": 1})
+    status, spent = await credits.spend("u1", 12)
+    assert status == 201
+    for _ in range(2):
+        status, reversal = await credits.request(
+            "POST", f"/v1/credits/spends/{spent['id']}/reverse", "u1", json={}
+        )
+        assert status == 200, reversal
+        assert (reversal["returned"], reversal["forfeited"]) == (12, 0)
+    rows = await credits.db.fetch(
+        "SELECT grant_id, amount FROM credits.entries WHERE spend_id = $1 AND kind = 'reversal'"
+        " ORDER BY id",
+        spent["id"],
+    )
+    assert [(r["grant_id"], r["amount"]) for r in rows] == [
+        (c["grant_id"], c["amount"]) for c in spent["consumed"]
+    ]
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 20
+    await credits.consistent("u1")
+
+
+async def test_reverse_forfeits_what_came_from_an_expired_grant(credits: Credits) -> None:
+    await credits.activate("u1", "sub_1")  # 10, expiring at START + MONTH
+    await credits.pay("u1", {"meeting_room_hours_pack_10": 1})  # 10, a year
+    status, spent = await credits.spend("u1", 12)
+    assert status == 201
+    credits.clock.set(START + MONTH + timedelta(hours=1))
+    status, reversal = await credits.request(
+        "POST", f"/v1/credits/spends/{spent['id']}/reverse", "u1", json={}
+    )
+    assert status == 200
+    assert (reversal["returned"], reversal["forfeited"]) == (2, 10)
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 10
+
+
+async def test_another_members_spend_is_not_found(credits: Credits) -> None:
+    await credits.activate("u1", "sub_1")
+    status, spent = await credits.spend("u1", 2)
+    assert status == 201
+    status, body = await credits.request(
+        "POST", f"/v1/credits/spends/{spent['id']}/reverse", "u2", json={}
+    )
+    assert status == 404
+    assert body["error"]["code"] == "not_found"
+    missing = "csp_" + "0" * 32
+    assert (await credits.request("POST", f"/v1/credits/spends/{missing}/reverse", "u1", json={}))[
+        0
+    ] == 404
+    # Nor does it show in the other member's balances or ledger.
+    assert (await credits.balances("u2"))["meeting_room_hours"] == 0
+    status, page = await credits.request("GET", "/v1/credits/me/transactions", "u2")
+    assert status == 200
+    assert page["data"] == []
+    # u2 spending cannot reach u1's credits.
+    assert (await credits.spend("u2", 1))[0] == 422
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 8
+
+
+async def test_staff_reverse_a_members_spend_with_a_reason_on_record(credits: Credits) -> None:
+    await credits.activate("u1", "sub_1")
+    _, spent = await credits.spend("u1", 2)
+    path = f"/v1/credits/spends/{spent['id']}/reverse"
+    status, body = await credits.request("POST", path, "ops-1", role="admin", json={})
+    assert status == 422
+    assert body["error"]["details"][0]["field"] == "reason"
+    status, body = await credits.request(
+        "POST", path, "ops-1", role="admin", json={"reason": "booking cancelled by the desk"}
+    )
+    assert status == 200, body
+    entry = await credits.db.fetchrow(
+        "SELECT * FROM credits.audit_log WHERE target_id = $1", spent["id"]
+    )
+    assert entry is not None
+    assert entry["reason"] == "booking cancelled by the desk"
+    assert entry["actor_id"] == "ops-1"
+
+
+async def test_my_credits_say_what_expires_when(credits: Credits) -> None:
+    await credits.activate("u1", "sub_1")
+    await credits.pay("u1", {"meeting_room_hours_pack_10": 1})
+    status, body = await credits.request("GET", "/v1/credits/me", "u1")
+    assert status == 200
+    hours = next(b for b in body["balances"] if b["credit_type"] == "meeting_room_hours")
+    assert hours["name"] == "Meeting-room hours"
+    assert hours["balance"] == 20
+    assert [e["amount"] for e in hours["expiring"]] == [10, 10]
+    assert hours["expiring"][0]["expires_at"].startswith("2026-03-31")
+
+
+async def test_transactions_paginate_newest_first(credits: Credits) -> None:
+    await credits.activate("u1", "sub_1")
+    for n in range(5):
+        assert (await credits.spend("u1", 1, reference=f"b{n}"))[0] == 201
+    seen: list[int] = []
+    cursor: str | None = None
+    while True:
+        params = {"limit": "3", **({"cursor": cursor} if cursor else {})}
+        status, page = await credits.request(
+            "GET", "/v1/credits/me/transactions", "u1", params=params
+        )
+        assert status == 200, page
+        seen += [t["id"] for t in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            assert not page["has_more"]
+            break
+    assert len(seen) == 7  # two grants, five spends
+    assert seen == sorted(seen, reverse=True)
+    status, body = await credits.request(
+        "GET", "/v1/credits/me/transactions", "u1", params={"cursor": "nonsense"}
+    )
+    assert status == 422
+    assert body["error"]["details"][0]["field"] == "cursor"
+    # Past Postgres' bigint, the largest integer a cursor can carry.
+    huge = base64.urlsafe_b64encode(b"[18446744073709551615]").decode().rstrip("=")
+    status, body = await credits.request(
+        "GET", "/v1/credits/me/transactions", "u1", params={"cursor": huge}
+    )
+    assert (status, body["error"]["details"][0]["field"]) == (422, "cursor")
+
+
+async def test_text_postgres_cannot_store_is_refused_as_invalid(credits: Credits) -> None:
+    await credits.activate("u1", "sub_1")
+    status, body = await credits.spend("u1", 1, reference="booking\x00-1")
+    assert (status, body["error"]["details"][0]["field"]) == (422, "reference")
+    status, body = await credits.request(
+        "POST",
+        "/v1/admin/credits/grants",
+        "ops-1",
+        role="admin",
+        json={"user_id": "u1", "credit_type": "guest_passes", "amount": 1, "reason": "why\x00"},
+    )
+    assert (status, body["error"]["details"][0]["field"]) == (422, "reason")
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 10
