@@ -1,0 +1,177 @@
+"""Sends the ``mail`` table's pending emails over SMTP (aiosmtplib).
+
+Each replica claims due rows with ``FOR UPDATE SKIP LOCKED`` and a lease
+(``lease_until``), committed before it connects to the mail server, so
+replicas never send one row twice at once and no transaction waits on SMTP.
+A refused or failed send is tried again after a backoff that doubles from
+``MAIL_RETRY_FIRST_SECONDS`` up to ``MAIL_RETRY_MAX_SECONDS``; after
+``MAIL_MAX_TRIES`` the row is dead (``state = 'dead'``, its last error kept,
+``notifications_emails_failed_total{outcome="dead"}``), for an operator.
+
+Each message carries a ``Message-ID`` derived from its event, so in the one
+window that remains (the server accepted the message, the replica died before
+marking it sent) the copy sent again is recognisable as the same message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from datetime import timedelta
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from typing import Any
+
+import aiosmtplib
+
+from services.retry.settings import RetrySettings
+from shared import metrics
+from shared.clock import Clock
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+_LEASE = timedelta(minutes=2)
+_BATCH = 20
+
+
+def backoff(settings: RetrySettings, tries: int) -> timedelta:
+    """The wait after the ``tries``-th failed send (1-based)."""
+    seconds = settings.mail_retry_first_seconds * 2 ** (tries - 1)
+    return timedelta(seconds=min(settings.mail_retry_max_seconds, seconds))
+
+
+def build_message(row: Any, sender: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = row["recipient"]
+    message["Subject"] = row["subject"]
+    message["Date"] = formatdate(row["created_at"].timestamp(), usegmt=True)
+    domain = sender.rsplit("@", 1)[-1].strip("> ") or "billing.invalid"
+    stable = uuid.uuid5(uuid.NAMESPACE_URL, f"mail:{row['event_id']}").hex
+    message["Message-ID"] = make_msgid(idstring=stable, domain=domain)
+    message["X-Billing-Event-Id"] = row["event_id"]
+    message.set_content(row["body_text"])
+    message.add_alternative(row["body_html"], subtype="html")
+    return message
+
+
+class Sender:
+    def __init__(self, pool: Any, clock: Clock, settings: RetrySettings) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._settings = settings
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="mail-sender")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                sent = await self.send_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("mail_sender_failed", error=repr(exc))
+                sent = 0
+            if sent < _BATCH:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._settings.mail_poll_seconds)
+
+    async def send_due(self) -> int:
+        """Send one batch of due emails; returns how many were claimed."""
+        now = self._clock.now()
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "WITH due AS (SELECT event_id FROM mail WHERE state = 'pending'"
+                " AND next_try_at <= $1 AND (lease_until IS NULL OR lease_until <= $1)"
+                " ORDER BY next_try_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                " UPDATE mail m SET lease_until = $3 FROM due WHERE m.event_id = due.event_id"
+                " RETURNING m.*",
+                now,
+                _BATCH,
+                now + _LEASE,
+            )
+            pending = await conn.fetchval("SELECT count(*) FROM mail WHERE state = 'pending'")
+            metrics.EMAILS_PENDING.set(pending or 0)
+        if not rows:
+            return 0
+        try:
+            smtp = await self._connect()
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            for row in rows:
+                await self._failed(row, exc)
+            return len(rows)
+        try:
+            for row in rows:
+                try:
+                    await smtp.send_message(build_message(row, self._settings.mail_from))
+                except (aiosmtplib.SMTPException, OSError) as exc:
+                    await self._failed(row, exc)
+                    if isinstance(exc, aiosmtplib.SMTPServerDisconnected | OSError):
+                        smtp = await self._connect()
+                    continue
+                await self._sent(row)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            log.warning("mail_connection_lost", error=repr(exc))
+        finally:
+            with contextlib.suppress(Exception):
+                await smtp.quit()
+        return len(rows)
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        s = self._settings
+        smtp = aiosmtplib.SMTP(
+            hostname=s.smtp_host,
+            port=s.smtp_port,
+            timeout=s.smtp_timeout_seconds,
+            use_tls=s.smtp_use_tls,
+            start_tls=s.smtp_start_tls,
+        )
+        await smtp.connect()
+        if s.smtp_username:
+            password = s.smtp_password.get_secret_value() if s.smtp_password else ""
+            await smtp.login(s.smtp_username, password)
+        return smtp
+
+    async def _sent(self, row: Any) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE mail SET state = 'sent', sent_at = $2, tries = tries + 1,"
+                " lease_until = NULL WHERE event_id = $1",
+                row["event_id"],
+                self._clock.now(),
+            )
+        metrics.EMAILS_SENT.labels(row["event_type"]).inc()
+
+    async def _failed(self, row: Any, exc: BaseException) -> None:
+        tries = row["tries"] + 1
+        dead = tries >= self._settings.mail_max_tries
+        now = self._clock.now()
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE mail SET tries = $2, state = $3, next_try_at = $4, last_error = $5,"
+                " lease_until = NULL WHERE event_id = $1",
+                row["event_id"],
+                tries,
+                "dead" if dead else "pending",
+                now + backoff(self._settings, tries),
+                repr(exc)[:500],
+            )
+        metrics.EMAILS_FAILED.labels("dead" if dead else "retry").inc()
+        log.warning(
+            "mail_send_failed", event_id=row["event_id"], tries=tries, dead=dead, error=repr(exc)
+        )

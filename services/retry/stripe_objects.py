@@ -1,0 +1,143 @@
+"""The fields of Stripe's invoices, subscriptions and customers dunning reads.
+
+Current API versions moved an invoice's subscription to
+``parent.subscription_details.subscription``; both it and the older top-level
+``subscription`` are read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.events import StripeEvent
+
+# Stripe's hard declines: the card will not work however often it is tried
+# again, so automatic attempts wait for a new payment method.
+HARD_DECLINES = frozenset(
+    {
+        "fraudulent",
+        "incorrect_number",
+        "invalid_account",
+        "lost_card",
+        "merchant_blacklist",
+        "pickup_card",
+        "restricted_card",
+        "revocation_of_all_authorizations",
+        "revocation_of_authorization",
+        "security_violation",
+        "stolen_card",
+        "stop_payment_order",
+        # No card at all is the same situation: only a new one helps.
+        "no_payment_method",
+    }
+)
+# Renewals: the invoices dunning chases (a first invoice that fails leaves
+# the subscription incomplete instead, and the member pays it on-session).
+RENEWAL_REASONS = frozenset({"subscription_cycle", "subscription_update", "subscription_threshold"})
+
+
+def _id_of(value: Any) -> Any:
+    # An expanded object is a dict; we keep its id.
+    return value.get("id") if isinstance(value, dict) else value
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _SubscriptionDetails(_Loose):
+    subscription: str | None = None
+    metadata: dict[str, str] | None = None
+
+    @field_validator("subscription", mode="before")
+    @classmethod
+    def _subscription_id(cls, value: Any) -> Any:
+        return _id_of(value)
+
+
+class _Parent(_Loose):
+    subscription_details: _SubscriptionDetails | None = None
+
+
+class Invoice(_Loose):
+    id: str = Field(pattern=r"^in_")
+    customer: str
+    status: str | None = None
+    amount_due: int = 0
+    amount_paid: int = 0
+    amount_remaining: int = 0
+    currency: str
+    billing_reason: str | None = None
+    customer_email: str | None = None
+    hosted_invoice_url: str | None = None
+    attempt_count: int = 0
+    next_payment_attempt: int | None = None
+    metadata: dict[str, str] | None = None
+    parent: _Parent | None = None
+    # Older API versions.
+    subscription: str | None = None
+
+    @field_validator("customer", "subscription", mode="before")
+    @classmethod
+    def _ids(cls, value: Any) -> Any:
+        return _id_of(value)
+
+    @property
+    def subscription_id(self) -> str | None:
+        details = self.parent.subscription_details if self.parent else None
+        if details is not None and details.subscription:
+            return details.subscription
+        return self.subscription
+
+    @property
+    def user_id(self) -> str | None:
+        """The product's user, when its subscription or invoice carries it in metadata."""
+        details = self.parent.subscription_details if self.parent else None
+        for metadata in (details.metadata if details else None, self.metadata):
+            if metadata and metadata.get("user_id"):
+                return metadata["user_id"]
+        return None
+
+    @property
+    def is_renewal(self) -> bool:
+        return self.subscription_id is not None and self.billing_reason in RENEWAL_REASONS
+
+
+class Subscription(_Loose):
+    id: str = Field(pattern=r"^sub_")
+    status: str
+    metadata: dict[str, str] | None = None
+
+
+class PaymentMethod(_Loose):
+    id: str
+    customer: str | None = None
+
+    @field_validator("customer", mode="before")
+    @classmethod
+    def _ids(cls, value: Any) -> Any:
+        return _id_of(value)
+
+
+class _InvoiceSettings(_Loose):
+    default_payment_method: str | None = None
+
+    @field_validator("default_payment_method", mode="before")
+    @classmethod
+    def _ids(cls, value: Any) -> Any:
+        return _id_of(value)
+
+
+class Customer(_Loose):
+    id: str = Field(pattern=r"^cus_")
+    invoice_settings: _InvoiceSettings | None = None
+
+
+# Subscriptions Stripe never brings back: no charge for them.
+ENDED_SUBSCRIPTIONS = frozenset({"canceled", "incomplete_expired"})
+
+
+class DunningStripeEvent(StripeEvent):
+    """A Stripe event on the retry service's queue; its object is read per type."""

@@ -1,0 +1,288 @@
+"""Dunning against the sandbox on a test clock: the flows the issue names,
+proved from the case, its attempts and the sandbox's record of charges."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+import stripe
+
+from tests.gateway.helpers import admin
+from tests.retry.helpers import (
+    attempts_of,
+    case_in,
+    charges_of,
+    fail_renewal,
+    new_member,
+    outbox_events,
+    succeeded_charges,
+)
+from tests.support.sandbox_process import SandboxProcess
+from tests.support.stack import Stack
+from tests.support.waiting import eventually
+
+
+async def test_a_failed_renewal_is_recovered_on_the_second_attempt(
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+) -> None:
+    member = await new_member(stripe_client)
+    # The renewal and our first attempt are declined; the second goes through.
+    invoice_id = await fail_renewal(stripe_client, sandbox, member, declines=2)
+
+    case = await case_in(db, invoice_id, "recovered")
+    assert case["close_reason"] == "attempt_succeeded"
+    assert case["recovered_amount"] == 19900
+    attempts = await attempts_of(db, invoice_id)
+    assert [(a["outcome"], a["decline_code"]) for a in attempts] == [
+        ("failed", "generic_decline"),
+        ("succeeded", None),
+    ]
+    assert [a["amount"] for a in attempts] == [19900, 19900]
+    invoice = await stripe_client.v1.invoices.retrieve_async(invoice_id)
+    assert invoice.status == "paid"
+    # The first charge of the subscription, and the recovery: nothing more.
+    assert len(await succeeded_charges(stripe_client, member.customer_id)) == 2
+    recovered = await outbox_events(db, "dunning.recovered")
+    assert [e["data"]["invoice_id"] for e in recovered] == [invoice_id]
+    assert recovered[0]["data"]["member"]["user_id"] == "user_42"
+    failed = await outbox_events(db, "dunning.attempt_failed")
+    assert [e["data"]["attempt"] for e in failed] == [0, 1]
+    assert failed[1]["data"]["next_attempt_at"] is not None
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{dunning_stack.apps['retry'].url}/metrics") as response,
+    ):
+        exposed = await response.text()
+    assert 'dunning_attempts_total{decline_code="generic_decline",outcome="failed"}' in exposed
+    assert 'dunning_recovered_amount_total{currency="usd"}' in exposed
+
+
+async def test_when_every_attempt_fails_the_end_action_runs_once(
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+) -> None:
+    member = await new_member(stripe_client)
+    invoice_id = await fail_renewal(stripe_client, sandbox, member, declines=10)
+
+    case = await case_in(db, invoice_id, "exhausted")
+    assert case["end_action"] == "cancel_subscription"
+    await _eventually_done(db, invoice_id)
+    attempts = await attempts_of(db, invoice_id)
+    assert [a["outcome"] for a in attempts] == ["failed", "failed", "failed"]
+    sub = await stripe_client.v1.subscriptions.retrieve_async(member.subscription_id)
+    assert sub.status == "canceled"
+    cancels = await sandbox.requests(f"/v1/subscriptions/{member.subscription_id}", method="DELETE")
+    assert len(cancels) == 1
+    assert len(await outbox_events(db, "dunning.exhausted")) == 1
+    # The subscription's own deletion event arrives after: the case stays exhausted.
+    await sandbox.flush()
+    assert (await case_in(db, invoice_id, "exhausted"))["close_reason"] == "attempts_spent"
+    assert len(await succeeded_charges(stripe_client, member.customer_id)) == 1
+
+
+async def _eventually_done(db: asyncpg.Connection, invoice_id: str) -> dict[str, Any]:
+    row = await eventually(
+        lambda: db.fetchrow(
+            "SELECT * FROM retry.cases WHERE invoice_id = $1 AND end_action_done_at IS NOT NULL",
+            invoice_id,
+        ),
+        what="the end action done",
+    )
+    return dict(row)
+
+
+async def test_an_invoice_paid_by_hand_between_attempts_is_not_charged_again(
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+    retry_settings: dict[str, Any],
+) -> None:
+    member = await new_member(stripe_client)
+    invoice_id = await fail_renewal(stripe_client, sandbox, member, declines=10)
+    await case_in(db, invoice_id, "open")
+    await stripe_client.v1.invoices.pay_async(
+        invoice_id, params={"payment_method": "pm_card_mastercard"}
+    )
+
+    case = await case_in(db, invoice_id, "recovered")
+    assert case["close_reason"] in ("invoice_paid", "attempt_succeeded")
+    payments = await sandbox.requests(f"/v1/invoices/{invoice_id}/pay", method="POST")
+    ours = [r for r in payments if (r["idempotency_key"] or "").startswith("dunning-")]
+    before = len(ours)
+    # Nothing more happens however long we wait: the case is closed.
+    await _quiet(retry_settings)
+    payments = await sandbox.requests(f"/v1/invoices/{invoice_id}/pay", method="POST")
+    assert (
+        len([r for r in payments if (r["idempotency_key"] or "").startswith("dunning-")]) == before
+    )
+    assert len(await succeeded_charges(stripe_client, member.customer_id)) == 2
+
+
+async def _quiet(settings: dict[str, Any]) -> None:
+    # Longer than the whole schedule: any attempt still to come would have run.
+    await asyncio.sleep(settings["dunning_max_delay_seconds"] * settings["dunning_max_attempts"])
+
+
+@pytest.mark.usefixtures("attempts_on_demand")
+async def test_a_subscription_canceled_between_attempts_is_not_charged(
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+    http: aiohttp.ClientSession,
+) -> None:
+    member = await new_member(stripe_client)
+    # The renewal and the first attempt are declined; the card works after that.
+    invoice_id = await fail_renewal(stripe_client, sandbox, member, declines=2)
+    await case_in(db, invoice_id, "open")
+    await _retry_now(http, dunning_stack, invoice_id)
+    await eventually(
+        lambda: attempts_of(db, invoice_id),
+        until=lambda found: [a["outcome"] for a in found] == ["failed"],
+        what="the first attempt declined",
+    )
+    # The member cancels, and we do not even hear of it (Stripe's events stop):
+    # the next attempt's re-read must find it.
+    for endpoint in (await sandbox.control("GET", "/_sandbox/webhook_endpoints"))["data"]:
+        await sandbox.control("DELETE", f"/_sandbox/webhook_endpoints/{endpoint['id']}")
+    await stripe_client.v1.subscriptions.cancel_async(member.subscription_id)
+    await _retry_now(http, dunning_stack, invoice_id)
+
+    case = await case_in(db, invoice_id, "canceled")
+    assert case["close_reason"] in ("subscription_canceled", "invoice_void")
+    attempts = await attempts_of(db, invoice_id)
+    assert [(a["number"], a["outcome"]) for a in attempts] == [
+        (1, "failed"),
+        (2, "already_settled"),
+    ]
+    payments = await sandbox.requests(f"/v1/invoices/{invoice_id}/pay", method="POST")
+    assert {r["idempotency_key"] for r in payments} == {f"dunning-{invoice_id}-attempt-1"}
+    assert len(await succeeded_charges(stripe_client, member.customer_id)) == 1
+
+
+async def _retry_now(http: aiohttp.ClientSession, stack: Stack, invoice_id: str) -> None:
+    status, body, _ = await admin(
+        http,
+        stack.gateway,
+        "POST",
+        f"/dunning/{invoice_id}/retry-now",
+        data=b'{"reason": "test makes the attempt due"}',
+    )
+    assert status == 200, body
+
+
+async def test_a_hard_decline_pauses_until_a_new_card_then_resumes_at_once(
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+    retry_settings: dict[str, Any],
+) -> None:
+    member = await new_member(stripe_client)
+    invoice_id = await fail_renewal(
+        stripe_client, sandbox, member, declines=10, decline_code="stolen_card"
+    )
+    case = await case_in(db, invoice_id, "paused")
+    assert case["last_decline_code"] == "stolen_card"
+    await _quiet(retry_settings)
+    assert (await case_in(db, invoice_id, "paused"))["attempts"] == 1
+    charges_before = len(await charges_of(stripe_client, member.customer_id))
+
+    new_card = await stripe_client.v1.payment_methods.attach_async(
+        "pm_card_mastercard", params={"customer": member.customer_id}
+    )
+    await stripe_client.v1.customers.update_async(
+        member.customer_id, params={"invoice_settings": {"default_payment_method": new_card.id}}
+    )
+
+    case = await case_in(db, invoice_id, "recovered")
+    attempts = await attempts_of(db, invoice_id)
+    assert [(a["outcome"], a["decline_code"]) for a in attempts] == [
+        ("failed", "stolen_card"),
+        ("succeeded", None),
+    ]
+    assert len(await charges_of(stripe_client, member.customer_id)) == charges_before + 1
+    paused = [e for e in await outbox_events(db, "dunning.attempt_failed") if e["data"]["paused"]]
+    assert len(paused) == 1 and paused[0]["data"]["next_attempt_at"] is None
+
+
+@pytest.fixture
+def uncollectible(retry_settings: dict[str, Any]) -> dict[str, Any]:
+    retry_settings["dunning_end_action"] = "mark_uncollectible"
+    return retry_settings
+
+
+async def test_the_end_action_can_write_the_invoice_off_instead(
+    uncollectible: dict[str, Any],
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+) -> None:
+    member = await new_member(stripe_client)
+    invoice_id = await fail_renewal(stripe_client, sandbox, member, declines=10)
+
+    case = await case_in(db, invoice_id, "exhausted")
+    assert case["end_action"] == "mark_uncollectible"
+    await _eventually_done(db, invoice_id)
+    invoice = await stripe_client.v1.invoices.retrieve_async(invoice_id)
+    assert invoice.status == "uncollectible"
+    sub = await stripe_client.v1.subscriptions.retrieve_async(member.subscription_id)
+    assert sub.status != "canceled"
+    marks = await sandbox.requests(f"/v1/invoices/{invoice_id}/mark_uncollectible", method="POST")
+    assert [r["idempotency_key"] for r in marks] == [f"dunning-{invoice_id}-end"]
+    # Stripe's invoice.marked_uncollectible that follows leaves the case exhausted.
+    await sandbox.flush()
+    assert (await case_in(db, invoice_id, "exhausted"))["close_reason"] == "attempts_spent"
+
+
+@pytest.fixture
+def attempts_on_demand(retry_settings: dict[str, Any]) -> dict[str, Any]:
+    # The first attempt an hour away: the test makes it due when it is ready.
+    retry_settings["dunning_first_delay_seconds"] = 3600.0
+    retry_settings["dunning_max_delay_seconds"] = 3600.0
+    return retry_settings
+
+
+@pytest.mark.usefixtures("attempts_on_demand")
+async def test_stripe_rate_limits_are_retried_within_the_attempt(
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+    http: aiohttp.ClientSession,
+) -> None:
+    member = await new_member(stripe_client)
+    invoice_id = await fail_renewal(stripe_client, sandbox, member, declines=1)
+    await case_in(db, invoice_id, "open")
+    # Stripe answers the first two payment requests with 429 and Retry-After.
+    await sandbox.control(
+        "POST",
+        "/_sandbox/faults",
+        {
+            "kind": "rate_limit",
+            "count": 2,
+            "retry_after": 1,
+            "path_prefix": f"/v1/invoices/{invoice_id}/pay",
+        },
+    )
+    await _retry_now(http, dunning_stack, invoice_id)
+
+    await case_in(db, invoice_id, "recovered")
+    attempts = await attempts_of(db, invoice_id)
+    assert [(a["number"], a["outcome"]) for a in attempts] == [(1, "succeeded")]
+    requests = await sandbox.requests(f"/v1/invoices/{invoice_id}/pay", method="POST")
+    assert [r["fault"] for r in requests] == ["rate_limit", "rate_limit", None]
+    # One key for the three: the policy's retries are the same attempt.
+    assert {r["idempotency_key"] for r in requests} == {f"dunning-{invoice_id}-attempt-1"}
+    assert requests[2]["at"] - requests[1]["at"] >= 0.9  # Retry-After honoured

@@ -1,0 +1,168 @@
+"""Member emails from domain events, through a real SMTP server (aiosmtpd)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import asyncpg
+import orjson
+import pytest
+import stripe
+
+from services.retry.notifications.render import Renderer, money
+from shared import billing_events
+from shared.broker.topology import BILLING_EVENTS
+from tests.retry.helpers import MailSink, case_in, fail_renewal, new_member
+from tests.support import env
+from tests.support.sandbox_process import SandboxProcess
+from tests.support.stack import Stack
+from tests.support.waiting import eventually
+
+MEMBER = billing_events.Member(user_id="u1", customer_id="cus_1", email="ada@example.com")
+
+
+async def _publish(event_type: str, data: billing_events.BaseModel, event_id: str) -> None:
+    body = {
+        "id": event_id,
+        "type": event_type,
+        "schema_version": 1,
+        "source": "test",
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "data": data.model_dump(mode="json"),
+    }
+    connection = await aio_pika.connect(env.AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(BILLING_EVENTS)
+        await exchange.publish(
+            aio_pika.Message(orjson.dumps(body), message_id=event_id), routing_key=event_type
+        )
+
+
+def _refund(amount: int) -> billing_events.PaymentRefunded:
+    return billing_events.PaymentRefunded(
+        member=MEMBER,
+        payment=billing_events.PaymentRef(payment_id="pay_1", payment_intent_id="pi_1"),
+        amount_refunded=amount,
+        total_refunded=amount,
+        amount=5000,
+        currency="usd",
+        full=False,
+        refund_id="re_1",
+    )
+
+
+async def test_every_email_arrives_once_after_the_mail_server_was_down(
+    dunning_stack: Stack, mail: MailSink, db: asyncpg.Connection
+) -> None:
+    mail.stop()  # the mail server is down
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    for n, event_id in enumerate(ids):
+        await _publish("payment.refunded", _refund(1000 + n), event_id)
+    # A duplicate delivery of the first event changes nothing.
+    await _publish("payment.refunded", _refund(1000), ids[0])
+
+    await eventually(
+        lambda: db.fetchval("SELECT min(tries) FROM retry.mail WHERE state = 'pending'"),
+        until=lambda tries: tries is not None and tries >= 2,
+        what="sends failing while the server is down",
+    )
+    assert mail.messages == []
+    mail.start()  # back
+
+    await eventually(
+        lambda: db.fetchval("SELECT count(*) FROM retry.mail WHERE state = 'sent'"),
+        until=lambda sent: sent == 3,
+        what="every email sent",
+    )
+    await asyncio.sleep(0.5)  # a second copy would have come by now
+    received = mail.to("ada@example.com")
+    assert sorted(m["X-Billing-Event-Id"] for m in received) == sorted(ids)
+    assert sorted(m["Subject"] for m in received) == [
+        "Refund issued: 10.00 USD",
+        "Refund issued: 10.01 USD",
+        "Refund issued: 10.02 USD",
+    ]
+    body = received[0]
+    assert body.get_body(("plain",)) is not None and body.get_body(("html",)) is not None
+
+
+async def test_a_failed_renewal_emails_the_member_the_next_date_and_the_recovery(
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+    mail: MailSink,
+) -> None:
+    member = await new_member(stripe_client, "grace@example.com")
+    invoice_id = await fail_renewal(stripe_client, sandbox, member, declines=2)
+    await case_in(db, invoice_id, "recovered")
+
+    received = await eventually(
+        lambda: asyncio.sleep(0, mail.to("grace@example.com")),
+        until=lambda got: len(got) == 3,
+        what="two payment-failed emails and a recovery",
+    )
+    subjects = [m["Subject"] for m in received]
+    assert subjects.count("We could not take your payment of 199.00 USD") == 2
+    assert "Payment received: 199.00 USD" in subjects
+    failed = received[0].get_body(("plain",))
+    assert failed is not None
+    text = failed.get_content()
+    assert "We will try again on" in text
+    assert "https://invoice.stripe.com/" in text
+
+
+def test_templates_escape_html_but_not_text() -> None:
+    renderer = Renderer()
+    data = billing_events.PaymentSucceeded(
+        member=MEMBER,
+        payment=billing_events.PaymentRef(
+            payment_id="pay_1", payment_intent_id="pi_1", booking_refs=["<Room A> & B"]
+        ),
+        amount=2500,
+        currency="eur",
+    )
+    email = renderer.render("booking_confirmed", {"data": data.model_dump()})
+    assert email.subject == "Booking confirmed: 25.00 EUR paid"
+    assert "<Room A> & B" in email.text
+    assert "&lt;Room A&gt; &amp; B" in email.html
+
+
+def test_money_reads_minor_units() -> None:
+    assert money(19900, "usd") == "199.00 USD"
+    assert money(5, "eur") == "0.05 EUR"
+    assert money(1200, "jpy") == "1200 JPY"
+
+
+@pytest.fixture
+def few_tries(retry_settings: dict[str, Any]) -> dict[str, Any]:
+    retry_settings["mail_max_tries"] = 2
+    return retry_settings
+
+
+async def test_an_email_the_server_keeps_refusing_is_dead_lettered_not_lost(
+    few_tries: dict[str, Any], dunning_stack: Stack, mail: MailSink, db: asyncpg.Connection
+) -> None:
+    mail.stop()
+    event_id = str(uuid.uuid4())
+    await _publish("payment.refunded", _refund(700), event_id)
+    row = await eventually(
+        lambda: db.fetchrow("SELECT * FROM retry.mail WHERE event_id = $1", event_id),
+        until=lambda r: r is not None and r["state"] == "dead",
+        what="the email dead-lettered",
+    )
+    assert row["tries"] == 2 and "SMTPConnectError" in row["last_error"]
+    # Billing went on meanwhile: the consumer acked the event long ago.
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM retry.inbox"
+            " WHERE queue = 'retry.notifications' AND event_id = $1",
+            event_id,
+        )
+        == 1
+    )
