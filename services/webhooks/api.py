@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
 import orjson
 from aiohttp import web
 
-from services.webhooks import contract, queries
+from services.webhooks import backfill, contract, dead_letter_store, drift, queries, redrive
+from services.webhooks.backfill import Backfills
+from services.webhooks.dead_letter_recorder import DeadLetterRecorder
+from services.webhooks.drift import OwnerUnavailable, StateReconciler
 from services.webhooks.settings import WebhooksSettings
 from shared import audit, metrics, queues
-from shared.api.pagination import Page
+from shared.api.pagination import Page, PageQuery
 from shared.api.service import Call, Empty, ServiceRoutes
-from shared.broker import dead_letters
 from shared.broker.errors import PublishFailed
 from shared.broker.topology import STRIPE_EVENTS
 from shared.db import DbConnection
-from shared.http.errors import invalid_field, not_found, unavailable
-from shared.runtime import AMQP, PUBLISHER
+from shared.http.errors import conflict, invalid_field, not_found, unavailable
+from shared.runtime import PUBLISHER
 
 SETTINGS = web.AppKey("settings", WebhooksSettings)
+RECORDER = web.AppKey("dead_letter_recorder", DeadLetterRecorder)
+BACKFILLS = web.AppKey("backfills", Backfills)
+STATE_RECONCILER = web.AppKey("state_reconciler", StateReconciler)
 
 routes = ServiceRoutes("webhooks", contract.ENDPOINTS)
 
@@ -80,56 +88,226 @@ def _known_queue(settings: WebhooksSettings, queue: str, field: str = "queue") -
     return queue
 
 
+def _letter_changed(call: Call[Any, Any]) -> None:
+    recorder = call.request.app.get(RECORDER)
+    if recorder is not None:
+        recorder.changed()
+
+
 @routes.implement(contract.LIST_DEAD_LETTERS)
-async def list_dead_letters(call: Call[Empty, contract.DeadLettersQuery]) -> contract.DeadLetters:
-    settings = call.request.app[SETTINGS]
-    limit = call.query.limit or settings.dead_letter_peek_limit
-    names = settings.dead_letter_queue_names()
+async def list_dead_letters(
+    call: Call[Empty, contract.DeadLettersQuery],
+) -> Page[contract.DeadLetterView]:
+    # A plain read of the store: it hides nothing from a redrive running at
+    # the same time and counts as no delivery of any message.
     if call.query.queue is not None:
-        names = [_known_queue(settings, call.query.queue)]
-    connection = call.request.app[AMQP]
-    views = [await dead_letters.inspect(connection, q, limit=limit) for q in names]
-    return contract.DeadLetters(
-        queues=[
-            contract.DeadLetterQueueView(
-                queue=v.queue,
-                dead_letter_queue=f"{v.queue}.dlq",
-                declared=v.declared,
-                count=v.count,
-                messages=[contract.DeadLetterView(**m.__dict__) for m in v.messages],
-            )
-            for v in views
-        ]
-    )
+        _known_queue(call.request.app[SETTINGS], call.query.queue)
+    return await dead_letter_store.list_letters(call.pool, call.query)
+
+
+@routes.implement(contract.DEAD_LETTER_QUEUES)
+async def dead_letter_queues(call: Call[Empty, Empty]) -> contract.DeadLetterQueues:
+    names = call.request.app[SETTINGS].dead_letter_queue_names()
+    return contract.DeadLetterQueues(queues=await dead_letter_store.summaries(call.pool, names))
 
 
 @routes.implement(contract.REDRIVE_DEAD_LETTERS)
 async def redrive_dead_letters(
     call: Call[contract.RedriveRequest, Empty],
 ) -> contract.RedriveResult:
-    queue = _known_queue(call.request.app[SETTINGS], call.body.queue)
-    ids = call.body.message_ids
-    try:
-        moved = await dead_letters.redrive(
-            call.request.app[AMQP],
-            call.request.app[PUBLISHER],
-            queue,
-            message_ids=set(ids) if ids is not None else None,
-        )
-    except PublishFailed as exc:
-        raise unavailable("broker") from exc
+    settings = call.request.app[SETTINGS]
+    body = call.body
+    if not body.says_which:
+        # Never everything by accident: "all" has to be said.
+        raise invalid_field("all", "name the letters (ids, queue, message_ids, event_type) or all")
+    if body.queue is not None:
+        _known_queue(settings, body.queue)
+    outcome = await redrive.redrive(
+        call.pool,
+        call.request.app[PUBLISHER],
+        dead_letter_store.RedriveFilter(
+            ids=body.ids, queue=body.queue, message_ids=body.message_ids, event_type=body.event_type
+        ),
+        limit=body.limit,
+        lease=timedelta(seconds=settings.dead_letter_redrive_lease_seconds),
+    )
+    _letter_changed(call)
+    if not outcome.redriven and not outcome.complete:
+        raise unavailable("broker")
 
     async def effect(conn: DbConnection) -> contract.RedriveResult:
         await audit.record(
             conn,
             caller=call.caller,
             action="dead_letters.redrive",
-            target_type="queue",
-            target_id=queue,
+            target_type="dead_letters",
+            target_id=body.queue or "*",
+            reason=body.reason,
+            request_id=call.request_id,
+            details={
+                "filter": body.model_dump(mode="json", exclude={"reason"}),
+                "redriven": outcome.redriven,
+                "complete": outcome.complete,
+            },
+        )
+        return contract.RedriveResult(
+            redriven=len(outcome.redriven), ids=outcome.redriven, complete=outcome.complete
+        )
+
+    return await call.commit(effect)
+
+
+@routes.implement(contract.DISCARD_DEAD_LETTER)
+async def discard_dead_letter(
+    call: Call[contract.DiscardRequest, Empty],
+) -> contract.DeadLetterView:
+    letter_id = int(call.path["dead_letter_id"])
+
+    async def effect(conn: DbConnection) -> contract.DeadLetterView:
+        row = await dead_letter_store.discard(conn, letter_id, call.body.reason)
+        if row is None:
+            existing = await dead_letter_store.get(conn, letter_id)
+            if existing is None:
+                raise not_found("dead letter")
+            raise conflict(
+                "dead_letter_not_waiting",
+                f"the dead letter is {existing['state']}, only a waiting one can be discarded",
+                state=existing["state"],
+            )
+        await audit.record(
+            conn,
+            caller=call.caller,
+            action="dead_letters.discard",
+            target_type="dead_letter",
+            target_id=str(letter_id),
             reason=call.body.reason,
             request_id=call.request_id,
-            details={"message_ids": ids, "redriven": moved},
+            details={"queue": row["queue"], "message_id": row["message_id"]},
         )
-        return contract.RedriveResult(queue=queue, redriven=moved)
+        metrics.DEAD_LETTERS_DISCARDED.labels(row["queue"]).inc()
+        return dead_letter_store.view(row)
+
+    result = await call.commit(effect)
+    _letter_changed(call)
+    return result
+
+
+@routes.implement(contract.RECONCILE_EVENTS)
+async def reconcile_events(
+    call: Call[contract.ReconcileEventsRequest, Empty],
+) -> contract.ReconcileJob:
+    backfills = call.request.app[BACKFILLS]
+    if not backfills.configured:
+        raise unavailable("stripe")
+    window = backfills.window(call.body.since, await backfills.cursor())
+
+    async def effect(conn: DbConnection) -> contract.ReconcileJob:
+        job = await backfill.create_job(
+            conn,
+            trigger="manual",
+            since=window.since,
+            until=window.until,
+            caller=call.caller,
+            reason=call.body.reason,
+        )
+        await audit.record(
+            conn,
+            caller=call.caller,
+            action="reconcile.events",
+            target_type="reconcile_job",
+            target_id=str(job["id"]),
+            reason=call.body.reason,
+            request_id=call.request_id,
+            details={"since": window.since.isoformat(), "until": window.until.isoformat()},
+        )
+        return backfill.job_view(job)
+
+    job = await call.commit(effect)
+    # After the commit: the job row exists for whoever reads it at once.
+    backfills.start(job.id)
+    return job
+
+
+@routes.implement(contract.SHOW_RECONCILE_JOB)
+async def show_reconcile_job(call: Call[Empty, Empty]) -> contract.ReconcileJob:
+    row = await backfill.get_job(call.pool, call.path["job_id"])
+    if row is None:
+        raise not_found("reconcile job")
+    return backfill.job_view(row)
+
+
+@routes.implement(contract.RECONCILE_STATE)
+async def reconcile_state(
+    call: Call[contract.ReconcileStateRequest, Empty],
+) -> contract.ReconcileJob:
+    reconciler = call.request.app[STATE_RECONCILER]
+    if not reconciler.configured:
+        raise unavailable("stripe")
+    kinds = sorted(set(call.body.kinds)) if call.body.kinds else None
+    if kinds is not None:
+        try:
+            known = {k.kind for k in await reconciler.owners.kinds()}
+        except (OwnerUnavailable, drift.DriftFailed) as exc:
+            raise unavailable("mirror services") from exc
+        if unknown := [k for k in kinds if k not in known]:
+            raise invalid_field("kinds", f"not mirrored: {unknown}; known: {sorted(known)}")
+
+    async def effect(conn: DbConnection) -> contract.ReconcileJob:
+        job = await drift.create_job(
+            conn, caller=call.caller, reason=call.body.reason, repair=call.body.repair, kinds=kinds
+        )
+        await audit.record(
+            conn,
+            caller=call.caller,
+            action="reconcile.state",
+            target_type="reconcile_job",
+            target_id=str(job["id"]),
+            reason=call.body.reason,
+            request_id=call.request_id,
+            details={"repair": call.body.repair, "kinds": kinds},
+        )
+        return backfill.job_view(job)
+
+    job = await call.commit(effect)
+    reconciler.start(job.id)
+    return job
+
+
+@routes.implement(contract.LIST_RECONCILE_DIFFERENCES)
+async def list_reconcile_differences(
+    call: Call[Empty, PageQuery],
+) -> Page[contract.Difference]:
+    job_id = call.path["job_id"]
+    if await backfill.get_job(call.pool, job_id) is None:
+        raise not_found("reconcile job")
+    return await drift.list_differences(call.pool, job_id, call.query)
+
+
+@routes.implement(contract.REFETCH_OBJECT)
+async def refetch_object(call: Call[contract.RefetchRequest, Empty]) -> contract.RefetchResult:
+    stripe_id = call.path["stripe_id"]
+    owners = call.request.app[STATE_RECONCILER].owners
+    try:
+        owned = await owners.owner_of(stripe_id)
+        if owned is None:
+            raise not_found(f"a mirrored kind for {stripe_id}")
+        # The owner reads Stripe and applies the object through its event path.
+        answer = await owners.refetch(owned, stripe_id)
+    except (OwnerUnavailable, drift.DriftFailed) as exc:
+        raise unavailable("mirror services") from exc
+    result = contract.RefetchResult(service=owned.service, **answer)
+
+    async def effect(conn: DbConnection) -> contract.RefetchResult:
+        await audit.record(
+            conn,
+            caller=call.caller,
+            action="object.refetch",
+            target_type=owned.kind,
+            target_id=stripe_id,
+            reason=call.body.reason,
+            request_id=call.request_id,
+            details={"service": owned.service, "outcome": result.outcome},
+        )
+        return result
 
     return await call.commit(effect)

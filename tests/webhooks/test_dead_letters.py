@@ -1,0 +1,380 @@
+"""Dead letters an operator can trust: taken out of ``<queue>.dlq`` into the
+webhooks service's store, listed from Postgres, redriven once each even by
+redrives running at once, discarded with a reason in the audit log, counted
+in the metrics.
+
+The dead letters here are put into a dead-letter queue of the test's own the
+way the consumer base puts them there (body, message id and its ``x-*``
+headers); tests/spine/test_consumer_failures.py follows real failing
+consumers all the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import aiohttp
+import asyncpg
+import orjson
+import pytest
+
+from shared.broker.topology import QUORUM
+from tests.gateway.helpers import admin, assert_error, metric
+from tests.support import env
+from tests.support import stripe_objects as so
+from tests.support.amqp import message_count, publish_raw, take_all
+from tests.support.gateway_client import admin_get, admin_post
+from tests.support.stack import Stack, delete_queues, start_stack
+from tests.support.tcp_proxy import TcpProxy, via_proxy
+from tests.support.waiting import eventually
+
+
+async def put_dead_letter(
+    queue: str, *, failed_at: str | None = None, message_id: str | None = None
+) -> str:
+    """A message as the consumer base dead-letters it, into ``queue.dlq``."""
+    event_id = message_id or so.new_id("evt")
+    body = {"id": event_id, "object": "event", "type": "invoice.paid", "created": 1}
+    await publish_raw(
+        "",
+        f"{queue}.dlq",
+        orjson.dumps(body),
+        message_id=event_id,
+        headers={
+            "x-attempt": 3,
+            "x-last-error": "RuntimeError: ledger upstream exploded",
+            "x-failed-at": failed_at or datetime.now(UTC).isoformat(),
+            "x-origin-queue": queue,
+            "x-original-exchange": "stripe.events",
+            "x-original-routing-key": "invoice.paid",
+        },
+    )
+    return event_id
+
+
+async def declare_queue(queue: str) -> None:
+    connection = await aio_pika.connect(env.AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(queue, durable=True, arguments=QUORUM)
+
+
+@dataclass
+class Rig:
+    stack: Stack
+    queue: str
+    http: aiohttp.ClientSession
+
+    @property
+    def webhooks(self) -> str:
+        return self.stack.apps["webhooks"].url
+
+    async def dead_letter(self, failed_at: str | None = None, message_id: str | None = None) -> str:
+        return await put_dead_letter(self.queue, failed_at=failed_at, message_id=message_id)
+
+    async def listed(self, **params: str) -> list[dict[str, Any]]:
+        page = await admin_get(
+            http=self.http,
+            gateway=self.stack.gateway,
+            path="/v1/admin/dead-letters",
+            queue=self.queue,
+            limit="200",
+            **params,
+        )
+        return list(page["data"])
+
+
+@pytest.fixture
+async def rig(clean_state: None, http: aiohttp.ClientSession) -> AsyncIterator[Rig]:
+    queue = f"test.dead-letters.{uuid.uuid4().hex[:10]}"
+    # The consumer queue the letters go back to; nobody consumes it here, so
+    # what a redrive sent can be counted in it.
+    await declare_queue(queue)
+    stack = await start_stack(
+        webhooks={
+            "dead_letter_queues": queue,
+            "reconcile_interval_seconds": 0,
+            "dead_letter_metrics_seconds": 0.2,
+        }
+    )
+    running = Rig(stack, queue, http)
+    try:
+        yield running
+    finally:
+        await stack.stop()
+        await delete_queues([queue, f"{queue}.dlq"])
+
+
+async def test_dead_letters_are_stored_and_listed_without_being_consumed(rig: Rig) -> None:
+    sent = [await rig.dead_letter() for _ in range(3)]
+
+    letters = await eventually(rig.listed, until=lambda d: len(d) == 3, what="three letters")
+    assert sorted(d["message_id"] for d in letters) == sorted(sent)
+    # In the order they were recorded (the recorder takes several at once, so
+    # not quite in the order they were sent).
+    assert [d["id"] for d in letters] == sorted(d["id"] for d in letters)
+    first = letters[0]
+    assert first["queue"] == rig.queue
+    assert first["state"] == "dead"
+    assert first["attempts"] == 3
+    assert first["last_error"] == "RuntimeError: ledger upstream exploded"
+    assert first["original_routing_key"] == "invoice.paid"
+    assert first["times_dead_lettered"] == 1
+    assert first["body"]["id"] == first["message_id"]
+    # Out of RabbitMQ: the store holds them, and looking changes nothing.
+    assert await message_count(f"{rig.queue}.dlq") == 0
+    for _ in range(5):
+        assert await rig.listed() == letters
+
+    # Paging and filters.
+    page = await admin_get(
+        rig.http, rig.stack.gateway, "/v1/admin/dead-letters", queue=rig.queue, limit="2"
+    )
+    order = [d["message_id"] for d in letters]
+    assert [d["message_id"] for d in page["data"]] == order[:2] and page["has_more"]
+    rest = await admin_get(
+        rig.http,
+        rig.stack.gateway,
+        "/v1/admin/dead-letters",
+        queue=rig.queue,
+        cursor=page["next_cursor"],
+    )
+    assert [d["message_id"] for d in rest["data"]] == order[2:]
+    assert await rig.listed(event_type="invoice.payment_failed") == []
+
+    summary = await admin_get(rig.http, rig.stack.gateway, "/v1/admin/dead-letters/queues")
+    [queue_view] = summary["queues"]
+    assert queue_view["queue"] == rig.queue
+    assert queue_view["dead_letter_queue"] == f"{rig.queue}.dlq"
+    assert queue_view["dead"] == 3
+    assert queue_view["oldest_first_seen_at"] == first["first_seen_at"]
+
+    # The gauges: how many wait, and for how long the oldest has.
+    labels = {"queue": rig.queue}
+    await eventually(
+        lambda: metric(rig.http, rig.webhooks, "dead_letters", labels),
+        until=lambda n: n == 3,
+        what="dead_letters gauge",
+    )
+    await eventually(
+        lambda: metric(rig.http, rig.webhooks, "dead_letters_oldest_age_seconds", labels),
+        until=lambda age: age > 0,
+        what="age of the oldest dead letter",
+    )
+
+
+async def test_the_same_copy_twice_is_one_dead_lettering_a_new_failure_another(
+    rig: Rig,
+) -> None:
+    failed_at = datetime.now(UTC).isoformat()
+    event_id = await rig.dead_letter(failed_at=failed_at)
+    # The recorder stored it, then its ack was lost: the broker sends it again.
+    await rig.dead_letter(failed_at=failed_at, message_id=event_id)
+    [letter] = await eventually(rig.listed, what="the letter")
+    await eventually(
+        lambda: message_count(f"{rig.queue}.dlq"), until=lambda n: n == 0, what="both taken"
+    )
+    assert (await rig.listed())[0]["times_dead_lettered"] == 1
+
+    # It failed again later (after a redrive, say): same row, counted.
+    await rig.dead_letter(message_id=event_id)
+    [again] = await eventually(
+        rig.listed, until=lambda d: d and d[0]["times_dead_lettered"] == 2, what="second failure"
+    )
+    assert again["id"] == letter["id"]
+    assert again["first_seen_at"] == letter["first_seen_at"]
+    assert again["last_seen_at"] > letter["last_seen_at"]
+
+
+async def test_letters_listed_while_two_redrives_run_are_each_redriven_once(rig: Rig) -> None:
+    sent = [await rig.dead_letter() for _ in range(40)]
+    await eventually(rig.listed, until=lambda d: len(d) == 40, what="forty letters")
+
+    stop = asyncio.Event()
+
+    async def keep_listing() -> int:
+        looks = 0
+        while not stop.is_set():
+            listed = await rig.listed()
+            assert len(listed) <= 40
+            looks += 1
+        return looks
+
+    lister = asyncio.create_task(keep_listing())
+    first, second = await asyncio.gather(
+        admin_post(
+            rig.http,
+            rig.stack.gateway,
+            "/v1/admin/dead-letters/redrive",
+            {"queue": rig.queue, "reason": "handler fixed in 1.4.2"},
+        ),
+        admin_post(
+            rig.http,
+            rig.stack.gateway,
+            "/v1/admin/dead-letters/redrive",
+            {"all": True, "reason": "handler fixed in 1.4.2"},
+        ),
+    )
+    stop.set()
+    assert await lister >= 1
+    assert first[0] == second[0] == 200, (first, second)
+    ids_first, ids_second = set(first[1]["ids"]), set(second[1]["ids"])
+    assert not ids_first & ids_second
+    assert first[1]["redriven"] + second[1]["redriven"] == 40
+
+    # Each message is back in its queue exactly once, with a fresh attempt count.
+    await eventually(
+        lambda: message_count(rig.queue), until=lambda n: n >= 40, what="forty redriven"
+    )
+    await asyncio.sleep(0.2)  # a second copy, were there one, would land by now
+    messages = await take_all(rig.queue, limit=500)
+    assert sorted(m.message_id or "" for m in messages) == sorted(sent)
+    assert all((m.headers or {}).get("x-attempt") == 0 for m in messages)
+
+    assert await rig.listed() == []
+    redriven = await rig.listed(state="redriven")
+    assert len(redriven) == 40
+    assert all(d["redrive_count"] == 1 for d in redriven)
+
+    # Nothing left to send: a third redrive sends nothing.
+    status, answer = await admin_post(
+        rig.http,
+        rig.stack.gateway,
+        "/v1/admin/dead-letters/redrive",
+        {"all": True, "reason": "once more"},
+    )
+    assert (status, answer) == (200, {"redriven": 0, "ids": [], "complete": True})
+
+
+async def test_redrive_one_by_id_or_by_message_id(rig: Rig) -> None:
+    sent = [await rig.dead_letter() for _ in range(3)]
+    letters = await eventually(rig.listed, until=lambda d: len(d) == 3, what="three letters")
+    letter_of = {d["message_id"]: d["id"] for d in letters}
+
+    status, answer = await admin_post(
+        rig.http,
+        rig.stack.gateway,
+        "/v1/admin/dead-letters/redrive",
+        {"ids": [letter_of[sent[1]]], "reason": "just this one"},
+    )
+    assert (status, answer["ids"]) == (200, [letter_of[sent[1]]])
+    status, answer = await admin_post(
+        rig.http,
+        rig.stack.gateway,
+        "/v1/admin/dead-letters/redrive",
+        {"message_ids": [sent[2]], "reason": "and this one"},
+    )
+    assert (status, answer["ids"]) == (200, [letter_of[sent[2]]])
+    assert [d["message_id"] for d in await rig.listed()] == [sent[0]]
+    await eventually(lambda: message_count(rig.queue), until=lambda n: n == 2, what="two back")
+
+
+async def test_discard_takes_a_reason_and_is_audited(rig: Rig) -> None:
+    kept, dropped = await rig.dead_letter(), await rig.dead_letter()
+    letters = await eventually(rig.listed, until=lambda d: len(d) == 2, what="two letters")
+    target = next(d for d in letters if d["message_id"] == dropped)
+    path = f"/dead-letters/{target['id']}/discard"
+
+    status, answer, _ = await admin(rig.http, rig.stack.gateway, "POST", path, data=b"{}")
+    assert_error(status, answer, 422, "validation_failed", "reason")
+
+    reason = "test event sent by a load test, never a real payment"
+    status, answer, _ = await admin(
+        rig.http, rig.stack.gateway, "POST", path, data=orjson.dumps({"reason": reason})
+    )
+    assert status == 200, answer
+    assert answer["state"] == "discarded"
+    assert answer["discard_reason"] == reason
+    assert answer["discarded_at"] is not None
+
+    status, audit, _ = await admin(
+        rig.http, rig.stack.gateway, "GET", "/audit", params={"target": str(target["id"])}
+    )
+    assert status == 200
+    [entry] = audit["data"]
+    assert entry["service"] == "webhooks"
+    assert entry["action"] == "dead_letters.discard"
+    assert entry["reason"] == reason
+    assert entry["actor_role"] == "admin"
+    assert entry["details"] == {"queue": rig.queue, "message_id": dropped}
+
+    # Once discarded it waits no more: not listed, not redriven, not counted.
+    assert [d["message_id"] for d in await rig.listed()] == [kept]
+    assert [d["id"] for d in await rig.listed(state="discarded")] == [target["id"]]
+    status, answer = await admin_post(
+        rig.http,
+        rig.stack.gateway,
+        "/v1/admin/dead-letters/redrive",
+        {"all": True, "reason": "redrive what is left"},
+    )
+    assert (status, answer["redriven"]) == (200, 1)
+    await eventually(lambda: message_count(rig.queue), until=lambda n: n == 1, what="one back")
+    assert [m.message_id for m in await take_all(rig.queue)] == [kept]
+    await eventually(
+        lambda: metric(rig.http, rig.webhooks, "dead_letters", {"queue": rig.queue}),
+        until=lambda n: n == 0,
+        what="dead_letters gauge back to 0",
+    )
+
+    status, answer, _ = await admin(
+        rig.http, rig.stack.gateway, "POST", path, data=orjson.dumps({"reason": reason})
+    )
+    assert_error(status, answer, 409, "dead_letter_not_waiting")
+    status, answer, _ = await admin(
+        rig.http,
+        rig.stack.gateway,
+        "POST",
+        "/dead-letters/999999999/discard",
+        data=orjson.dumps({"reason": reason}),
+    )
+    assert_error(status, answer, 404, "not_found")
+
+
+async def test_a_letter_waits_unacked_while_the_store_is_away_then_is_stored_once(
+    clean_state: None, database_proxy: TcpProxy, db: asyncpg.Connection
+) -> None:
+    queue = f"test.dead-letters.{uuid.uuid4().hex[:10]}"
+    await declare_queue(queue)
+    stack = await start_stack(
+        webhooks={
+            "dead_letter_queues": queue,
+            "reconcile_interval_seconds": 0,
+            "database_url": via_proxy(env.DATABASE_URL, database_proxy),
+        }
+    )
+
+    async def stored() -> list[asyncpg.Record]:
+        return await db.fetch(
+            "SELECT message_id, times_dead_lettered, headers->>'x-delivery-count' AS deliveries"
+            " FROM webhooks.dead_letters WHERE queue = $1",
+            queue,
+        )
+
+    try:
+        database_proxy.refuse()
+        event_id = await put_dead_letter(queue)
+        # Taken from the queue (held, unacked), not stored, and not handed back:
+        # each return would count against the queue's delivery limit.
+        await eventually(
+            lambda: message_count(f"{queue}.dlq"), until=lambda n: n == 0, what="taken"
+        )
+        await asyncio.sleep(1.5)
+        assert await stored() == []
+        assert await message_count(f"{queue}.dlq") == 0
+
+        database_proxy.restore()
+        rows = await eventually(stored, what="stored once the database is back")
+        assert [(r["message_id"], r["times_dead_lettered"]) for r in rows] == [(event_id, 1)]
+        # Delivered once: held all along, never returned to the queue (the
+        # broker counts returns in x-delivery-count).
+        assert rows[0]["deliveries"] in (None, "0")
+    finally:
+        database_proxy.restore()
+        await stack.stop()
+        await delete_queues([queue, f"{queue}.dlq"])
