@@ -36,15 +36,43 @@ VERSIONS = ("1.30", kubernetes_validate.utils.latest_version())
 KEDA_API = "keda.sh/v1alpha1"
 
 # The secrets each process reads; nothing else of billing-secrets reaches it.
+# Each service its own database role, broker user and internal token.
 SECRETS = {
-    "gateway": {"AMQP_URL", "SERVICE_TOKEN", "JWT_SECRET", "STRIPE_WEBHOOK_SECRETS"},
-    "webhooks": {"DATABASE_URL", "AMQP_URL", "SERVICE_TOKEN"},
-    "subscriptions": {"DATABASE_URL", "AMQP_URL", "SERVICE_TOKEN", "STRIPE_SECRET_KEY"},
-    "credits": {"DATABASE_URL", "AMQP_URL", "SERVICE_TOKEN"},
-    "retry": {"DATABASE_URL", "AMQP_URL", "SERVICE_TOKEN", "STRIPE_SECRET_KEY"},
+    "gateway": {
+        "GATEWAY_AMQP_URL",
+        "JWT_SECRET",
+        "JWT_PREVIOUS_SECRETS",
+        "STRIPE_WEBHOOK_SECRETS",
+        "WEBHOOKS_SERVICE_TOKEN",
+        "SUBSCRIPTIONS_SERVICE_TOKEN",
+        "CREDITS_SERVICE_TOKEN",
+        "RETRY_SERVICE_TOKEN",
+    },
+    "webhooks": {
+        "WEBHOOKS_DATABASE_URL",
+        "WEBHOOKS_AMQP_URL",
+        "WEBHOOKS_SERVICE_TOKEN",
+        # The drift report reads the subscriptions service's mirrored objects.
+        "SUBSCRIPTIONS_SERVICE_TOKEN",
+        # Backfill and drift read Stripe's Events API and objects.
+        "STRIPE_SECRET_KEY",
+    },
+    "subscriptions": {
+        "SUBSCRIPTIONS_DATABASE_URL",
+        "SUBSCRIPTIONS_AMQP_URL",
+        "SUBSCRIPTIONS_SERVICE_TOKEN",
+        "STRIPE_SECRET_KEY",
+    },
+    "credits": {"CREDITS_DATABASE_URL", "CREDITS_AMQP_URL", "CREDITS_SERVICE_TOKEN"},
+    "retry": {"RETRY_DATABASE_URL", "RETRY_AMQP_URL", "RETRY_SERVICE_TOKEN", "STRIPE_SECRET_KEY"},
 }
-# The migrate init container: schema and queue policies.
-MIGRATE_SECRETS = {"DATABASE_URL", "AMQP_URL", "SERVICE_TOKEN"}
+# Tokens a service holds to call another one's internal API.
+CALLS = {"webhooks": {"SUBSCRIPTIONS_SERVICE_TOKEN"}}
+
+
+def _migrate_secrets(service: str) -> set[str]:
+    """The migrate init container: schema and queue policies, as the service."""
+    return {f"{service.upper()}_{key}" for key in ("DATABASE_URL", "AMQP_URL", "SERVICE_TOKEN")}
 
 
 def _services() -> list[str]:
@@ -234,10 +262,39 @@ def test_each_container_gets_only_the_secrets_it_uses(base: list[dict[str, Any]]
         for container in containers(deployment):
             # Never the whole Secret.
             assert all("secretRef" not in source for source in container.get("envFrom", []))
-            wanted = MIGRATE_SECRETS if container["name"] == "migrate" else SECRETS[name]
+            wanted = _migrate_secrets(name) if container["name"] == "migrate" else SECRETS[name]
             assert secret_keys(container) == wanted, (name, container["name"])
-    assert "DATABASE_URL" not in SECRETS["gateway"]
+            # The Secret's keys name whose they are: no service reads another's
+            # (a token to call another service's internal API is its caller's).
+            for key in secret_keys(container):
+                owner = key.split("_")[0].lower()
+                caller = name == "gateway" or key in CALLS.get(name, set())
+                assert owner == name or owner not in SECRETS or caller, key
+    assert not any(key.endswith("_DATABASE_URL") for key in SECRETS["gateway"])
     assert "STRIPE_SECRET_KEY" not in SECRETS["gateway"]
+
+
+def test_only_the_access_job_sees_the_admin_urls_and_provisions_every_service(
+    base: list[dict[str, Any]],
+) -> None:
+    (job,) = of_kind(base, "Job").values()
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"][-1] == "python -m shared.db_roles && python -m shared.broker.users"
+    assert secret_keys(container) == {
+        "ADMIN_DATABASE_URL",
+        "ADMIN_AMQP_URL",
+        *(f"{s.upper()}_DATABASE_URL" for s in SECRETS if s != "gateway"),
+        *(f"{s.upper()}_AMQP_URL" for s in SECRETS),
+    }
+    # Every env name is the key it reads: what shared.db_roles and
+    # shared.broker.users look for.
+    assert all(e["name"] == e["valueFrom"]["secretKeyRef"]["key"] for e in container["env"])
+    pod = job["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    for deployment in of_kind(base, "Deployment").values():
+        for each in containers(deployment):
+            assert not {"ADMIN_DATABASE_URL", "ADMIN_AMQP_URL"} & secret_keys(each)
 
 
 def test_the_secret_template_names_every_key_in_use(base: list[dict[str, Any]]) -> None:
@@ -248,6 +305,10 @@ def test_the_secret_template_names_every_key_in_use(base: list[dict[str, Any]]) 
         for container in containers(deployment)
         for key in secret_keys(container)
     }
+    for job in of_kind(base, "Job").values():
+        used |= {
+            key for c in job["spec"]["template"]["spec"]["containers"] for key in secret_keys(c)
+        }
     auth = of_kind(base, "TriggerAuthentication")["billing-rabbitmq"]
     used |= {ref["key"] for ref in auth["spec"]["secretTargetRef"]}
     assert set(template["stringData"]) == used
@@ -345,7 +406,9 @@ def test_the_example_overlay_mounts_the_broker_ca_wherever_amqp_is_used(
 ) -> None:
     overlay = built["example overlay"]
     ca = of_kind(overlay, "ConfigMap")["billing-config"]["data"]["AMQP_CA_FILE"]
-    for name, deployment in of_kind(overlay, "Deployment").items():
+    workloads = {**of_kind(overlay, "Deployment"), **of_kind(overlay, "Job")}
+    assert "access" in workloads
+    for name, deployment in workloads.items():
         assert deployment["metadata"]["namespace"] == "billing"
         for container in containers(deployment):
             mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
