@@ -1,0 +1,179 @@
+"""The end of a run: wait until nothing is left to do, then compare with the reference model.
+
+Checks, each a list of differences (empty is a pass):
+
+- every domain's state equals what its part of the reference model expects
+  (missing keys are losses, extra keys and different values are wrong or
+  double effects);
+- every queue fed by Stripe events applied each event routed to it exactly
+  once (its inbox), apart from the dead letters expected;
+- every dead letter is one a domain expects, and every expected one is there;
+- the sender got every event accepted and none rejected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from chaos.domain import Domain, Probe, State, World
+from chaos.sender import SendStats
+from chaos.stack import Stack
+
+EXAMPLES = 5
+
+
+@dataclass
+class Check:
+    name: str
+    compared: int
+    differences: list[str] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+
+async def settle(stack: Stack, *, within: float, quiet_polls: int = 4) -> float:
+    """Wait until every queue but the dead-letter queues is empty for a few
+    polls in a row (retries come back from their delay queues meanwhile).
+    Returns when it settled (monotonic seconds)."""
+    deadline = time.monotonic() + within
+    quiet = 0
+    settled_at = time.monotonic()
+    while quiet < quiet_polls:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"queues still busy after {within:.0f}s")
+        try:
+            depths = await stack.queue_depths()
+        except (aiohttp.ClientError, TimeoutError):
+            quiet = 0
+            await asyncio.sleep(1.0)
+            continue
+        busy = {q: n for q, n in depths.items() if n and not q.endswith(".dlq")}
+        if busy:
+            quiet = 0
+        else:
+            if quiet == 0:
+                settled_at = time.monotonic()
+            quiet += 1
+        await asyncio.sleep(1.0)
+    return settled_at
+
+
+def diff_states(name: str, expected: State, observed: State) -> Check:
+    check = Check(f"{name}: state", compared=len(expected))
+    missing = [k for k in expected if k not in observed]
+    extra = [k for k in observed if k not in expected]
+    different = [k for k in expected if k in observed and observed[k] != expected[k]]
+    for key in missing[:EXAMPLES]:
+        check.differences.append(f"missing {key}: expected {expected[key]!r}")
+    for key in extra[:EXAMPLES]:
+        check.differences.append(f"unexpected {key}: {observed[key]!r}")
+    for key in different[:EXAMPLES]:
+        check.differences.append(f"{key}: expected {expected[key]!r}, found {observed[key]!r}")
+    if missing or extra or different:
+        check.note = f"{len(missing)} missing, {len(extra)} unexpected, {len(different)} different"
+    return check
+
+
+async def check_inboxes(
+    db: asyncpg.Connection[Any], world: World, domains: list[Domain], dead: set[tuple[str, str]]
+) -> list[Check]:
+    checks = []
+    for domain in domains:
+        for spec in domain.queues:
+            if spec.accepts is None:
+                continue
+            routed = {e.id for e in world.events if spec.accepts(e.type)}
+            want = {i for i in routed if (spec.name, i) not in dead}
+            rows = await db.fetch(
+                f"SELECT event_id, duplicate_count FROM {spec.schema}.inbox"  # noqa: S608
+                " WHERE queue = $1",
+                spec.name,
+            )
+            have = {r["event_id"] for r in rows}
+            check = Check(f"{spec.name}: applied once", compared=len(want))
+            check.differences += [f"never applied: {i}" for i in sorted(want - have)[:EXAMPLES]]
+            check.differences += [f"applied, not sent: {i}" for i in sorted(have - want)[:EXAMPLES]]
+            if want != have:
+                check.note = f"{len(want - have)} never applied, {len(have - want)} unexpected"
+            else:
+                duplicates = sum(r["duplicate_count"] for r in rows)
+                check.note = f"{duplicates} redeliveries recognised and skipped"
+            checks.append(check)
+    return checks
+
+
+async def check_dead_letters(
+    stack: Stack, db: asyncpg.Connection[Any], world: World, domains: list[Domain]
+) -> tuple[Check, set[tuple[str, str]]]:
+    expected: dict[tuple[str, str], str] = {}
+    for domain in domains:
+        expected.update(domain.expected_dead_letters(world))
+    found: dict[tuple[str, str], str] = {}
+    # Every dead-letter queue on the broker, also those of queues no domain
+    # describes yet: a dead letter nobody expects fails the run wherever it is.
+    dead_letter_queues = [q for q in await stack.queue_depths() if q.endswith(".dlq")]
+    for name in dead_letter_queues:
+        for letter in await stack.dead_letters(name.removesuffix(".dlq")):
+            found[(letter.queue, letter.message_id)] = letter.error
+    in_queues = len(found)
+    # And those the webhooks service has taken into its store, not yet redriven.
+    for row in await db.fetch(
+        "SELECT queue, message_id, letter_key, last_error FROM webhooks.dead_letters"
+        " WHERE state IN ('dead', 'redriving')"
+    ):
+        found[(row["queue"], row["message_id"] or row["letter_key"])] = row["last_error"] or ""
+    check = Check("dead letters explained", compared=len(expected))
+    for key in sorted(set(found) - set(expected))[:EXAMPLES]:
+        check.differences.append(f"unexplained dead letter {key}: {found[key]}")
+    for key in sorted(set(expected) - set(found))[:EXAMPLES]:
+        check.differences.append(f"expected dead letter missing {key}: {expected[key]}")
+    reasons = sorted({expected[k] for k in found if k in expected})
+    check.note = (
+        f"{len(found)} dead letters ({len(found) - in_queues} in the webhooks store,"
+        f" {in_queues} still in {len(dead_letter_queues)} dead-letter queues): "
+        + ("; ".join(reasons) or "none expected")
+    )
+    if set(found) != set(expected):
+        check.note = (
+            f"{len(set(found) - set(expected))} unexplained,"
+            f" {len(set(expected) - set(found))} missing"
+        )
+    return check, set(expected)
+
+
+def check_sending(stats: SendStats, deliveries: int) -> Check:
+    check = Check("every delivery accepted", compared=deliveries)
+    if stats.accepted != deliveries:
+        check.differences.append(f"{deliveries - stats.accepted} deliveries never accepted")
+    check.differences += [f"rejected: {r}" for r in stats.rejected[:EXAMPLES]]
+    return check
+
+
+async def verify(
+    stack: Stack, world: World, domains: list[Domain], stats: SendStats, deliveries: int
+) -> tuple[list[Check], dict[str, State]]:
+    checks = [check_sending(stats, deliveries)]
+    observed_states: dict[str, State] = {}
+    db = await asyncpg.connect(stack.postgres.url)
+    try:
+        dead_check, dead = await check_dead_letters(stack, db, world, domains)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            probe = Probe(db, http, stack.service_urls(), stack.tokens)
+            for domain in domains:
+                observed = await domain.observed(probe)
+                observed_states[domain.name] = observed
+                checks.append(diff_states(domain.name, domain.expected(world), observed))
+        checks += await check_inboxes(db, world, domains, dead)
+    finally:
+        await db.close()
+    checks.append(dead_check)
+    return checks, observed_states
