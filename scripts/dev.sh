@@ -40,7 +40,17 @@ generate() {  # name value
   export "${1?}"
 }
 generate JWT_SECRET "$(openssl rand -hex 32 2>/dev/null || "$PY" -c 'import secrets; print(secrets.token_hex(32))')"
-generate SERVICE_TOKEN "$("$PY" -c 'import secrets; print(secrets.token_hex(32))')"
+# Least privilege, as in production: each service its own internal-API token,
+# Postgres role and RabbitMQ user (scripts/devstack.py provisions them with
+# DATABASE_URL's and AMQP_URL's admin rights and gives each process only its own).
+random_hex() { "$PY" -c 'import secrets; print(secrets.token_hex(24))'; }
+for svc in WEBHOOKS SUBSCRIPTIONS CREDITS RETRY; do
+  generate "${svc}_SERVICE_TOKEN" "$(random_hex)"
+  generate "${svc}_DB_PASSWORD" "$(random_hex)"
+done
+for svc in GATEWAY WEBHOOKS SUBSCRIPTIONS CREDITS RETRY; do
+  generate "${svc}_AMQP_PASSWORD" "$(random_hex)"
+done
 generate STRIPE_WEBHOOK_SECRETS "whsec_$("$PY" -c 'import secrets; print(secrets.token_hex(24))')"
 
 # Stripe: a real key talks to Stripe (or STRIPE_API_BASE if set); no key runs
@@ -50,11 +60,17 @@ if [ -z "${STRIPE_SECRET_KEY:-}" ]; then
   export SANDBOX_PORT="${STRIPE_API_BASE##*:}"
   export STRIPE_SECRET_KEY="sk_test_sandbox"
   export DEV_START_SANDBOX=1
+  # Test mode: every new customer on its own Stripe test clock, moved with
+  # POST /v1/admin/test-clocks/{user_id}/advance (README, "Subscriptions").
+  export TEST_CLOCKS="${TEST_CLOCKS:-true}"
   say "no STRIPE_SECRET_KEY: starting the Stripe sandbox on $STRIPE_API_BASE,"
   say "  every service calls it, and it delivers signed webhooks to the gateway"
 else
   export DEV_START_SANDBOX=0
   say "using Stripe with the key from STRIPE_SECRET_KEY${STRIPE_API_BASE:+ at $STRIPE_API_BASE}"
 fi
+
+# Checkout and billing-portal redirects may go to a local front end, any port.
+export CHECKOUT_ALLOWED_ORIGINS="${CHECKOUT_ALLOWED_ORIGINS:-[\"http://localhost\",\"http://127.0.0.1\"]}"
 
 exec "$PY" scripts/devstack.py

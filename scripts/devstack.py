@@ -2,7 +2,9 @@
 
 Started by ``make dev`` (scripts/dev.sh), which has already installed
 everything, started Postgres and RabbitMQ, and exported the settings. This
-starts the Stripe sandbox when asked (Smart Retries off: the retry service does
+gives each service its own Postgres role and RabbitMQ user (provisioned with
+the admin rights of ``DATABASE_URL`` and ``AMQP_URL``) and each process only
+its own secrets, starts the Stripe sandbox when asked (Smart Retries off: the retry service does
 the dunning), runs each service's migrations, starts the five services, waits
 until each answers ``/readyz``, and only then seeds the plans catalog, so the
 sandbox's webhooks for it find a gateway that takes them the first time. Then
@@ -22,7 +24,12 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass
+from urllib.parse import quote, urlsplit, urlunsplit
 
+from shared.broker.policies import Management
+from shared.broker.users import BrokerUser
+from shared.broker.users import provision as provision_users
+from shared.db_roles import ServiceRole, provision_all
 from shared.shutdown import TAIL_SECONDS
 
 SERVICES = (
@@ -56,7 +63,78 @@ async def pipe_output(name: str, stream: asyncio.StreamReader) -> None:
         sys.stdout.flush()
 
 
-async def spawn(name: str, argv: list[str], ready_url: str | None) -> Child:
+# What no process inherits: each gets its own from least_privilege_env().
+_SECRETS = {"DATABASE_URL", "AMQP_URL", "SERVICE_TOKEN", "STRIPE_SECRET_KEY", "JWT_SECRET"} | {
+    f"{name.upper()}_{what}"
+    for name, _, _ in SERVICES
+    for what in ("SERVICE_TOKEN", "DB_PASSWORD", "AMQP_PASSWORD", "DATABASE_URL", "AMQP_URL")
+}
+# The services that call Stripe with the secret key.
+_STRIPE_CALLERS = {"subscriptions", "retry"}
+
+
+def _with_user(url: str, user: str, password: str) -> str:
+    parts = urlsplit(url)
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.hostname}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def own_urls(name: str) -> tuple[str | None, str]:
+    """The service's DATABASE_URL (None for the gateway) and AMQP_URL."""
+    upper = name.upper()
+    amqp = os.environ.get(f"{upper}_AMQP_URL") or _with_user(
+        os.environ["AMQP_URL"], f"billing_{name}", os.environ[f"{upper}_AMQP_PASSWORD"]
+    )
+    if name == "gateway":
+        return None, amqp
+    database = os.environ.get(f"{upper}_DATABASE_URL") or _with_user(
+        os.environ["DATABASE_URL"], f"billing_{name}", os.environ[f"{upper}_DB_PASSWORD"]
+    )
+    return database, amqp
+
+
+async def provision_access() -> None:
+    """Each service's Postgres role and RabbitMQ user, from the admin URLs."""
+    roles, users = [], []
+    for name, _, _ in SERVICES:
+        database, amqp = own_urls(name)
+        if database is not None:
+            roles.append(ServiceRole.from_url(name, database))
+        users.append(BrokerUser.from_url(name, amqp))
+    await provision_all(os.environ["DATABASE_URL"], roles)
+    await provision_users(Management.for_broker(os.environ["AMQP_URL"]), users)
+    print("database roles and broker users provisioned", flush=True)
+
+
+def least_privilege_env(name: str) -> dict[str, str]:
+    """``name``'s environment: the settings, and of the secrets only its own."""
+    environment = {k: v for k, v in os.environ.items() if k not in _SECRETS}
+    database, amqp = own_urls(name)
+    environment["AMQP_URL"] = amqp
+    if name == "gateway":
+        environment["JWT_SECRET"] = os.environ["JWT_SECRET"]
+        for other, _, _ in SERVICES:
+            if other != "gateway":
+                token = os.environ[f"{other.upper()}_SERVICE_TOKEN"]
+                environment[f"{other.upper()}_SERVICE_TOKEN"] = token
+        return environment
+    assert database is not None
+    environment["DATABASE_URL"] = database
+    environment["SERVICE_TOKEN"] = os.environ[f"{name.upper()}_SERVICE_TOKEN"]
+    if name == "webhooks":
+        # The drift report reads the subscriptions service's mirrored objects.
+        token = os.environ["SUBSCRIPTIONS_SERVICE_TOKEN"]
+        environment["SUBSCRIPTIONS_SERVICE_TOKEN"] = token
+    if name in _STRIPE_CALLERS and "STRIPE_SECRET_KEY" in os.environ:
+        environment["STRIPE_SECRET_KEY"] = os.environ["STRIPE_SECRET_KEY"]
+    return environment
+
+
+async def spawn(
+    name: str, argv: list[str], ready_url: str | None, env: dict[str, str] | None = None
+) -> Child:
     # Own session: Ctrl-C reaches only this supervisor, which then stops each
     # child once, in order, instead of every process getting SIGINT at once.
     process = await asyncio.create_subprocess_exec(
@@ -64,6 +142,7 @@ async def spawn(name: str, argv: list[str], ready_url: str | None) -> Child:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
+        env=env,
     )
     assert process.stdout is not None
     asyncio.create_task(pipe_output(name, process.stdout))  # noqa: RUF006 - lives as long as the child
@@ -107,7 +186,7 @@ async def migrate_all() -> None:
         if name == "gateway":
             continue  # no database
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", f"services.{name}", "migrate"
+            sys.executable, "-m", f"services.{name}", "migrate", env=least_privilege_env(name)
         )
         if await process.wait() != 0:
             raise SystemExit(f"migrations of {name} failed")
@@ -155,14 +234,35 @@ async def main() -> None:
     children: list[Child] = []
     try:
         sandboxed = os.environ.get("DEV_START_SANDBOX") == "1"
+        # The retry service's emails land as files in MAIL_DIR (.dev/mail/).
+        children.append(
+            await spawn(
+                "mail-sink",
+                [
+                    sys.executable,
+                    "scripts/mail_sink.py",
+                    "--port",
+                    str(port_of("SMTP_PORT", 8025)),
+                    "--dir",
+                    os.environ.get("MAIL_DIR", ".dev/mail"),
+                ],
+                None,
+            )
+        )
         if sandboxed:
             children.append(await start_sandbox())
             await wait_ready(children[-1])
+        await provision_access()
         await migrate_all()
         for name, variable, default in SERVICES:
             url = f"http://127.0.0.1:{port_of(variable, default)}"
             children.append(
-                await spawn(name, [sys.executable, "-m", f"services.{name}"], f"{url}/readyz")
+                await spawn(
+                    name,
+                    [sys.executable, "-m", f"services.{name}"],
+                    f"{url}/readyz",
+                    least_privilege_env(name),
+                )
             )
         for child in children:
             await wait_ready(child)
@@ -174,6 +274,8 @@ async def main() -> None:
             print(f"  {name:14s} http://127.0.0.1:{port_of(variable, default)}", flush=True)
         if os.environ.get("DEV_START_SANDBOX") == "1":
             print(f"  {'stripe sandbox':14s} {os.environ['STRIPE_API_BASE']}", flush=True)
+        mail_dir = os.environ.get("MAIL_DIR", ".dev/mail")
+        print(f"  {'mail sink':14s} smtp://127.0.0.1:{port_of('SMTP_PORT', 8025)} -> {mail_dir}/")
         print("Ctrl-C stops everything.\n", flush=True)
 
         exits = [asyncio.create_task(c.process.wait()) for c in children]

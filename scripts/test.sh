@@ -10,6 +10,8 @@ ensure_k8s_tools
 ensure_postgres
 ensure_rabbitmq
 ensure_rabbitmq_management
+ensure_rabbitmq_prometheus
+ensure_promtool
 # TEST_NAMESPACE names the database and the vhost: two checkouts on one
 # machine can run their suites at once without resetting each other's state.
 TEST_NAMESPACE="${TEST_NAMESPACE:-billing_test}"

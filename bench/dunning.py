@@ -1,0 +1,309 @@
+"""Dunning throughput: two retry replicas working a backlog against the sandbox.
+
+``make bench`` runs this after the others (``make bench BENCH=dunning`` runs
+it alone; options in ``BENCH_ARGS``). It loads ``--cases`` open dunning cases
+(100,000 by default) into a
+fresh ``retry`` schema, ``--due`` of them due now, each of those with an open
+invoice in the Stripe sandbox (made in one step by the sandbox's
+``open_invoices`` control; the rest are due tomorrow, so the scheduler works
+against a table of the full size). Then two ``python -m services.retry``
+processes start and the clock runs until every due case is closed.
+
+Reported: attempts per second (each attempt is two Stripe calls: the re-read
+and the payment), the share of CPU the sandbox took against the two replicas
+(the sandbox is one Python process, often the bottleneck), each replica's
+resident memory (peak while working, and after), and the proof that no case
+was attempted twice: every idempotency key reached the sandbox once, and
+every due case has exactly one attempt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+
+from bench.webhooks import free_port, wait_ready
+from shared.migrations import SHARED_MIGRATIONS, migrate_database
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_RATE = 1_000
+TARGET_RSS_MB = 150.0
+SANDBOX_KEY = "sk_test_bench"
+
+
+@dataclass
+class Proc:
+    name: str
+    process: subprocess.Popen[bytes]
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def start(name: str, argv: list[str], env: dict[str, str], log: Path) -> Proc:
+    with log.open("ab") as out:
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
+            argv, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=out
+        )
+    return Proc(name, process)
+
+
+async def _sandbox_json(url: str, method: str, path: str, body: Any = None, form: str = "") -> Any:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
+        if form:
+            async with http.request(
+                method,
+                f"{url}{path}",
+                data=form,
+                headers={
+                    "Authorization": f"Bearer {SANDBOX_KEY}",
+                    "Content-Type": "application/x-www-form-urlencoded",
+                },
+            ) as response:
+                return await response.json()
+        async with http.request(method, f"{url}{path}", json=body) as response:
+            return await response.json()
+
+
+async def prepare(database_url: str, sandbox: str, cases: int, due: int) -> list[str]:
+    customer = await _sandbox_json(sandbox, "POST", "/v1/customers", form="email=bench@example.com")
+    pm = await _sandbox_json(
+        sandbox,
+        "POST",
+        "/v1/payment_methods/pm_card_visa/attach",
+        form=f"customer={customer['id']}",
+    )
+    await _sandbox_json(
+        sandbox,
+        "POST",
+        f"/v1/customers/{customer['id']}",
+        form=f"invoice_settings[default_payment_method]={pm['id']}",
+    )
+    made = await _sandbox_json(
+        sandbox,
+        "POST",
+        f"/_sandbox/customers/{customer['id']}/open_invoices",
+        {"count": due, "amount": 1000},
+    )
+    invoices: list[str] = made["data"]
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("DROP SCHEMA IF EXISTS retry CASCADE")
+        await migrate_database(
+            database_url, "retry", ROOT / "services/retry/migrations", shared=SHARED_MIGRATIONS
+        )
+        now = await conn.fetchval("SELECT now()")
+        later = await conn.fetchval("SELECT now() + interval '1 day'")
+        ids = invoices + [f"in_bench_later_{n}" for n in range(cases - due)]
+        await conn.copy_records_to_table(
+            "cases",
+            schema_name="retry",
+            columns=[
+                "invoice_id",
+                "customer_id",
+                "amount_due",
+                "currency",
+                "next_attempt_at",
+                "opened_at",
+                "updated_at",
+            ],
+            records=[
+                (i, customer["id"], 1000, "usd", now if n < due else later, now, now)
+                for n, i in enumerate(ids)
+            ],
+        )
+    finally:
+        await conn.close()
+    return invoices
+
+
+async def closed(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM retry.cases WHERE state <> 'open'"))
+    finally:
+        await conn.close()
+
+
+async def attempts_per_case(database_url: str) -> Counter[int]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT count(*) AS n FROM retry.attempts GROUP BY invoice_id")
+        return Counter(r["n"] for r in rows)
+    finally:
+        await conn.close()
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    logs = ROOT / ".bench"
+    logs.mkdir(exist_ok=True)
+    sandbox_port = free_port()
+    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    sandbox = start(
+        "sandbox",
+        [
+            sys.executable,
+            "-m",
+            "stripe_sandbox",
+            "--port",
+            str(sandbox_port),
+            "--smart-retries",
+            "off",
+        ],
+        {},
+        logs / "dunning-sandbox.log",
+    )
+    replicas: list[Proc] = []
+    try:
+        wait_ready(f"{sandbox_url}/_sandbox/health")
+        started = time.perf_counter()
+        invoices = await prepare(args.database_url, sandbox_url, args.cases, args.due)
+        print(f"backlog ready in {time.perf_counter() - started:.1f}s", flush=True)
+        env = {
+            "DATABASE_URL": args.database_url,
+            "AMQP_URL": args.amqp_url,
+            "SERVICE_TOKEN": "bench-token",
+            "STRIPE_API_BASE": sandbox_url,
+            "STRIPE_SECRET_KEY": SANDBOX_KEY,
+            "LOG_LEVEL": "WARNING",
+            "DUNNING_BATCH_SIZE": str(args.batch),
+            "DUNNING_POLL_SECONDS": "0.05",
+            "DB_POOL_MAX": "10",
+            "SMTP_PORT": str(free_port()),  # nobody: the backlog's cases have no email
+        }
+        ports = [free_port() for _ in range(2)]
+        cpu_before = sandbox.cpu_seconds()
+        for n, port in enumerate(ports):
+            replicas.append(
+                start(
+                    f"retry-{n}",
+                    [sys.executable, "-m", "services.retry"],
+                    {**env, "RETRY_PORT": str(port)},
+                    logs / f"dunning-retry-{n}.log",
+                )
+            )
+        began = time.perf_counter()
+        peak = [0.0, 0.0]
+        # The clock starts at the first closed case: start-up (migrations,
+        # queue policies, connections) is not dunning throughput.
+        first: tuple[float, int, float] | None = None
+        while True:
+            done = await closed(args.database_url)
+            if first is None and done:
+                first = (
+                    time.perf_counter(),
+                    done,
+                    sandbox.cpu_seconds() + sum(r.cpu_seconds() for r in replicas),
+                )
+                cpu_before = sandbox.cpu_seconds()
+                replicas_before = sum(r.cpu_seconds() for r in replicas)
+            for n, replica in enumerate(replicas):
+                if replica.process.poll() is not None:
+                    raise SystemExit(f"{replica.name} exited; see .bench/dunning-retry-{n}.log")
+                peak[n] = max(peak[n], replica.rss_mb())
+            if done >= args.due:
+                break
+            if time.perf_counter() - began > args.timeout:
+                raise SystemExit(f"only {done} of {args.due} cases closed in {args.timeout}s")
+            await asyncio.sleep(0.2)
+        assert first is not None
+        elapsed = time.perf_counter() - first[0]
+        measured = args.due - first[1]
+        for port in ports:
+            wait_ready(f"http://127.0.0.1:{port}/readyz")
+        sandbox_cpu = sandbox.cpu_seconds() - cpu_before
+        replica_cpu = sum(r.cpu_seconds() for r in replicas) - replicas_before
+        rss_after = [r.rss_mb() for r in replicas]
+        requests = await _sandbox_json(
+            sandbox_url, "GET", "/_sandbox/requests?path_prefix=/v1/invoices/&method=POST"
+        )
+        keys = Counter(r["idempotency_key"] for r in requests["data"])
+        per_case = await attempts_per_case(args.database_url)
+    finally:
+        for proc in (*replicas, sandbox):
+            proc.stop()
+    rate = measured / elapsed if elapsed > 0 else 0.0
+    return {
+        "cases_open": args.cases,
+        "cases_due": args.due,
+        "attempts_measured": measured,
+        "seconds": round(elapsed, 2),
+        "attempts_per_second": round(rate, 1),
+        "stripe_calls_per_attempt": 2,
+        "cpu_seconds": {"sandbox": round(sandbox_cpu, 1), "retry_replicas": round(replica_cpu, 1)},
+        "sandbox_cpu_share": round(sandbox_cpu / (sandbox_cpu + replica_cpu), 2),
+        "rss_mb_peak": [round(x, 1) for x in peak],
+        "rss_mb_after": [round(x, 1) for x in rss_after],
+        "keys_sent_twice": sum(1 for n in keys.values() if n > 1),
+        "cases_with_more_than_one_attempt": sum(c for n, c in per_case.items() if n > 1),
+        "charged": len(keys),
+        "invoices": len(invoices),
+        "targets": {
+            "attempts_per_second": f">= {TARGET_RATE}",
+            "rss_mb": f"< {TARGET_RSS_MB}",
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cases", type=int, default=100_000)
+    parser.add_argument("--due", type=int, default=5_000)
+    parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/billing_bench"
+        ),
+    )
+    parser.add_argument(
+        "--amqp-url",
+        default=os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/billing_bench"),
+    )
+    # BENCH_ARGS go to every benchmark: options meant for another are ignored.
+    args, ignored = parser.parse_known_args()
+    if ignored:
+        print(f"dunning bench ignores {ignored}", flush=True)
+    if not 0 < args.due <= args.cases:
+        parser.error("--due must be between 1 and --cases")
+    report = asyncio.run(run(args))
+    print(json.dumps(report, indent=2))
+    out = ROOT / ".bench" / "dunning.json"
+    out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    with contextlib.suppress(Exception):
+        print(f"report: {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
