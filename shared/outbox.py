@@ -41,6 +41,7 @@ from shared.clock import Clock
 from shared.db import DbConnection
 from shared.logging import get_logger
 from shared.shutdown import OUTBOX_FINAL_DRAIN_SECONDS
+from shared.waits import wait_set
 
 log = get_logger(__name__)
 
@@ -136,7 +137,8 @@ class OutboxRelay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         try:
-            published = await asyncio.wait_for(self.drain(), timeout=final_drain)
+            async with asyncio.timeout(final_drain):
+                published = await self.drain()
             log.info("outbox_final_drain", schema=self._schema, published=published)
         except Exception as exc:
             log.warning("outbox_final_drain_failed", schema=self._schema, error=repr(exc))
@@ -166,8 +168,7 @@ class OutboxRelay:
                 self._wake.clear()
                 await self.drain()
                 backoff = 0.1
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                await wait_set(self._wake, self._poll_interval)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -40,6 +40,7 @@ from aiohttp import web
 
 from shared.http.middleware import Handler
 from shared.logging import get_logger
+from shared.waits import wait_set
 
 log = get_logger(__name__)
 
@@ -93,9 +94,7 @@ class Shutdown:
         """Wait, until the drain ends at most, for in-flight requests to finish."""
         if self._requests == 0:
             return True
-        try:
-            await asyncio.wait_for(self._no_requests.wait(), self.remaining())
-        except TimeoutError:
+        if not await wait_set(self._no_requests, self.remaining()):
             log.warning("shutdown_requests_still_running", requests=self._requests)
             return False
         return True
@@ -120,7 +119,8 @@ async def bounded(what: str, step: Awaitable[T], seconds: float = CLOSE_SECONDS)
     """Run one shutdown step for at most ``seconds``; a step that fails or
     overruns is logged and given up, so the next one still runs."""
     try:
-        return await asyncio.wait_for(step, seconds)
+        async with asyncio.timeout(seconds):
+            return await step
     except TimeoutError:
         log.warning("shutdown_step_timed_out", step=what, seconds=seconds)
     except Exception as exc:

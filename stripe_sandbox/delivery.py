@@ -56,8 +56,11 @@ class EndpointWorker:
             self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def _sleep(self, seconds: float | None) -> None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
+        # the cancellation that stops this loop (shared/waits.py).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self.wake.wait()
         self.wake.clear()
 
     async def _run(self) -> None:

@@ -29,6 +29,7 @@ from services.retry.settings import RetrySettings
 from shared import metrics, runtime
 from shared.clock import Clock
 from shared.logging import get_logger
+from shared.waits import wait_set
 
 log = get_logger(__name__)
 
@@ -67,10 +68,7 @@ class Scheduler:
                 log.warning("dunning_tick_failed", error=repr(exc))
                 claimed = 0
             if claimed < self._settings.dunning_batch_size:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._stopping.wait(), self._settings.dunning_poll_seconds
-                    )
+                await wait_set(self._stopping, self._settings.dunning_poll_seconds)
 
     async def tick(self) -> int:
         """Claim one batch of due cases and attempt them; returns how many were claimed."""

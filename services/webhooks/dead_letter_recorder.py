@@ -36,6 +36,7 @@ from shared import metrics
 from shared.broker.topology import QUORUM, dead_letter_queue
 from shared.logging import get_logger, log_context
 from shared.shutdown import bounded
+from shared.waits import wait_set
 
 log = get_logger(__name__)
 
@@ -160,8 +161,7 @@ class DeadLetterRecorder:
             self._changed.set()
 
     async def _pause_unless_stopping(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        await wait_set(self._stopping, seconds)
 
     async def _refresh_metrics(self) -> None:
         while True:
@@ -170,5 +170,4 @@ class DeadLetterRecorder:
                 await store.refresh_metrics(self._pool, self._queues)
             except Exception as exc:
                 log.warning("dead_letter_metrics_failed", error=repr(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self._metrics_seconds)
+            await wait_set(self._changed, self._metrics_seconds)

@@ -55,6 +55,7 @@ from pamqp.body import ContentBody
 from pamqp.constants import FRAME_END, FRAME_HEADER_SIZE
 
 from shared.broker.errors import BrokerRefused, ProtocolError, PublishFailed
+from shared.waits import wait_set
 
 _CHANNEL = 1
 _FRAME_HEAD = struct.Struct(">BHI")
@@ -292,8 +293,7 @@ class ConfirmConnection(asyncio.Protocol):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PublishFailed("timeout", "broker not reading (TCP back-pressure)")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._writable.wait(), remaining)
+            await wait_set(self._writable, remaining)
 
     def _queue(
         self,
@@ -563,5 +563,6 @@ class ConfirmConnection(asyncio.Protocol):
         self._flush()
         self._send(0, commands.Connection.Close(reply_code=200, reply_text="shutdown"))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.closed), 2.0)
+            async with asyncio.timeout(2.0):
+                await asyncio.shield(self.closed)
         self._transport.abort()

@@ -31,7 +31,6 @@ The attempt count travels in the ``x-attempt`` header; the last error in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -58,6 +57,7 @@ from shared.clock import Clock, SystemClock
 from shared.logging import get_logger, log_context
 from shared.outbox import Outbox
 from shared.shutdown import CANCEL_SECONDS, bounded
+from shared.waits import wait_set
 
 log = get_logger(__name__)
 # Failures of the infrastructure rather than of the message: the database
@@ -366,8 +366,7 @@ class Consumer:
         return published
 
     async def _pause_unless_stopping(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        await wait_set(self._stopping, seconds)
 
 
 async def apply_in_inbox(

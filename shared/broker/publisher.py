@@ -30,6 +30,7 @@ from shared.broker.confirm_connection import AmqpAddress, ConfirmConnection
 from shared.broker.errors import PublishFailed
 from shared.broker.topology import EXCHANGES
 from shared.logging import get_logger
+from shared.waits import wait_set
 
 log = get_logger(__name__)
 
@@ -71,8 +72,7 @@ class Publisher:
             await self.wait_ready(wait)
 
     async def wait_ready(self, within: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), within)
+        await wait_set(self._ready, within)
         return self.ready
 
     async def close(self) -> None:

@@ -29,6 +29,7 @@ from services.retry.settings import RetrySettings
 from shared import metrics
 from shared.clock import Clock
 from shared.logging import get_logger
+from shared.waits import wait_set
 
 log = get_logger(__name__)
 
@@ -88,8 +89,7 @@ class Sender:
                 sent = 0
             if sent < _BATCH:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._settings.mail_poll_seconds)
+                await wait_set(self._wake, self._settings.mail_poll_seconds)
 
     async def send_due(self) -> int:
         """Send one batch of due emails; returns how many were claimed."""
