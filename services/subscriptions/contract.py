@@ -14,6 +14,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 from services.subscriptions.payments import contract as payments_contract
 from shared.api.endpoint import Access, Endpoint, PathParam
 from shared.api.pagination import Page, PageQuery
+from shared.api.types import UtcDatetime
 from shared.audit import Reason
 from shared.events import SUBSCRIPTION_ID_PATTERN, stripe_id_pattern
 
@@ -275,7 +276,7 @@ class StaffPlanChange(PlanChange):
 
 class RevenueQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    at: datetime | None = Field(default=None, description="Default: now.")
+    at: UtcDatetime | None = Field(default=None, description="Default: now.")
 
 
 class CurrencyRevenue(BaseModel):
@@ -405,6 +406,7 @@ MY_SUBSCRIPTION = Endpoint(
     owner="subscriptions",
     access=Access.MEMBER,
     tag=TAG,
+    errors=(404,),
     response=SubscriptionView,
 )
 SHOW_SUBSCRIPTION = Endpoint(

@@ -10,10 +10,11 @@ from urllib.parse import urlsplit
 
 import stripe as stripe_lib
 
-from services.subscriptions import contract, plans, routing, stripe_catalog, views
+from services.subscriptions import contract, customers, plans, routing, stripe_catalog, views
 from services.subscriptions.members import customer_of
 from services.subscriptions.routing import routes
 from services.subscriptions.state import history
+from services.subscriptions.state import subscriptions as subscription_rows
 from services.subscriptions.state.snapshots import LIVE
 from shared import catalog
 from shared.api.pagination import Page, PageQuery, decode_cursor, page_of
@@ -123,7 +124,10 @@ async def list_payment_methods(call: Call[Empty, Empty]) -> contract.PaymentMeth
 
 @routes.implement(contract.DEFAULT_PAYMENT_METHOD)
 async def set_default_payment_method(call: Call[Empty, Empty]) -> contract.PaymentMethodView:
-    customer = await customer_of(call, call.caller.user_id, call.caller.email)
+    # A member with no Stripe customer owns no card: 404 without creating one.
+    customer = await customers.find(call.pool, call.caller.user_id)
+    if customer is None:
+        raise not_found("payment method")
     cid, pm_id = customer.stripe_customer_id, call.path["payment_method_id"]
     stripe = routing.stripe(call)
     try:
@@ -202,16 +206,6 @@ async def _trial_days(call: Call[Any, Any], priced: plans.PricedPlan) -> int | N
     return None if _had_trial(before) else priced.plan.trial_days
 
 
-_PLACEHOLDER = """
-INSERT INTO subscriptions (
-    stripe_subscription_id, stripe_customer_id, status, price_id, user_id, plan, interval, tier,
-    price_lookup_key, unit_amount, currency, trial_end, latest_invoice_id,
-    version_created, version_progress, version_digest)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'epoch', '{}', '')
-ON CONFLICT (stripe_subscription_id) DO NOTHING
-"""
-
-
 @routes.implement(contract.CREATE_SUBSCRIPTION)
 async def create_subscription(
     call: Call[contract.NewSubscription, Empty],
@@ -259,8 +253,8 @@ async def create_subscription(
 
         async def record(conn: DbConnection) -> contract.SubscriptionCreated:
             invoice = sub.latest_invoice
-            await conn.execute(
-                _PLACEHOLDER,
+            await subscription_rows.record_placeholder(
+                conn,
                 sub.id,
                 customer.stripe_customer_id,
                 sub.status,

@@ -90,9 +90,14 @@ def test_every_v1_route_is_a_guarded_declared_endpoint() -> None:
 
 def test_only_declared_public_endpoints_are_public() -> None:
     public = {(e.method, e.path) for e in ENDPOINTS if e.access is Access.PUBLIC}
-    # Only the API's own description, and the product list members buy from,
-    # are readable without a token.
-    assert public == {("GET", "/v1/openapi.json"), ("GET", "/v1/docs"), ("GET", "/v1/products")}
+    # Only the API's own description, and the plans and products members buy
+    # from, are readable without a token.
+    assert public == {
+        ("GET", "/v1/openapi.json"),
+        ("GET", "/v1/docs"),
+        ("GET", "/v1/products"),
+        ("GET", "/v1/plans"),
+    }
 
 
 @pytest.mark.parametrize("endpoint", PROTECTED, ids=_id)

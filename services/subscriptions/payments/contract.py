@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from shared.api.endpoint import Access, Endpoint, PathParam
 from shared.api.pagination import Page, PageQuery
+from shared.api.types import UtcDatetime
 from shared.audit import Reason
 from shared.events import stripe_id_pattern
 
@@ -200,15 +201,15 @@ class AdminPaymentsQuery(PageQuery):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     status: Status | None = None
-    from_: datetime | None = Field(default=None, alias="from", description="created_at >= from")
-    to: datetime | None = Field(default=None, description="created_at < to")
+    from_: UtcDatetime | None = Field(default=None, alias="from", description="created_at >= from")
+    to: UtcDatetime | None = Field(default=None, description="created_at < to")
 
 
 class SummaryQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    from_: datetime | None = Field(default=None, alias="from")
-    to: datetime | None = None
+    from_: UtcDatetime | None = Field(default=None, alias="from")
+    to: UtcDatetime | None = None
 
 
 class Figure(BaseModel):

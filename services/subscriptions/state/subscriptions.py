@@ -357,3 +357,22 @@ async def trial_ending(ctx: Context, snapshot: SubscriptionSnapshot) -> None:
         version=be.SCHEMA_VERSION,
         key=f"{snapshot.id}:{snapshot.trial_end}",
     )
+
+
+# What the create call answered, written before Stripe's event arrives so the
+# member sees the subscription at once. Its version is the floor ('epoch'):
+# every event is newer and mirror.decide replaces it; a row an event already
+# wrote is kept.
+_PLACEHOLDER = """
+INSERT INTO subscriptions (
+    stripe_subscription_id, stripe_customer_id, status, price_id, user_id, plan, interval, tier,
+    price_lookup_key, unit_amount, currency, trial_end, latest_invoice_id,
+    version_created, version_progress, version_digest)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'epoch', '{}', '')
+ON CONFLICT (stripe_subscription_id) DO NOTHING
+"""
+
+
+async def record_placeholder(conn: Any, *values: Any) -> None:
+    """The subscription as the create call answered, until its first event."""
+    await conn.execute(_PLACEHOLDER, *values)
