@@ -34,8 +34,9 @@ async def _balance(http: aiohttp.ClientSession, billing: Billing, user: str) -> 
         _, body = await api(http, billing.gateway, "GET", "/v1/credits/me", user)
         return {b["credit_type"]: b["balance"] for b in body.get("balances", [])}
 
+    # Every credit type is listed, at zero until subscription.activated is granted.
     found = await eventually(
-        probe, until=lambda b: "meeting_room_hours" in b, what="the period's grant"
+        probe, until=lambda b: b.get("meeting_room_hours", 0) > 0, what="the period's grant"
     )
     return found["meeting_room_hours"]
 
