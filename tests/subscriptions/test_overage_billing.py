@@ -130,3 +130,57 @@ async def test_overage_is_on_the_renewal_invoice_once(
     ]
     assert (line.amount, line.quantity) == (12500, 5)
     assert line.period.end == int(end.timestamp())
+
+
+async def test_plan_changes_keep_the_overage_item_while_the_plan_bills_overage(
+    billing: Billing, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    user = "u_overage_changes"
+    sub_id = await subscribe_with_elements(http, billing, user, plan=PLAN)
+    client = stripe_client(StripeSettings(stripe_api_base=billing.sandbox.url))
+    _, metered_item = (await client.v1.subscriptions.retrieve_async(sub_id))["items"].data
+    assert await _balance(http, billing, user) == 25
+    status, spent = await _spend(http, billing, user, 27, uuid.uuid4().hex)
+    assert (status, spent["overage"]) == (201, 2)
+
+    # An upgrade to a plan billing the same overage keeps the item: its usage stays.
+    change = {"plan": "private_office", "interval": "month"}
+    status, upgraded = await api(
+        http, billing.gateway, "PATCH", f"/v1/subscriptions/{sub_id}", user, body=change
+    )
+    assert status == 200, upgraded
+    items = (await client.v1.subscriptions.retrieve_async(sub_id))["items"].data
+    assert [i.price.id for i in items] == [
+        billing.prices["private_office_monthly"],
+        billing.prices["meeting_room_hour_overage"],
+    ]
+    assert items[1].id == metered_item.id
+
+    # A downgrade to a plan that refuses overage drops it at the period end,
+    # and its usage so far is billed with the first invoice of the new plan.
+    status, downgraded = await api(
+        http,
+        billing.gateway,
+        "PATCH",
+        f"/v1/subscriptions/{sub_id}",
+        user,
+        body={"plan": "hot_desk", "interval": "month"},
+    )
+    assert status == 200, downgraded
+    end = _at(downgraded["current_period_end"])
+    await advance(http, billing, user, end + timedelta(hours=2))
+    await mine(http, billing, user, until=lambda s: s["plan"] == "hot_desk", what="downgraded")
+    items = (await client.v1.subscriptions.retrieve_async(sub_id))["items"].data
+    assert [i.price.id for i in items] == [billing.prices["hot_desk_monthly"]]
+
+    async def renewal() -> dict[str, Any]:
+        _, listed = await api(http, billing.gateway, "GET", "/v1/invoices", user)
+        latest: dict[str, Any] = listed["data"][0]
+        return latest
+
+    invoice = await eventually(
+        renewal,
+        until=lambda i: i["billing_reason"] == "subscription_cycle" and i["status"] == "paid",
+        what="the first hot_desk invoice paid",
+    )
+    assert invoice["amount_paid"] == 19900 + 2 * 2500
