@@ -14,7 +14,9 @@ import asyncpg
 
 from services.credits import overage
 from services.subscriptions import plans
+from services.subscriptions.state.snapshots import InvoiceSnapshot, SubscriptionSnapshot
 from shared import catalog, runtime
+from shared.clock import from_unix
 from shared.stripe_client import StripeSettings, stripe_client
 from tests.subscriptions.conftest import Billing
 from tests.subscriptions.helpers import api
@@ -65,6 +67,53 @@ def test_only_plans_that_bill_overage_carry_a_metered_price() -> None:
     assert yearly.metered_keys == ["meeting_room_hour_overage_yearly"]
     assert hot.metered_keys == []
     assert not cat.plans["hot_desk"].overage
+
+
+def test_the_plan_is_read_from_the_licensed_item_whatever_the_order() -> None:
+    start, end, later = 1_767_225_600, 1_769_904_000, 1_772_323_200
+    metered = {
+        "price": {
+            "id": "price_overage",
+            "lookup_key": "meeting_room_hour_overage",
+            "recurring": {"interval": "month", "usage_type": "metered"},
+        },
+        "current_period_start": start,
+        "current_period_end": end,
+    }
+    licensed = {
+        "price": {
+            "id": "price_desk",
+            "lookup_key": "dedicated_desk_monthly",
+            "recurring": {"interval": "month", "usage_type": "licensed"},
+        },
+        "quantity": 1,
+        "current_period_start": start,
+        "current_period_end": end,
+    }
+    sub = SubscriptionSnapshot.model_validate(
+        {"id": "sub_1", "customer": "cus_1", "status": "active"}
+        | {"items": {"data": [metered, licensed]}}
+    )
+    assert sub.price_id() == "price_desk"
+    # A renewal: the metered line bills the period that ended, the plan's the next.
+    renewal = InvoiceSnapshot.model_validate(
+        {
+            "id": "in_1",
+            "customer": "cus_1",
+            "status": "paid",
+            "currency": "usd",
+            "created": end,
+            "period_start": start,
+            "period_end": end,
+            "lines": {
+                "data": [
+                    {"period": {"start": start, "end": end}, "parent": None},
+                    {"period": {"start": end, "end": later}, "parent": None},
+                ]
+            },
+        }
+    )
+    assert renewal.billed_period() == (from_unix(end), from_unix(later))
 
 
 async def test_overage_is_on_the_renewal_invoice_once(
@@ -119,6 +168,7 @@ async def test_overage_is_on_the_renewal_invoice_once(
         what="the renewal invoice paid",
     )
     assert invoice["amount_paid"] == 34900 + 5 * 2500
+    assert _at(invoice["period_start"]) == end  # the plan's period, paid in advance
     # On Stripe's invoice: a line of the metered price for the period that ended.
     stripe_invoice = await client.v1.invoices.retrieve_async(invoice["id"])
     [line] = [
