@@ -47,6 +47,15 @@ class Overage(_Strict):
     lookup_key: str = Field(pattern=r"^[a-z][a-z0-9_]{0,199}$")
     unit_amount: PositiveInt
 
+    def price_key(self, interval: Interval) -> str:
+        """The lookup key of the metered price for a plan billed every ``interval``.
+
+        Stripe bills every item of a subscription on one interval, so a yearly
+        plan needs a yearly metered price (its usage billed at the year's end):
+        ``lookup_key`` names the monthly one, ``<lookup_key>_yearly`` the other.
+        """
+        return self.lookup_key if interval == "month" else f"{self.lookup_key}_yearly"
+
 
 class Plan(_Strict):
     name: str
@@ -65,6 +74,16 @@ class Plan(_Strict):
         if tier is not None and interval in self.eligibility.get(tier, {}):
             return self.eligibility[tier][interval]
         return self.prices.get(interval)
+
+    def intervals(self) -> list[Interval]:
+        """Every interval the plan is sold on, its own prices' or a tier's."""
+        found = [*self.prices, *(i for prices in self.eligibility.values() for i in prices)]
+        return sorted(set(found))
+
+    def metered_keys(self, interval: Interval) -> list[str]:
+        """Lookup keys of the metered prices a subscription on ``interval`` carries:
+        one per credit type whose overage is billed, none when all are refused."""
+        return sorted({terms.price_key(interval) for terms in self.overage.values()})
 
     def allotments(self, *, trial: bool = False) -> dict[str, int]:
         if trial and self.trial_credits is not None:
@@ -132,8 +151,9 @@ class Catalog(_Strict):
                     where = f"plans.{plan_key}.eligibility.{tier}.{interval}"
                     found.append((where, price.lookup_key, price.amount))
             for credit_type, overage in plan.overage.items():
-                where = f"plans.{plan_key}.overage.{credit_type}"
-                found.append((where, overage.lookup_key, overage.unit_amount))
+                for interval in plan.intervals():
+                    where = f"plans.{plan_key}.overage.{credit_type} ({interval})"
+                    found.append((where, overage.price_key(interval), overage.unit_amount))
         for product_key, product in self.products.items():
             found.append((f"products.{product_key}", product.lookup_key, product.amount))
         return found

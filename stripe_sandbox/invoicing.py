@@ -35,6 +35,7 @@ class LineSpec:
     period_end: int
     quantity: int = 1
     price: Obj | None = None
+    quantity_decimal: str | None = None  # a metered line's exact usage
     proration: bool = False
     subscription_item: str | None = None
     invoice_item: str | None = None
@@ -91,7 +92,7 @@ def _line(invoice: Obj, spec: LineSpec, subscription: str | None, line_prefix: s
                 "unit_amount_decimal": price["unit_amount_decimal"] if price else None,
             },
             "quantity": spec.quantity,
-            "quantity_decimal": str(spec.quantity),
+            "quantity_decimal": spec.quantity_decimal or str(spec.quantity),
             "subscription": subscription,
             "subtotal": spec.amount,
             "taxes": [],

@@ -1,17 +1,24 @@
 """A subscription's items and the invoice lines they make.
 
 Billing periods live on the items (``items.data[].current_period_start/end``),
-as in the current API; an invoice bills each item for the period it stands in.
+as in the current API; an invoice bills each licensed item for the period it
+stands in (in advance). An item on a metered price (usage-based billing) has no
+quantity: it bills what its meter counted for the customer over the period that
+ended (in arrears), as a line of ``usage * unit_amount``; on a subscription's
+first invoice it shows as a zero line, as on Stripe.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from .errors import invalid
 from .fixtures import template
 from .ids import new_id
 from .invoicing import LineSpec
+from .metering import is_metered, meter_of, usage
 from .sandbox import Sandbox
 from .store import Obj, snapshot
 
@@ -19,8 +26,21 @@ from .store import Obj, snapshot
 @dataclass
 class ItemSpec:
     price: Obj
-    quantity: int = 1
+    quantity: int | None = 1  # None for a metered price
     metadata: dict[str, str] | None = None
+
+
+def item_quantity(price: Obj, given: int | None, param: str) -> int | None:
+    """An item's quantity: 1 unless given; a metered price takes none."""
+    if not is_metered(price):
+        return 1 if given is None else given
+    if given is not None:
+        raise invalid(
+            "Quantity should not be specified where usage_type is `metered`. "
+            f"Remove quantity from `{param}`.",
+            param=f"{param}[quantity]",
+        )
+    return None
 
 
 def plan_from_price(price: Obj) -> dict[str, Any]:
@@ -38,13 +58,13 @@ def plan_from_price(price: Obj) -> dict[str, Any]:
         "interval_count": recurring.get("interval_count"),
         "livemode": False,
         "metadata": dict(price["metadata"]),
-        "meter": None,
+        "meter": recurring.get("meter"),
         "nickname": price["nickname"],
         "product": price["product"],
         "tiers_mode": None,
         "transform_usage": None,
         "trial_period_days": None,
-        "usage_type": "licensed",
+        "usage_type": recurring.get("usage_type") or "licensed",
     }
 
 
@@ -67,6 +87,8 @@ def new_item(sub_id: str, spec: ItemSpec, start: int, end: int) -> Obj:
             "tax_rates": [],
         }
     )
+    if spec.quantity is None:
+        del item["quantity"]  # metered: usage decides what is billed
     return item
 
 
@@ -89,12 +111,58 @@ def _money(amount: int, currency: str) -> str:
     return f"{amount / 100:.2f} {currency.upper()}"
 
 
-def cycle_lines(sb: Sandbox, items: list[Obj]) -> list[LineSpec]:
-    """One line per item for the period the items now stand in."""
+def _description(sb: Sandbox, price: Obj, quantity: Any) -> str:
+    interval, _ = interval_of(price)
+    return (
+        f"{quantity} \N{MULTIPLICATION SIGN} {product_name(sb, price)}"
+        f" (at {_money(price['unit_amount'], price['currency'])} / {interval})"
+    )
+
+
+def usage_line(
+    sb: Sandbox, item: Obj, customer: str | None, period: tuple[int, int] | None
+) -> LineSpec:
+    """A metered item's line: what its meter counted over ``period`` (the period
+    that ended) times the unit amount; zero over the item's own period when no
+    period is given (a first invoice)."""
+    price = item["price"]
+    meter = meter_of(sb, price)
+    start, end = period or (item["current_period_start"], item["current_period_end"])
+    used = (
+        usage(sb, meter, customer, start, end)
+        if period is not None and meter is not None and customer is not None
+        else Decimal(0)
+    )
+    amount = (used * int(price["unit_amount"])).to_integral_value(ROUND_HALF_UP)
+    quantity = int(used.to_integral_value(ROUND_HALF_UP))
+    return LineSpec(
+        amount=int(amount),
+        quantity=quantity,
+        quantity_decimal=str(used.normalize()) if used else "0",
+        price=price,
+        subscription_item=item["id"],
+        period_start=start,
+        period_end=end,
+        description=_description(sb, price, quantity),
+    )
+
+
+def cycle_lines(
+    sb: Sandbox,
+    items: list[Obj],
+    *,
+    customer: str | None = None,
+    ended: tuple[int, int] | None = None,
+) -> list[LineSpec]:
+    """One line per item: a licensed item for the period it now stands in, a
+    metered one for its usage over ``ended`` (the period that just ended) by
+    ``customer``, or at zero without it."""
     lines = []
     for item in items:
         price = item["price"]
-        interval, _ = interval_of(price)
+        if is_metered(price):
+            lines.append(usage_line(sb, item, customer, ended))
+            continue
         lines.append(
             LineSpec(
                 amount=int(price["unit_amount"]) * int(item["quantity"]),
@@ -103,10 +171,7 @@ def cycle_lines(sb: Sandbox, items: list[Obj]) -> list[LineSpec]:
                 subscription_item=item["id"],
                 period_start=item["current_period_start"],
                 period_end=item["current_period_end"],
-                description=(
-                    f"{item['quantity']} \N{MULTIPLICATION SIGN} {product_name(sb, price)}"
-                    f" (at {_money(price['unit_amount'], price['currency'])} / {interval})"
-                ),
+                description=_description(sb, price, item["quantity"]),
             )
         )
     return lines

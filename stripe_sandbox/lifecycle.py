@@ -181,7 +181,7 @@ def create(sb: Sandbox, customer: Obj, request: NewSubscription) -> Obj:
         lines = [
             LineSpec(
                 amount=0,
-                quantity=s.quantity,
+                quantity=s.quantity or 0,
                 price=s.price,
                 subscription_item=i["id"],
                 period_start=now,
@@ -366,12 +366,19 @@ def renew(sb: Sandbox, sub: Obj, at: int) -> None:
     if trial_ending:
         sub["status"] = "active"
     drop_finished_discounts(sb, sub, at)
+    # Metered items bill the usage of the period that ended (none in a trial).
+    lines = cycle_lines(
+        sb,
+        sub["items"]["data"],
+        customer=customer["id"],
+        ended=None if trial_ending else (old_start, old_end),
+    )
     invoice = invoicing.new_invoice(
         sb,
         customer=customer,
         subscription=sub,
         billing_reason="subscription_cycle",
-        lines=cycle_lines(sb, sub["items"]["data"]) + pending_item_lines(sb, sub),
+        lines=lines + pending_item_lines(sb, sub),
         period_start=old_start,
         period_end=old_end,
         created=at,

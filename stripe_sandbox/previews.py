@@ -9,7 +9,7 @@ invoices, given the same ``proration_date``:
   prorations (credit for unused time, charge for the remaining time of the new
   price) plus anything already pending;
 * ``create_prorations`` (the default): the next renewal, the new items for the
-  next period plus the prorations;
+  next period plus the prorations (a metered item: its usage so far);
 * ``none``: the next renewal at the new price, nothing prorated;
 * a new billing interval (monthly to yearly): the invoice made at once for the
   new period, less the credit for the old one's unused time.
@@ -107,7 +107,12 @@ def preview_subscription(sb: Sandbox, sub: Obj, details: dict[str, Any], now: in
         lines, created, reason, period = credits + pending, end, "subscription_cycle", (end, end)
     else:
         upcoming = _next_period(sub, new_items)
-        lines = items.cycle_lines(sb, upcoming) + credits + pending
+        # Metered items: the usage counted so far in the current period.
+        lines = (
+            items.cycle_lines(sb, upcoming, customer=customer["id"], ended=(start, end))
+            + credits
+            + pending
+        )
         created, reason, period = end, "subscription_cycle", (start, end)
     invoice = build(
         sb,

@@ -25,12 +25,16 @@ from .items import (
     ItemSpec,
     cycle_lines,
     interval_of,
+    item_quantity,
     new_item,
     pending_item_lines,
     period_of,
     plan_from_price,
     product_name,
+    usage_line,
 )
+from .metering import is_metered
+from .params import parse_int
 from .sandbox import Sandbox
 from .store import Obj, snapshot
 
@@ -47,7 +51,7 @@ def _same(old: Obj | None, new: Obj | None) -> bool:
     return (
         old is not None
         and new is not None
-        and (old["price"]["id"], old["quantity"]) == (new["price"]["id"], new["quantity"])
+        and (old["price"]["id"], old.get("quantity")) == (new["price"]["id"], new.get("quantity"))
     )
 
 
@@ -59,8 +63,9 @@ def proration_specs(
     total = max(1, end - start)
     remaining = max(0, end - when)
     day = from_ts(when).strftime("%d %b %Y")
-    old_by_id = {i["id"]: i for i in old_items}
-    new_by_id = {i["id"]: i for i in new_items}
+    # Usage is never prorated: a metered item bills what was used (usage_cut).
+    old_by_id = {i["id"]: i for i in old_items if not is_metered(i["price"])}
+    new_by_id = {i["id"]: i for i in new_items if not is_metered(i["price"])}
 
     specs: list[Proration] = []
     for item_id, old in old_by_id.items():
@@ -159,8 +164,15 @@ def _changed_item(sb: Sandbox, item: Obj, change: dict[str, Any], param: str) ->
         price = sb.store.get("price", change["price"], f"{param}[price]")
         item["price"] = snapshot(price)
         item["plan"] = plan_from_price(price)
+        if is_metered(price):
+            item.pop("quantity", None)
+        else:
+            item.setdefault("quantity", 1)
     if change.get("quantity") not in (None, ""):
-        item["quantity"] = int(change["quantity"])
+        given = parse_int(change["quantity"], f"{param}[quantity]", minimum=1)
+        quantity = item_quantity(sb.store.get("price", item["price"]["id"]), given, param)
+        if quantity is not None:
+            item["quantity"] = quantity
     if "metadata" in change:
         item["metadata"].update(change["metadata"] or {})
 
@@ -189,7 +201,8 @@ def planned_items(sb: Sandbox, sub: Obj, changes: list[dict[str, Any]]) -> list[
                 code="parameter_missing",
             )
         price = sb.store.get("price", price_id, f"{param}[price]")
-        spec = ItemSpec(price, int(change.get("quantity") or 1), change.get("metadata"))
+        given = parse_int(change.get("quantity"), f"{param}[quantity]", minimum=1)
+        spec = ItemSpec(price, item_quantity(price, given, param), change.get("metadata"))
         items.append(new_item(sub["id"], spec, start, end))
     if not items:
         raise invalid("A subscription must have at least one active plan.", param="items")
@@ -225,6 +238,36 @@ def credits_and_charges(
     return specs
 
 
+def usage_cut(
+    sb: Sandbox, sub: Obj, old_items: list[Obj], new_items: list[Obj], when: int, *, restart: bool
+) -> None:
+    """Usage a change ends: a metered item that leaves (or changes price), or every
+    one when the period restarts, bills what its meter counted from its period's
+    start until the change, as a pending invoice item the next invoice takes."""
+    kept = {(i["id"], i["price"]["id"]) for i in new_items}
+    customer = sb.store.get("customer", sub["customer"])
+    for item in old_items:
+        if not is_metered(item["price"]):
+            continue
+        if not restart and (item["id"], item["price"]["id"]) in kept:
+            continue
+        line = usage_line(sb, item, customer["id"], (item["current_period_start"], when))
+        if line.amount == 0:
+            continue
+        new_invoice_item(
+            sb,
+            customer,
+            sub,
+            amount=line.amount,
+            description=line.description,
+            price=item["price"],
+            quantity=line.quantity,
+            period=(line.period_start, line.period_end),
+            proration=False,
+            now=when,
+        )
+
+
 def change_items(
     sb: Sandbox,
     sub: Obj,
@@ -249,6 +292,7 @@ def change_items(
         if prorates(sub, proration_behavior)
         else []
     )
+    usage_cut(sb, sub, old_items, new_items, when, restart=new_interval)
     if new_interval:
         restart_period(new_items, when)
         sub["billing_cycle_anchor"] = when

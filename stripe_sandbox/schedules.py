@@ -64,8 +64,8 @@ def _phase(
     }
 
 
-def _phase_item(price: Obj, quantity: int, metadata: dict[str, str] | None = None) -> Obj:
-    return {
+def _phase_item(price: Obj, quantity: int | None, metadata: dict[str, str] | None = None) -> Obj:
+    item = {
         "billing_thresholds": None,
         "discounts": [],
         "metadata": dict(metadata or {}),
@@ -74,6 +74,9 @@ def _phase_item(price: Obj, quantity: int, metadata: dict[str, str] | None = Non
         "quantity": quantity,
         "tax_rates": [],
     }
+    if quantity is None:
+        del item["quantity"]  # a metered price's item has none
+    return item
 
 
 def _new_schedule(sb: Sandbox, customer: Obj, now: int) -> Obj:
@@ -157,7 +160,9 @@ def from_subscription(sb: Sandbox, sub: Obj, now: int) -> Obj:
     customer = sb.store.get("customer", sub["customer"])
     schedule = _new_schedule(sb, customer, now)
     start, end = items.period_of(sub)
-    current = [_phase_item(i["price"], i["quantity"], i["metadata"]) for i in sub["items"]["data"]]
+    current = [
+        _phase_item(i["price"], i.get("quantity"), i["metadata"]) for i in sub["items"]["data"]
+    ]
     schedule["phases"] = [
         _phase(
             current, start, end, currency=sub["currency"], proration_behavior="create_prorations"
@@ -183,7 +188,8 @@ def _phase_items(sb: Sandbox, entry: dict[str, Any], param: str) -> tuple[list[O
     for position, raw_item in enumerate(raw):
         key = f"{param}[items][{position}][price]"
         price = sb.store.get("price", (raw_item or {}).get("price") or "", key)
-        quantity = parse_int(raw_item.get("quantity"), f"{key}[quantity]", minimum=1) or 1
+        given = parse_int(raw_item.get("quantity"), f"{key}[quantity]", minimum=1)
+        quantity = items.item_quantity(price, given, f"{param}[items][{position}]")
         phase_items.append(_phase_item(price, quantity, raw_item.get("metadata")))
         prices.append(price)
     return phase_items, prices
@@ -302,14 +308,15 @@ def _apply_phase(sb: Sandbox, schedule: Obj, index: int, at: int) -> None:
         existing = by_price.get(wanted["price"])
         if existing is not None:
             kept = snapshot(existing)
-            kept["quantity"] = wanted["quantity"]
+            if wanted.get("quantity") is not None:
+                kept["quantity"] = wanted["quantity"]
             new_items.append(kept)
         else:
             price = sb.store.get("price", wanted["price"])
-            spec = ItemSpec(price, wanted["quantity"], wanted["metadata"])
+            spec = ItemSpec(price, wanted.get("quantity"), wanted["metadata"])
             new_items.append(items.new_item(sub["id"], spec, start, end))
-    current = [(i["price"]["id"], i["quantity"]) for i in sub["items"]["data"]]
-    if current == [(i["price"]["id"], i["quantity"]) for i in new_items]:
+    current = [(i["price"]["id"], i.get("quantity")) for i in sub["items"]["data"]]
+    if current == [(i["price"]["id"], i.get("quantity")) for i in new_items]:
         return
     before = snapshot(sub["items"])
     invoice = prorations.change_items(

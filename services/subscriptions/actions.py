@@ -17,6 +17,7 @@ from shared.api.service import Call
 from shared.clock import from_unix
 from shared.db import DbConnection
 from shared.http.errors import ApiError, conflict, invalid_field
+from shared.stripe_calls import StripeCalls
 
 
 @dataclass(frozen=True)
@@ -63,18 +64,17 @@ async def preview(
             next_amount=target.amount,
         )
     sub = await _stripe_subscription(call, row["stripe_subscription_id"])
-    item = sub["items"].data[0]
-    price = await stripe_catalog.price_id(stripe, target.lookup_key)
+    items = await _upgraded_items(stripe, sub, target)
     upcoming = await stripe.call(
         "preview invoice",
         lambda c: c.v1.invoices.create_preview_async(
             {
                 "subscription": sub.id,
                 "subscription_details": {
-                    "items": [{"id": item.id, "price": price}],
+                    "items": items,
                     "proration_behavior": "always_invoice",
                 },
-            }
+            }  # type: ignore[arg-type]
         ),
     )
     return contract.ChangePreview(
@@ -84,6 +84,18 @@ async def preview(
         effective_at=routing.now(call),
         next_amount=target.amount,
     )
+
+
+async def _upgraded_items(
+    stripe: StripeCalls, sub: Any, target: plans.PricedPlan
+) -> list[dict[str, Any]]:
+    """The ``items`` of an upgrade: the plan item moves to the new price, and the
+    overage (metered) items become the new plan's: kept when it bills the same
+    meter, added when it starts billing one, deleted when it refuses overage."""
+    item = stripe_catalog.plan_item(sub)
+    price = await stripe_catalog.price_id(stripe, target.lookup_key)
+    metered = await stripe_catalog.metered_price_ids(stripe, target)
+    return [{"id": item.id, "price": price}, *stripe_catalog.metered_changes(sub, metered)]
 
 
 async def _after(  # noqa: PLR0917 - one call shape for every action
@@ -150,7 +162,7 @@ async def change(
     stripe = routing.stripe(call)
     sub_id = row["stripe_subscription_id"]
     sub = await _stripe_subscription(call, sub_id)
-    item = sub["items"].data[0]
+    item = stripe_catalog.plan_item(sub)
     price = await stripe_catalog.price_id(stripe, target.lookup_key)
     schedule = (
         sub.schedule if isinstance(sub.schedule, str) or sub.schedule is None else sub.schedule.id
@@ -162,16 +174,17 @@ async def change(
     if kind == "upgrade":
         # At once, the difference prorated and charged now.
         await _release_schedule(call, schedule)
+        items = await _upgraded_items(stripe, sub, target)
         await stripe.call(
             "upgrade subscription",
             lambda c: c.v1.subscriptions.update_async(
                 sub_id,
                 {
-                    "items": [{"id": item.id, "price": price}],
+                    "items": items,
                     "proration_behavior": "always_invoice",
                     "payment_behavior": "error_if_incomplete",
                     "metadata": {"plan": target.key, "interval": target.interval},
-                },
+                },  # type: ignore[arg-type]
                 {"idempotency_key": call.stripe_key("upgrade")},
             ),
         )
@@ -193,7 +206,16 @@ async def change(
             "retrieve schedule", lambda c: c.v1.subscription_schedules.retrieve_async(schedule)
         )
         phase = existing.phases[0]
-    current_price = item.price.id
+    # Metered (overage) items: kept in the current phase, and in the next one
+    # as far as the new plan bills overage too (their usage is billed either way).
+    current_items = [
+        {"price": item.price.id, "quantity": 1},
+        *({"price": m.price.id} for m in stripe_catalog.metered_items(sub)),
+    ]
+    next_items = [
+        {"price": price, "quantity": 1},
+        *({"price": m} for m in await stripe_catalog.metered_price_ids(stripe, target)),
+    ]
     schedule_id = schedule
     await stripe.call(
         "schedule downgrade",
@@ -202,18 +224,18 @@ async def change(
             {
                 "phases": [
                     {
-                        "items": [{"price": current_price, "quantity": 1}],
+                        "items": current_items,
                         "start_date": phase.start_date,
                         "end_date": phase.end_date,
                     },
                     {
-                        "items": [{"price": price, "quantity": 1}],
+                        "items": next_items,
                         "duration": {"interval": target.interval},
                     },
                 ],
                 "end_behavior": "release",
                 "metadata": {"plan": target.key, "interval": target.interval},
-            },
+            },  # type: ignore[arg-type]
             {"idempotency_key": call.stripe_key("schedule-downgrade")},
         ),
     )

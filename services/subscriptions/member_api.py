@@ -217,6 +217,7 @@ async def create_subscription(
     try:
         customer = await customer_of(call, user_id, call.caller.email)
         price = await stripe_catalog.price_id(stripe, priced.lookup_key)
+        metered = await stripe_catalog.metered_price_ids(stripe, priced)
         promo = (
             await stripe_catalog.promotion_code_id(stripe, body.promotion_code)
             if body.promotion_code
@@ -226,7 +227,9 @@ async def create_subscription(
         has_card = await _default_method(call, customer.stripe_customer_id) is not None
         params: dict[str, Any] = {
             "customer": customer.stripe_customer_id,
-            "items": [{"price": price}],
+            # The plan first; then its overage, billed in arrears from what the
+            # meter counted (a metered price takes no quantity).
+            "items": [{"price": price}, *({"price": m} for m in metered)],
             "metadata": {"user_id": user_id, "plan": priced.key, "interval": priced.interval},
             "payment_settings": {"save_default_payment_method": "on_subscription"},
             # A saved card is charged now (a decline is a 402 with its code);
@@ -330,6 +333,7 @@ async def create_checkout_session(
     stripe = routing.stripe(call)
     customer = await customer_of(call, user_id, call.caller.email)
     price = await stripe_catalog.price_id(stripe, priced.lookup_key)
+    metered = await stripe_catalog.metered_price_ids(stripe, priced)
     meta = {"user_id": user_id, "plan": priced.key, "interval": priced.interval}
     subscription_data: dict[str, Any] = {"metadata": meta}
     trial_days = await _trial_days(call, priced)
@@ -339,7 +343,7 @@ async def create_checkout_session(
         "mode": "subscription",
         "customer": customer.stripe_customer_id,
         "client_reference_id": user_id,
-        "line_items": [{"price": price, "quantity": 1}],
+        "line_items": [{"price": price, "quantity": 1}, *({"price": m} for m in metered)],
         "success_url": str(body.success_url),
         "cancel_url": str(body.cancel_url),
         "metadata": meta,

@@ -18,6 +18,11 @@ class PricedPlan:
     lookup_key: str
     amount: int
 
+    @property
+    def metered_keys(self) -> list[str]:
+        """Lookup keys of the metered prices billing this plan's overage, if any."""
+        return self.plan.metered_keys(self.interval)
+
 
 def of_lookup_key(lookup_key: str | None, cat: Catalog | None = None) -> PricedPlan | None:
     if not lookup_key:

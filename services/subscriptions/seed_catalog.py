@@ -16,8 +16,15 @@ sandbox needs no key). A ``lookup_key`` names one price forever, so:
   (``active=false``): existing subscriptions keep it until changed, nobody
   new can buy it. A key that comes back reactivates its price.
 
-Products get stable ids (``plan_<key>``, ``product_<key>``). Metered overage
-prices are not seeded here: they need a Stripe billing meter first.
+Products get stable ids (``plan_<key>``, ``product_<key>``,
+``overage_<credit type>``).
+
+Overage (``overage.<credit type>`` of a plan) is billed through Stripe
+usage-based billing: a billing meter per ``meter`` event name (found by its
+event name among the active meters, else created, ``sum`` of the events'
+``value`` per customer) and a metered recurring price on it, per interval the
+plan is sold on (``Overage.price_key``). Those prices follow the same rules as
+the others; a lookup key Stripe has as a licensed price is refused.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ class Wanted:
     currency: str
     interval: str | None
     metadata: dict[str, str]
+    # Metered prices only: the event name of the meter that counts their usage.
+    meter: str | None = None
 
 
 class Refused(ValueError):
@@ -83,6 +92,24 @@ def wanted_prices(cat: Catalog) -> list[Wanted]:
                     meta,
                 ),
             )
+    for plan in cat.plans.values():
+        for credit_type, terms in plan.overage.items():
+            name = cat.credit_types[credit_type].name
+            for interval in plan.intervals():
+                found.setdefault(
+                    terms.price_key(interval),
+                    Wanted(
+                        terms.price_key(interval),
+                        f"overage_{credit_type}",
+                        f"{name} overage",
+                        f"{name} beyond a plan's balance, billed per unit used.",
+                        terms.unit_amount,
+                        cat.currency,
+                        interval,
+                        {"managed_by": MANAGED, "overage": credit_type, "interval": interval},
+                        meter=terms.meter,
+                    ),
+                )
     for key, product in cat.products.items():
         found.setdefault(
             product.lookup_key,
@@ -100,6 +127,55 @@ def wanted_prices(cat: Catalog) -> list[Wanted]:
     return list(found.values())
 
 
+def wanted_meters(cat: Catalog) -> dict[str, str]:
+    """Meter event name -> display name, for every overage the catalog bills."""
+    found: dict[str, str] = {}
+    for plan in cat.plans.values():
+        for credit_type, terms in plan.overage.items():
+            found.setdefault(terms.meter, f"{cat.credit_types[credit_type].name} overage")
+    return found
+
+
+def _active_meters(client: stripe.StripeClient) -> dict[str, str]:
+    """Event name -> id of the active meters."""
+    found: dict[str, str] = {}
+    params: dict[str, Any] = {"limit": 100, "status": "active"}
+    while True:
+        page = client.v1.billing.meters.list(params=params)  # type: ignore[arg-type]
+        for meter in page.data:
+            found.setdefault(meter.event_name, meter.id)
+        if not page.has_more or not page.data:
+            return found
+        params["starting_after"] = page.data[-1].id
+
+
+def ensure_meters(client: stripe.StripeClient, cat: Catalog) -> dict[str, str]:
+    """The catalog's meters in Stripe, made when missing; event name -> meter id."""
+    wanted = wanted_meters(cat)
+    if not wanted:
+        return {}
+    held = _active_meters(client)
+    result: dict[str, str] = {}
+    for event_name, display_name in wanted.items():
+        if event_name in held:
+            print(f"meter   {event_name}: {held[event_name]} (exists)")
+            result[event_name] = held[event_name]
+            continue
+        meter = client.v1.billing.meters.create(
+            params={
+                "display_name": display_name,
+                "event_name": event_name,
+                "default_aggregation": {"formula": "sum"},
+                "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
+                "value_settings": {"event_payload_key": "value"},
+            },
+            options={"idempotency_key": f"seed-catalog-meter-{event_name}"},
+        )
+        print(f"meter   {event_name}: {meter.id} (new)")
+        result[event_name] = meter.id
+    return result
+
+
 def _all_prices(client: stripe.StripeClient) -> list[stripe.Price]:
     prices: list[stripe.Price] = []
     params: dict[str, Any] = {"limit": 100}
@@ -115,6 +191,10 @@ def _interval(price: stripe.Price) -> str | None:
     return price.recurring.interval if price.recurring else None
 
 
+def _usage_type(price: stripe.Price) -> str | None:
+    return price.recurring.usage_type if price.recurring else None
+
+
 def check(wanted: list[Wanted], existing: dict[str, stripe.Price]) -> None:
     """Refuse the whole file if any lookup key means another price in Stripe."""
     for item in wanted:
@@ -123,6 +203,12 @@ def check(wanted: list[Wanted], existing: dict[str, stripe.Price]) -> None:
             continue
         theirs = (held.unit_amount, held.currency, _interval(held))
         ours = (item.amount, item.currency, item.interval)
+        usage = "metered" if item.meter else ("licensed" if item.interval else None)
+        if usage != _usage_type(held):
+            raise Refused(
+                f"lookup_key {item.lookup_key!r} is a {_usage_type(held) or 'one-time'} price"
+                f" in Stripe but {usage or 'one-time'} in the catalog: give it a new key"
+            )
         if theirs != ours:
             raise Refused(
                 f"lookup_key {item.lookup_key!r} is {theirs[0]} {theirs[1]}"
@@ -152,6 +238,7 @@ def seed(client: stripe.StripeClient, cat: Catalog) -> dict[str, str]:
     wanted = wanted_prices(cat)
     existing = {p.lookup_key: p for p in _all_prices(client) if p.lookup_key}
     check(wanted, existing)
+    meters = ensure_meters(client, cat)
     result: dict[str, str] = {}
     for item in wanted:
         held = existing.get(item.lookup_key)
@@ -171,7 +258,13 @@ def seed(client: stripe.StripeClient, cat: Catalog) -> dict[str, str]:
             "lookup_key": item.lookup_key,
             "metadata": item.metadata,
         }
-        if item.interval is not None:
+        if item.meter is not None:
+            params["recurring"] = {
+                "interval": item.interval,
+                "usage_type": "metered",
+                "meter": meters[item.meter],
+            }
+        elif item.interval is not None:
             params["recurring"] = {"interval": item.interval}
         price = client.v1.prices.create(
             params=params,  # type: ignore[arg-type]

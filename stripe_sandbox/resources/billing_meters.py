@@ -10,14 +10,12 @@ retries with its identifier is never billed twice.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
-from typing import Any
-
 from ..api import LIST_PARAMS, Call, Route, paginate
 from ..clock import to_ts, wall_now
 from ..errors import invalid, required
 from ..fixtures import template
 from ..ids import new_id, token
+from ..metering import number, usage
 from ..params import Params
 from ..sandbox import Sandbox
 from ..store import Obj
@@ -99,16 +97,6 @@ def list_meters(sb: Sandbox, call: Call) -> Obj:
     return paginate(meters, call, "/v1/billing/meters")
 
 
-def _number(value: Any, param: str) -> Decimal:
-    try:
-        number = Decimal(str(value))
-    except InvalidOperation as exc:
-        raise invalid(f"Invalid {param}: must be a number.", param=param) from exc
-    if not number.is_finite():
-        raise invalid(f"Invalid {param}: must be a number.", param=param)
-    return number
-
-
 def create_meter_event(sb: Sandbox, call: Call) -> Obj:
     p = call.p({"event_name", "payload", "identifier", "timestamp"})
     event_name = p.str("event_name", req=True)
@@ -126,7 +114,7 @@ def create_meter_event(sb: Sandbox, call: Call) -> Obj:
         raise required(f"payload[{customer_key}]")
     sb.store.get("customer", customer, f"payload[{customer_key}]")
     if value_key in payload:
-        _number(payload[value_key], f"payload[{value_key}]")
+        number(payload[value_key], f"payload[{value_key}]")
     identifier = p.str("identifier") or token(24)
     seen: set[str] = sb.store.meter_identifiers
     if identifier in seen:
@@ -158,24 +146,8 @@ def event_summaries(sb: Sandbox, call: Call) -> Obj:
     customer = p.str("customer", req=True)
     start = p.int("start_time", req=True)
     end = p.int("end_time", req=True)
-    assert start is not None and end is not None  # req=True
-    customer_key = meter["customer_mapping"]["event_payload_key"]
-    value_key = meter["value_settings"]["event_payload_key"]
-    values = [
-        _number(e["payload"].get(value_key, "0"), value_key)
-        for e in sb.store.meter_events
-        if e["event_name"] == meter["event_name"]
-        and e["payload"].get(customer_key) == customer
-        and start <= e["timestamp"] < end
-    ]
-    formula = meter["default_aggregation"]["formula"]
-    total = (
-        sum(values, Decimal(0))
-        if formula == "sum"
-        else Decimal(len(values))
-        if formula == "count"
-        else (values[-1] if values else Decimal(0))
-    )
+    assert customer is not None and start is not None and end is not None  # req=True
+    total = usage(sb, meter, customer, start, end)
     summary = template("billing.meter_event_summary")
     summary.update(
         {

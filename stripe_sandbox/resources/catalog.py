@@ -130,6 +130,34 @@ def list_products(sb: Sandbox, call: Call) -> Obj:
     return paginate(objs, call, "/v1/products")
 
 
+def _meter(sb: Sandbox, recurring: dict[str, object]) -> str | None:
+    """A metered price bills what its meter counts (usage-based billing); a
+    licensed one bills its quantity and has no meter."""
+    usage_type = recurring.get("usage_type") or "licensed"
+    if usage_type not in ("licensed", "metered"):
+        raise invalid(
+            "Invalid recurring[usage_type]: must be one of licensed or metered",
+            param="recurring[usage_type]",
+        )
+    meter_id = recurring.get("meter") or None
+    if usage_type == "licensed":
+        if meter_id is not None:
+            raise invalid(
+                "A meter can only be set on a price with `recurring[usage_type]=metered`.",
+                param="recurring[meter]",
+            )
+        return None
+    if meter_id is None:
+        raise invalid(
+            "Metered prices must be backed by a meter: set `recurring[meter]`.",
+            param="recurring[meter]",
+        )
+    meter = sb.store.get("billing.meter", str(meter_id), "recurring[meter]")
+    if meter["status"] != "active":
+        raise invalid(f"The meter `{meter['id']}` is not active.", param="recurring[meter]")
+    return str(meter["id"])
+
+
 def _new_price(sb: Sandbox, p: Params) -> Obj:
     currency = p.req_str("currency").lower()
     amount = p.int("unit_amount", minimum=0)
@@ -155,7 +183,7 @@ def _new_price(sb: Sandbox, p: Params) -> Obj:
         recurring = {
             "interval": interval,
             "interval_count": int(recurring_in.get("interval_count") or 1),
-            "meter": None,
+            "meter": _meter(sb, recurring_in),
             "trial_period_days": None,
             "usage_type": recurring_in.get("usage_type") or "licensed",
         }

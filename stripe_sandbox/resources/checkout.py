@@ -20,7 +20,7 @@ from ..discounts import Redemption
 from ..errors import invalid, required
 from ..fixtures import template
 from ..ids import new_id, token
-from ..items import ItemSpec
+from ..items import ItemSpec, item_quantity
 from ..lifecycle import NewSubscription
 from ..params import merge_metadata, parse_int
 from ..sandbox import Sandbox
@@ -82,11 +82,14 @@ def _line_items(sb: Sandbox, raw: list[Any], mode: str) -> list[Obj]:
                 "switch to `subscription` mode or use only one-time prices.",
                 param=param,
             )
-        quantity = (
-            parse_int(entry.get("quantity"), f"line_items[{index}][quantity]", minimum=1) or 1
+        quantity = item_quantity(
+            price,
+            parse_int(entry.get("quantity"), f"line_items[{index}][quantity]", minimum=1),
+            f"line_items[{index}]",
         )
         product = sb.store.maybe("product", price["product"])
-        amount = int(price["unit_amount"]) * quantity
+        # A metered price is billed for its usage later: nothing at checkout.
+        amount = int(price["unit_amount"]) * (quantity or 0)
         item = template("item")
         item.update(
             {

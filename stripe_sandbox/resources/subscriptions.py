@@ -10,7 +10,7 @@ from ..api import LIST_PARAMS, Call, Route, paginate
 from ..clock import DAY
 from ..errors import StripeError, invalid, required
 from ..events import changed
-from ..items import ItemSpec
+from ..items import ItemSpec, item_quantity
 from ..lifecycle import NewSubscription
 from ..params import Params, merge_metadata, parse_bool, parse_int
 from ..sandbox import Sandbox
@@ -153,13 +153,17 @@ def create(sb: Sandbox, call: Call) -> Obj:
     for index, raw in enumerate(items):
         item = raw if isinstance(raw, dict) else {}
         price = _recurring_price(sb, item.get("price"), f"items[{index}][price]")
-        quantity = parse_int(item.get("quantity"), f"items[{index}][quantity]", minimum=1)
-        specs.append(ItemSpec(price, quantity or 1, item.get("metadata")))
+        quantity = item_quantity(
+            price,
+            parse_int(item.get("quantity"), f"items[{index}][quantity]", minimum=1),
+            f"items[{index}]",
+        )
+        specs.append(ItemSpec(price, quantity, item.get("metadata")))
     behavior = p.str("payment_behavior") or "allow_incomplete"
     if behavior not in PAYMENT_BEHAVIORS:
         raise invalid(f"Invalid payment_behavior: {behavior}", param="payment_behavior")
     now = sb.now(customer["test_clock"])
-    first_amount = sum(int(s.price["unit_amount"]) * s.quantity for s in specs)
+    first_amount = sum(int(s.price["unit_amount"]) * (s.quantity or 0) for s in specs)
     request = NewSubscription(
         items=specs,
         payment_behavior=behavior,

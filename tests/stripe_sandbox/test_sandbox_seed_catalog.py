@@ -11,7 +11,7 @@ from pathlib import Path
 
 import stripe
 
-from services.subscriptions.seed_catalog import wanted_prices
+from services.subscriptions.seed_catalog import wanted_meters, wanted_prices
 from shared import catalog
 from tests.stripe_sandbox.sandbox_helpers import REPO_ROOT, Sandbox
 
@@ -41,7 +41,71 @@ def test_every_plan_price_eligibility_price_and_product_is_wanted() -> None:
     assert wanted["hot_desk_yearly"].interval == "year"
     assert wanted["hot_desk_partner_monthly"].metadata["tier"] == "partner"
     assert wanted["day_pass"].interval is None
-    assert "meeting_room_hour_overage" not in wanted  # metered: needs a meter first
+    assert wanted["hot_desk_monthly"].meter is None
+    # Overage: a metered price on the plan's meter, per interval the plans are sold on.
+    overage = wanted["meeting_room_hour_overage"]
+    assert (overage.amount, overage.interval, overage.meter) == (
+        2500,
+        "month",
+        "meeting_room_hours_overage",
+    )
+    assert overage.product_id == "overage_meeting_room_hours"
+    assert wanted["meeting_room_hour_overage_yearly"].interval == "year"
+    assert wanted_meters(catalog.load()) == {
+        "meeting_room_hours_overage": "Meeting-room hours overage"
+    }
+
+
+def test_overage_prices_are_metered_on_one_meter_made_once(
+    sandbox: Sandbox, client: stripe.StripeClient
+) -> None:
+    sandbox.reset()
+    assert run_seed(sandbox).returncode == 0
+    again = run_seed(sandbox)
+    assert again.returncode == 0, again.stderr
+    assert "meeting_room_hours_overage" in again.stdout and "(exists)" in again.stdout
+    [meter] = client.v1.billing.meters.list(params={"limit": 100}).data
+    assert (meter.event_name, meter.default_aggregation.formula) == (
+        "meeting_room_hours_overage",
+        "sum",
+    )
+    assert meter.customer_mapping.event_payload_key == "stripe_customer_id"
+    by_key = {p.lookup_key: p for p in _prices(client)}
+    for key, interval in [
+        ("meeting_room_hour_overage", "month"),
+        ("meeting_room_hour_overage_yearly", "year"),
+    ]:
+        recurring = by_key[key].recurring
+        assert recurring is not None
+        assert (recurring.usage_type, recurring.meter, recurring.interval) == (
+            "metered",
+            meter.id,
+            interval,
+        )
+        assert by_key[key].unit_amount == 2500
+    # The plans themselves stay licensed.
+    plan = by_key["dedicated_desk_monthly"].recurring
+    assert plan is not None and (plan.usage_type, plan.meter) == ("licensed", None)
+
+
+def test_a_key_stripe_has_as_a_licensed_price_is_refused_as_metered(
+    sandbox: Sandbox, client: stripe.StripeClient
+) -> None:
+    sandbox.reset()
+    product = client.v1.products.create(params={"name": "Elsewhere"})
+    client.v1.prices.create(
+        params={
+            "product": product.id,
+            "unit_amount": 2500,
+            "currency": "usd",
+            "recurring": {"interval": "month"},
+            "lookup_key": "meeting_room_hour_overage",
+        }
+    )
+    done = run_seed(sandbox)
+    assert done.returncode == 2
+    assert "'meeting_room_hour_overage'" in done.stderr and "metered" in done.stderr
+    assert client.v1.billing.meters.list(params={"limit": 100}).data == []  # nothing changed
 
 
 def test_seed_is_idempotent(sandbox: Sandbox, client: stripe.StripeClient) -> None:

@@ -47,6 +47,7 @@ class _Loose(BaseModel):
 class _Recurring(_Loose):
     interval: str
     interval_count: int = 1
+    usage_type: str = "licensed"
 
 
 class _Price(_Loose):
@@ -111,8 +112,19 @@ class SubscriptionSnapshot(_Loose):
                 return from_unix(item.current_period_start), from_unix(item.current_period_end)
         return _ts(self.current_period_start), _ts(self.current_period_end)
 
+    def _plan_items(self) -> list[_Item]:
+        """Items on licensed prices: the plan's. A metered item (overage, billed
+        from a meter's usage) rides along and says nothing of the plan."""
+        return [
+            item
+            for item in self.items.data
+            if item.price is None
+            or item.price.recurring is None
+            or item.price.recurring.usage_type != "metered"
+        ]
+
     def price(self) -> _Price | None:
-        for item in self.items.data:
+        for item in self._plan_items():
             if item.price is not None:
                 return item.price
         return None
@@ -122,7 +134,7 @@ class SubscriptionSnapshot(_Loose):
         return price.id if price else None
 
     def quantity(self) -> int:
-        for item in self.items.data:
+        for item in self._plan_items():
             return item.quantity or 1
         return 1
 
@@ -237,10 +249,17 @@ class InvoiceSnapshot(_Loose):
         """The period the invoice pays for: its subscription line's (not a proration's).
 
         Stripe's invoice-level period of a renewal is the period that just
-        ended; the line carries the one being paid for.
+        ended; the line carries the one being paid for. A metered (overage)
+        line of a renewal bills the period that ended, in arrears: of the
+        lines that are not prorations, the one reaching furthest is the plan's.
         """
         lines = [line for line in self.lines.data if line.period is not None]
-        for line in sorted(lines, key=lambda line: line.proration):
+
+        def order(line: _Line) -> tuple[bool, int]:
+            assert line.period is not None
+            return line.proration, -line.period.end
+
+        for line in sorted(lines, key=order):
             assert line.period is not None
             return from_unix(line.period.start), from_unix(line.period.end)
         return _ts(self.period_start), _ts(self.period_end)
