@@ -21,6 +21,7 @@ import aio_pika
 import aiohttp
 
 from chaos.infra import Postgres, RabbitNode, free_port, new_rabbit
+from chaos.mail import MailSink
 from chaos.processes import ServiceProcess
 from chaos.proxy import BrokerProxy
 from shared.broker.policies import Management
@@ -60,6 +61,8 @@ class Stack:
         ]
         self.rabbit = self.rabbits[0]
         self.proxy = BrokerProxy(self.rabbit.amqp_port)
+        # The members' emails (the retry service's notifications) land here.
+        self.mail = MailSink()
         self.tokens = {name: secrets.token_hex(24) for name in SERVICES}
         self.passwords = {name: secrets.token_hex(24) for name in (*SERVICES, "gateway")}
         self.processes: dict[str, list[ServiceProcess]] = {}
@@ -99,6 +102,12 @@ class Stack:
             # No Stripe in the run: the backfill from its Events API stays off.
             "RECONCILE_INTERVAL_SECONDS": "0",
         }
+        if service == "retry":
+            # No Stripe to charge in the run: cases are opened and closed by
+            # Stripe's events, the scheduler makes no attempt of its own.
+            values["DUNNING_SCHEDULER_ENABLED"] = "false"
+            values["SMTP_HOST"] = "127.0.0.1"
+            values["SMTP_PORT"] = str(self.mail.port)
         if service != "gateway":
             values["DATABASE_URL"] = self.database_url(service)
             values["SERVICE_TOKEN"] = self.tokens[service]
@@ -111,6 +120,7 @@ class Stack:
         for node in self.rabbits[1:]:
             await node.join(self.rabbit)
         await self.proxy.start()
+        self.mail.start()
         await provision_all(
             self.postgres.url, [ServiceRole.from_url(s, self.database_url(s)) for s in SERVICES]
         )
@@ -161,6 +171,7 @@ class Stack:
             for process in procs:
                 await process.stop()
         await self.proxy.stop()
+        self.mail.stop()
         for node in reversed(self.rabbits):
             await node.stop(check=False)
         await self.postgres.stop()

@@ -91,17 +91,21 @@ def schedule(
             placed.append((rng.uniform(at, min(1.0, at + 0.25)), Delivery(delivery.event, True)))
     placed.sort(key=lambda p: p[0])
     deliveries = [d for _, d in placed]
-    return Schedule(deliveries, duplicates, _out_of_order(deliveries))
+    return Schedule(deliveries, duplicates, _out_of_order(world, deliveries))
 
 
-def _out_of_order(deliveries: list[Delivery]) -> int:
+def _out_of_order(world: World, deliveries: list[Delivery]) -> int:
+    # By the order the events happened in (a step may make several events at
+    # the same second: a renewal's invoice and its subscription's update).
+    happened = {e.id: n for n, e in enumerate(world.events)}
     newest: dict[int, int] = {}
     late = 0
     for delivery in deliveries:
         event = delivery.event
         if delivery.duplicate or event.customer < 0:
             continue
-        if event.created < newest.get(event.customer, 0):
+        position = happened[event.id]
+        if position < newest.get(event.customer, -1):
             late += 1
-        newest[event.customer] = max(newest.get(event.customer, 0), event.created)
+        newest[event.customer] = max(newest.get(event.customer, -1), position)
     return late

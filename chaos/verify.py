@@ -167,7 +167,7 @@ async def verify(
     try:
         dead_check, dead = await check_dead_letters(stack, db, world, domains)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-            probe = Probe(db, http, stack.service_urls(), stack.tokens)
+            probe = Probe(db, http, stack.service_urls(), stack.tokens, stack.mail.received)
             for domain in domains:
                 observed = await domain.observed(probe)
                 observed_states[domain.name] = observed
