@@ -18,6 +18,11 @@ A domain (``chaos/domains/<name>.py``) subclasses :class:`Domain` and says:
   internal API.
 - ``expected_dead_letters(world)``: ``(queue, event id) -> reason`` for every
   dead letter it expects; any other dead letter fails the run.
+- ``api_calls(world)``: calls members make through the gateway once the
+  events are applied (a credit spend) or before any is sent (a payment
+  started; ``answered`` then gets their answers), each with its
+  Idempotency-Key, some sent again as a client retries, and the status the
+  model says it gets.
 
 Nothing else: the run sends, faults, waits and compares.
 
@@ -85,6 +90,26 @@ class QueueSpec:
     accepts: Callable[[str], bool] | None = None
 
 
+@dataclass(frozen=True)
+class ApiCall:
+    """A member's call through the gateway, with the answer the model expects.
+
+    One member's calls are made one after the other, in the story's order;
+    ``sends`` > 1 sends the same request again (same Idempotency-Key) after
+    its answer, as a client that lost the answer does."""
+
+    user_id: str
+    method: str
+    path: str
+    body: dict[str, Any]
+    idempotency_key: str
+    expect: int  # the HTTP status the reference model says it answers
+    sends: int = 1
+    # Made before any event is sent (a member starting a payment, whose
+    # events then refer to what the call made), rather than once they are applied.
+    before_traffic: bool = False
+
+
 @dataclass
 class World:
     """Everything that happened in Stripe: the stories and every event, once each."""
@@ -135,3 +160,10 @@ class Domain(ABC):
 
     def expected_dead_letters(self, world: World) -> dict[tuple[str, str], str]:
         return {}
+
+    def api_calls(self, world: World) -> list[ApiCall]:
+        return []
+
+    def answered(self, answers: dict[str, Any]) -> None:
+        """The JSON answers of the calls made before the traffic, by Idempotency-Key."""
+        return None

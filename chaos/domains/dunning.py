@@ -73,7 +73,7 @@ class Dunning(Domain):
         attempts = 1 if status == "open" else 2
         return [
             StripeEvent(
-                id=f"evt_{invoice}_{status}",
+                id=invoices.event_id(invoice, status),
                 type=event_type,
                 created=step.at,
                 customer=customer.number,
@@ -89,8 +89,8 @@ class Dunning(Domain):
         # domain's story paid it (a plain renewal opens no case).
         for event in world.events:
             if event.type in ("invoice.paid", "invoice.voided"):
-                invoice = event.id.removeprefix("evt_").rsplit("_", 1)[0]
-                state[("invoice", invoice)] = (None, event.id.rsplit("_", 1)[1], None, None)
+                status = "paid" if event.type == "invoice.paid" else "void"
+                state[("invoice", invoices.invoice_of(event.id))] = (None, status, None, None)
         sent: Mail = ("sent", 1)
         for customer in world.customers:
             for step in customer.steps:

@@ -23,6 +23,15 @@ def invoice_id(customer: Customer, step: Step) -> str:
     return f"in_{customer.subscription_id.removeprefix('sub_')}_{step.index:03d}"
 
 
+def event_id(invoice: str, status: str) -> str:
+    """The event that left ``invoice`` in ``status`` (open: its payment failed)."""
+    return f"evt_{invoice}_{status}"
+
+
+def invoice_of(event: str) -> str:
+    return event.removeprefix("evt_").rsplit("_", 1)[0]
+
+
 def email(customer: Customer) -> str:
     return f"{customer.user_id}@example.com"
 
