@@ -60,7 +60,7 @@ class Outcome:
     seconds: float  # first delivery to settled
     drain_seconds: float = 0.0  # scale runs: consumers started to settled
     consumed: int = 0  # scale runs: messages the consumers took
-    calls: CallStats | None = None  # members' API calls, once the events were applied
+    calls: CallStats | None = None  # the members' API calls, before and after the traffic
 
     @property
     def ok(self) -> bool:

@@ -125,14 +125,16 @@ class Credits(Domain):
             state[("spend", r["reference"])] = (r["user_id"], int(r["amount"]), r["spends"])
         for r in await probe.db.fetch(
             """
+            WITH e AS (SELECT user_id, credit_type, sum(amount) AS total
+                       FROM credits.entries GROUP BY 1, 2),
+                 g AS (SELECT user_id, credit_type, sum(remaining) AS total
+                       FROM credits.grants GROUP BY 1, 2)
             SELECT b.user_id, b.credit_type, b.balance,
-                   (SELECT coalesce(sum(e.amount), 0) FROM credits.entries e
-                     WHERE e.user_id = b.user_id AND e.credit_type = b.credit_type) AS entries,
-                   (SELECT coalesce(sum(g.remaining), 0) FROM credits.grants g
-                     WHERE g.user_id = b.user_id AND g.credit_type = b.credit_type) AS remaining
+                   coalesce(e.total, 0) AS entries, coalesce(g.total, 0) AS remaining
             FROM credits.balances b
-            WHERE b.balance <> 0 OR EXISTS (SELECT 1 FROM credits.grants g
-                  WHERE g.user_id = b.user_id AND g.credit_type = b.credit_type)
+            LEFT JOIN e USING (user_id, credit_type)
+            LEFT JOIN g USING (user_id, credit_type)
+            WHERE b.balance <> 0 OR g.user_id IS NOT NULL
             """
         ):
             state[("balance", r["user_id"], r["credit_type"])] = (
