@@ -1,5 +1,5 @@
-"""The credits and dunning domains' reference models, and that the comparison
-catches a double effect (the run itself is ``make chaos``)."""
+"""The payments, credits and dunning domains' reference models, and that the
+comparison catches a double effect (the run itself is ``make chaos``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from chaos.domain import Domain, OneOf, State, World
 from chaos.domains import invoices
 from chaos.domains.credits import Credits
 from chaos.domains.dunning import Dunning, failed_email, recovered_email
+from chaos.domains.payments import Payments, routed
 from chaos.domains.subscriptions import Subscriptions
 from chaos.story import DAY, PERIOD, Customer, Step, StepKind, new_customer
 from chaos.verify import check_calls, diff_states
@@ -198,3 +199,117 @@ def test_an_api_call_answered_otherwise_than_modelled_fails_the_run() -> None:
     stats = CallStats(calls=2, wrong=1, examples=["POST /v1/credits/spend k: 201, expected 422"])
     assert not check_calls(stats).ok
     assert check_calls(CallStats(calls=2)).ok
+
+
+def _bookings() -> Customer:
+    """Two bookings paid; the first one refunded."""
+    customer = new_customer(1, "t")
+    p1 = (T0, T0 + PERIOD)
+    customer.steps = [
+        _step(StepKind.SUBSCRIBE, 0, T0, p1),
+        _step(StepKind.BOOKING_PAID, 1, T0 + DAY, p1, amount=2500, booking="pi_chaos_000001_001"),
+        _step(
+            StepKind.BOOKING_PAID, 2, T0 + 2 * DAY, p1, amount=1500, booking="pi_chaos_000001_002"
+        ),
+        _step(
+            StepKind.BOOKING_REFUNDED,
+            3,
+            T0 + 3 * DAY,
+            p1,
+            amount=2500,
+            booking="pi_chaos_000001_001",
+        ),
+    ]
+    return customer
+
+
+def test_each_booking_is_paid_once_and_refunded_once_if_its_story_says_so() -> None:
+    customer = _bookings()
+    payments = Payments()
+    world = World(customers=[customer])
+    for step in customer.steps:
+        world.events.extend(payments.events(customer, step))
+    assert [e.type for e in world.events] == [
+        "payment_intent.succeeded",
+        "payment_intent.succeeded",
+        "charge.refunded",
+    ]
+    expected = payments.expected(world)
+    # The catalog's prices: a meeting-room hour 2500, an event seat 1500.
+    assert expected[("booking", "bk_chaos_000001_001")] == (
+        customer.user_id,
+        "refunded",
+        2500,
+        2500,
+        2500,
+        1,
+        1,
+    )
+    assert expected[("booking", "bk_chaos_000001_002")] == (
+        customer.user_id,
+        "succeeded",
+        1500,
+        1500,
+        0,
+        0,
+        1,
+    )
+    observed = _same(expected)
+    assert diff_states("payments", expected, observed).ok
+    # Charged twice (a second payment holding the booking), or the refund counted twice.
+    charged_twice = dict(observed)
+    charged_twice[("booking", "bk_chaos_000001_002")] = (
+        customer.user_id,
+        "succeeded",
+        1500,
+        1500,
+        0,
+        0,
+        2,
+    )
+    assert not diff_states("payments", expected, charged_twice).ok
+    refunded_twice = dict(observed)
+    refunded_twice[("booking", "bk_chaos_000001_001")] = (
+        customer.user_id,
+        "refunded",
+        2500,
+        2500,
+        5000,
+        2,
+        1,
+    )
+    assert not diff_states("payments", expected, refunded_twice).ok
+
+
+def test_a_bookings_events_name_the_payment_the_api_started() -> None:
+    customer = _bookings()
+    payments = Payments()
+    calls = payments.api_calls(World(customers=[customer]))
+    assert [
+        (c.idempotency_key, c.before_traffic, c.body["items"][0]["product"]) for c in calls
+    ] == [
+        ("chaos-pay-bk_chaos_000001_001", True, "meeting_room_hour"),
+        ("chaos-pay-bk_chaos_000001_002", True, "event_seat"),
+    ]
+    payments.answered(
+        {"chaos-pay-bk_chaos_000001_001": {"payment_id": "pay_1", "payment_intent_id": "pi_1"}}
+    )
+    paid, _, refunded = (e for s in customer.steps for e in payments.events(customer, s))
+    intent = paid.build()
+    assert (intent["id"], intent["metadata"]["payment_id"], intent["status"]) == (
+        "pi_1",
+        "pay_1",
+        "succeeded",
+    )
+    charge = refunded.build()
+    assert charge["payment_intent"] == "pi_1"
+    assert charge["amount_refunded"] == 2500
+    assert [r["id"] for r in charge["refunds"]["data"]] == ["re_bk_chaos_000001_001"]
+
+
+def test_the_payments_queue_takes_what_its_bindings_say() -> None:
+    assert routed("payment_intent.succeeded")
+    assert routed("charge.refunded")
+    assert routed("invoice.paid")
+    assert not routed("customer.subscription.updated")
+    assert not routed("invoice.payment_failed")
