@@ -1,9 +1,11 @@
 """``python -m chaos [run|scale]`` (``make chaos``, ``make chaos-scale``).
 
-``run``: signed Stripe events for every story, 10% delivered twice and 20%
-out of order, while RabbitMQ restarts, each consumer service is SIGKILLed,
-Postgres restarts and the gateway loses its broker for 20 s; then every
-service's state is compared with the reference model. ``scale``: the same
+``run``: the members' payments started through the API, then signed Stripe
+events for every story, 10% delivered twice and 20% out of order, while
+RabbitMQ restarts, each consumer service is SIGKILLed, Postgres restarts and
+the gateway loses its broker for 20 s; then the members' credit spends
+(some retried with the same Idempotency-Key), and every service's state is
+compared with the reference model. ``scale``: the same
 traffic drained by one, then two, replicas of every consumer service; both
 must end in the same state, and the rates are compared.
 

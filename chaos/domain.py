@@ -18,13 +18,24 @@ A domain (``chaos/domains/<name>.py``) subclasses :class:`Domain` and says:
   internal API.
 - ``expected_dead_letters(world)``: ``(queue, event id) -> reason`` for every
   dead letter it expects; any other dead letter fails the run.
+- ``api_calls(world)``: calls members make through the gateway once the
+  events are applied (a credit spend) or before any is sent (a payment
+  started; ``answered`` then gets their answers), each with its
+  Idempotency-Key, some sent again as a client retries, and the status the
+  model says it gets.
 
 Nothing else: the run sends, faults, waits and compares.
+
+Where the product's correct end state depends on the order Stripe's events
+arrived in (a failure event that arrives after its invoice was paid opens no
+dunning case), the expected value is a :class:`OneOf` listing every correct
+outcome; anything else (a double effect included) is a difference.
 """
 
 from __future__ import annotations
 
 from abc import ABC
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -49,6 +60,27 @@ class StripeEvent:
     build: ObjectBuilder = field(compare=False, repr=False)
 
 
+class OneOf:
+    """An expected value with several correct outcomes, depending on the
+    order the events arrived in; equal to any of them, and to nothing else."""
+
+    def __init__(self, *outcomes: Any) -> None:
+        self.outcomes = outcomes
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, OneOf):
+            return self.outcomes == other.outcomes
+        return any(other == outcome for outcome in self.outcomes)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return " or ".join(repr(o) for o in self.outcomes)
+
+
 @dataclass(frozen=True)
 class QueueSpec:
     name: str
@@ -56,6 +88,26 @@ class QueueSpec:
     # Which Stripe event types the queue is bound to; None for a queue fed by
     # domain events (billing.events), whose inbox the domain checks itself.
     accepts: Callable[[str], bool] | None = None
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """A member's call through the gateway, with the answer the model expects.
+
+    One member's calls are made one after the other, in the story's order;
+    ``sends`` > 1 sends the same request again (same Idempotency-Key) after
+    its answer, as a client that lost the answer does."""
+
+    user_id: str
+    method: str
+    path: str
+    body: dict[str, Any]
+    idempotency_key: str
+    expect: int  # the HTTP status the reference model says it answers
+    sends: int = 1
+    # Made before any event is sent (a member starting a payment, whose
+    # events then refer to what the call made), rather than once they are applied.
+    before_traffic: bool = False
 
 
 @dataclass
@@ -78,6 +130,8 @@ class Probe:
     http: aiohttp.ClientSession
     service_urls: dict[str, str]
     service_tokens: dict[str, str]
+    # Emails the run's mail server accepted, per domain event id.
+    mail_received: Counter[str] = field(default_factory=Counter)
 
     async def internal(self, service: str, path: str, **params: str) -> Any:
         url = f"{self.service_urls[service]}{path}"
@@ -106,3 +160,10 @@ class Domain(ABC):
 
     def expected_dead_letters(self, world: World) -> dict[tuple[str, str], str]:
         return {}
+
+    def api_calls(self, world: World) -> list[ApiCall]:
+        return []
+
+    def answered(self, answers: dict[str, Any]) -> None:
+        """The JSON answers of the calls made before the traffic, by Idempotency-Key."""
+        return None

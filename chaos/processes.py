@@ -38,11 +38,24 @@ async def run_command(
 class ServiceProcess:
     """One replica of one service, logging to its own file."""
 
-    def __init__(self, service: str, replica: int, log_dir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        service: str,
+        replica: int,
+        log_dir: Path,
+        env: dict[str, str],
+        *,
+        argv: tuple[str, ...] | None = None,
+        port: int | None = None,
+        ready_path: str = "/readyz",
+    ) -> None:
         self.service = service
         self.replica = replica
         self.name = f"{service}-{replica}"
-        self.port = int(env[f"{service.upper()}_PORT"])
+        self.port = port or int(env[f"{service.upper()}_PORT"])
+        # Another program than a service (the Stripe sandbox): its command line.
+        self._argv = argv or ("-m", f"services.{service}")
+        self._ready_path = ready_path
         self.log_file = log_dir / f"{self.name}.log"
         self._env = env
         self._process: asyncio.subprocess.Process | None = None
@@ -60,8 +73,7 @@ class ServiceProcess:
         with self.log_file.open("ab") as log:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
-                "-m",
-                f"services.{self.service}",
+                *self._argv,
                 cwd=ROOT,
                 env={**os.environ, **self._env},
                 stdout=log,
@@ -78,7 +90,7 @@ class ServiceProcess:
                 if self._process is None or self._process.returncode is not None:
                     raise RuntimeError(f"{self.name} exited while starting:\n{self.tail()}")
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with http.get(f"{self.url}/readyz") as response:
+                    async with http.get(f"{self.url}{self._ready_path}") as response:
                         if response.status == 200:
                             return
                 if loop.time() > deadline:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from chaos.calls import CallStats, run_calls
 from chaos.domain import Domain, State, World
 from chaos.domains import all_domains
 from chaos.faults import FaultRecord, plan, run_faults
@@ -59,6 +60,7 @@ class Outcome:
     seconds: float  # first delivery to settled
     drain_seconds: float = 0.0  # scale runs: consumers started to settled
     consumed: int = 0  # scale runs: messages the consumers took
+    calls: CallStats | None = None  # the members' API calls, before and after the traffic
 
     @property
     def ok(self) -> bool:
@@ -108,6 +110,7 @@ async def chaos_run(config: Config) -> Outcome:
             concurrency=config.concurrency,
             seed=config.seed,
         )
+        before = await _members_calls(stack, world, domains, config, before_traffic=True)
         faults = plan(stack, domains, outage_seconds=config.outage_seconds)
         t0 = time.monotonic()
         async with asyncio.TaskGroup() as group:
@@ -116,10 +119,12 @@ async def chaos_run(config: Config) -> Outcome:
         stats, records = sending.result(), faulting.result()
         print(f"  sent in {stats.seconds:.0f}s; waiting for the consumers", flush=True)
         settled = await settle(stack, within=config.settle_timeout)
+        calls = await _members_calls(stack, world, domains, config)
+        calls.add(before)
         checks, states = await verify(
-            stack, world, domains, stats, len(plan_of_delivery.deliveries)
+            stack, world, domains, stats, len(plan_of_delivery.deliveries), calls=calls
         )
-        return Outcome(stack.replicas, checks, states, stats, records, settled - t0)
+        return Outcome(stack.replicas, checks, states, stats, records, settled - t0, calls=calls)
 
     return await _with_stack(config.replicas, config, body)
 
@@ -133,6 +138,7 @@ async def scale_run(config: Config, replicas: int) -> Outcome:
 
     async def body(stack: Stack) -> Outcome:
         # The queues exist (declared by the first start); now nobody takes.
+        before = await _members_calls(stack, world, domains, config, before_traffic=True)
         await stack.stop_consumers(consumers)
         sender = Sender(
             plan_of_delivery.deliveries,
@@ -147,8 +153,10 @@ async def scale_run(config: Config, replicas: int) -> Outcome:
         started = time.monotonic()
         await stack.start_consumers(consumers)
         settled = await settle(stack, within=config.settle_timeout)
+        calls = await _members_calls(stack, world, domains, config)
+        calls.add(before)
         checks, states = await verify(
-            stack, world, domains, stats, len(plan_of_delivery.deliveries)
+            stack, world, domains, stats, len(plan_of_delivery.deliveries), calls=calls
         )
         return Outcome(
             stack.replicas,
@@ -159,9 +167,39 @@ async def scale_run(config: Config, replicas: int) -> Outcome:
             settled - t0,
             drain_seconds=settled - started,
             consumed=depths,
+            calls=calls,
         )
 
     return await _with_stack(replicas, config, body)
+
+
+async def _members_calls(
+    stack: Stack,
+    world: World,
+    domains: list[Domain],
+    config: Config,
+    *,
+    before_traffic: bool = False,
+) -> CallStats:
+    """The members' calls: payments started before the traffic (their events
+    then refer to them), credit spends once every event is applied (what they
+    find is then the model's, whatever order the events came in)."""
+    calls = [c for d in domains for c in d.api_calls(world) if c.before_traffic is before_traffic]
+    if not calls:
+        return CallStats()
+    stats = await run_calls(
+        calls,
+        gateway_url=stack.gateway_url,
+        jwt_secret=stack.jwt_secret,
+        concurrency=config.concurrency,
+    )
+    when = "before the traffic" if before_traffic else "once the events were applied"
+    print(f"  {stats.calls} members' API calls {when} in {stats.seconds:.0f}s", flush=True)
+    for domain in domains:
+        domain.answered(stats.bodies)
+    # Whatever the calls published is applied before going on.
+    await settle(stack, within=config.settle_timeout)
+    return stats
 
 
 async def _waiting(stack: Stack, domains: list[Domain]) -> int:

@@ -1,4 +1,5 @@
-"""The product for one run: its own Postgres and RabbitMQ, and every service as processes.
+"""The product for one run: its own Postgres, RabbitMQ, mail server and Stripe
+sandbox, and every service as processes.
 
 As in production, each service connects as its own Postgres role and
 RabbitMQ user (provisioned here with the run's admin rights, by the same code
@@ -21,6 +22,7 @@ import aio_pika
 import aiohttp
 
 from chaos.infra import Postgres, RabbitNode, free_port, new_rabbit
+from chaos.mail import MailSink
 from chaos.processes import ServiceProcess
 from chaos.proxy import BrokerProxy
 from shared.broker.policies import Management
@@ -60,10 +62,27 @@ class Stack:
         ]
         self.rabbit = self.rabbits[0]
         self.proxy = BrokerProxy(self.rabbit.amqp_port)
+        # The members' emails (the retry service's notifications) land here.
+        self.mail = MailSink()
         self.tokens = {name: secrets.token_hex(24) for name in SERVICES}
+        # The gateway's: the run signs its members' tokens with it.
+        self.jwt_secret = secrets.token_hex(32)
         self.passwords = {name: secrets.token_hex(24) for name in (*SERVICES, "gateway")}
         self.processes: dict[str, list[ServiceProcess]] = {}
         self.gateway: ServiceProcess | None = None
+        # Stripe's API, for the calls the subscriptions service makes while a
+        # member pays (a customer, a payment intent). Its events are not
+        # delivered: the run sends every event itself.
+        sandbox_port = free_port()
+        self.stripe = ServiceProcess(
+            "stripe-sandbox",
+            1,
+            self.logs,
+            {},
+            argv=("-m", "stripe_sandbox", "--port", str(sandbox_port)),
+            port=sandbox_port,
+            ready_path="/_sandbox/health",
+        )
 
     @property
     def gateway_url(self) -> str:
@@ -99,6 +118,14 @@ class Stack:
             # No Stripe in the run: the backfill from its Events API stays off.
             "RECONCILE_INTERVAL_SECONDS": "0",
         }
+        if service == "subscriptions":
+            values["STRIPE_API_BASE"] = self.stripe.url
+        if service == "retry":
+            # No Stripe to charge in the run: cases are opened and closed by
+            # Stripe's events, the scheduler makes no attempt of its own.
+            values["DUNNING_SCHEDULER_ENABLED"] = "false"
+            values["SMTP_HOST"] = "127.0.0.1"
+            values["SMTP_PORT"] = str(self.mail.port)
         if service != "gateway":
             values["DATABASE_URL"] = self.database_url(service)
             values["SERVICE_TOKEN"] = self.tokens[service]
@@ -111,6 +138,7 @@ class Stack:
         for node in self.rabbits[1:]:
             await node.join(self.rabbit)
         await self.proxy.start()
+        self.mail.start()
         await provision_all(
             self.postgres.url, [ServiceRole.from_url(s, self.database_url(s)) for s in SERVICES]
         )
@@ -121,6 +149,7 @@ class Stack:
         )
 
     async def start_services(self) -> None:
+        await self.stripe.start()
         for name in SERVICES:
             self.processes[name] = []
             for replica in range(1, self.replicas + 1):
@@ -137,7 +166,7 @@ class Stack:
             "AMQP_URL": self.amqp_url("gateway", self.proxy.port),
             "GATEWAY_PORT": str(free_port()),
             "STRIPE_WEBHOOK_SECRETS": WEBHOOK_SECRET,
-            "JWT_SECRET": secrets.token_hex(32),
+            "JWT_SECRET": self.jwt_secret,
             "PUBLISH_CONFIRM_TIMEOUT": "5",
             **{f"{name.upper()}_URL": procs[0].url for name, procs in self.processes.items()},
             **{f"{name.upper()}_SERVICE_TOKEN": token for name, token in self.tokens.items()},
@@ -160,7 +189,9 @@ class Stack:
         for procs in self.processes.values():
             for process in procs:
                 await process.stop()
+        await self.stripe.stop()
         await self.proxy.stop()
+        self.mail.stop()
         for node in reversed(self.rabbits):
             await node.stop(check=False)
         await self.postgres.stop()

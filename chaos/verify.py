@@ -8,7 +8,9 @@ Checks, each a list of differences (empty is a pass):
 - every queue fed by Stripe events applied each event routed to it exactly
   once (its inbox), apart from the dead letters expected;
 - every dead letter is one a domain expects, and every expected one is there;
-- the sender got every event accepted and none rejected.
+- the sender got every event accepted and none rejected;
+- every member's API call (a credit spend, and its retries) answered what
+  the model says.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from chaos.calls import CallStats
 from chaos.domain import Domain, Probe, State, World
 from chaos.sender import SendStats
 from chaos.stack import Stack
@@ -40,24 +43,40 @@ class Check:
         return not self.differences
 
 
+async def unpublished(stack: Stack) -> int:
+    """Domain events written to the services' outboxes and not yet published."""
+    db = await asyncpg.connect(stack.postgres.url)
+    try:
+        total = 0
+        for schema in stack.processes:
+            total += await db.fetchval(
+                f"SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL"  # noqa: S608
+            )
+        return total
+    finally:
+        await db.close()
+
+
 async def settle(stack: Stack, *, within: float, quiet_polls: int = 4) -> float:
-    """Wait until every queue but the dead-letter queues is empty for a few
-    polls in a row (retries come back from their delay queues meanwhile).
-    Returns when it settled (monotonic seconds)."""
+    """Wait until every queue but the dead-letter queues is empty, and every
+    service's outbox published, for a few polls in a row (retries come back
+    from their delay queues meanwhile; a domain event still in an outbox would
+    be applied after the comparison). Returns when it settled (monotonic seconds)."""
     deadline = time.monotonic() + within
     quiet = 0
     settled_at = time.monotonic()
     while quiet < quiet_polls:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"queues still busy after {within:.0f}s")
+            raise TimeoutError(f"queues or outboxes still busy after {within:.0f}s")
         try:
             depths = await stack.queue_depths()
-        except (aiohttp.ClientError, TimeoutError):
+            waiting = await unpublished(stack)
+        except (aiohttp.ClientError, TimeoutError, OSError, asyncpg.PostgresError):
             quiet = 0
             await asyncio.sleep(1.0)
             continue
         busy = {q: n for q, n in depths.items() if n and not q.endswith(".dlq")}
-        if busy:
+        if busy or waiting:
             quiet = 0
         else:
             if quiet == 0:
@@ -158,16 +177,34 @@ def check_sending(stats: SendStats, deliveries: int) -> Check:
     return check
 
 
+def check_calls(stats: CallStats) -> Check:
+    check = Check("every API call answered as modelled", compared=stats.calls)
+    check.differences += stats.examples
+    if stats.wrong > len(stats.examples):
+        check.differences.append(f"... {stats.wrong} answers in all differ from the model")
+    answers = ", ".join(f"{status} x{n}" for status, n in sorted(stats.answers.items()))
+    check.note = f"{answers}; {stats.resent} sent again with the same Idempotency-Key"
+    return check
+
+
 async def verify(
-    stack: Stack, world: World, domains: list[Domain], stats: SendStats, deliveries: int
+    stack: Stack,
+    world: World,
+    domains: list[Domain],
+    stats: SendStats,
+    deliveries: int,
+    *,
+    calls: CallStats,
 ) -> tuple[list[Check], dict[str, State]]:
     checks = [check_sending(stats, deliveries)]
+    if calls.calls:
+        checks.append(check_calls(calls))
     observed_states: dict[str, State] = {}
     db = await asyncpg.connect(stack.postgres.url)
     try:
         dead_check, dead = await check_dead_letters(stack, db, world, domains)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-            probe = Probe(db, http, stack.service_urls(), stack.tokens)
+            probe = Probe(db, http, stack.service_urls(), stack.tokens, stack.mail.received)
             for domain in domains:
                 observed = await domain.observed(probe)
                 observed_states[domain.name] = observed

@@ -16,6 +16,7 @@ from typing import Any
 from chaos.domain import Domain, Probe, QueueSpec, State, StripeEvent, World
 from chaos.story import Customer, Step, StepKind
 from chaos.stripe_events import stripe_object
+from services.subscriptions.handlers import INVOICE_EVENTS
 from shared import queues
 
 QUEUE = queues.SUBSCRIPTIONS_STRIPE
@@ -61,7 +62,12 @@ class Subscriptions(Domain):
     name = "subscriptions"
     services = ("subscriptions",)
     queues = (
-        QueueSpec(QUEUE, "subscriptions", accepts=lambda t: t.startswith("customer.subscription.")),
+        # Other domains' invoice events go through the same queue.
+        QueueSpec(
+            QUEUE,
+            "subscriptions",
+            accepts=lambda t: t.startswith("customer.subscription.") or t in INVOICE_EVENTS,
+        ),
     )
 
     def events(self, customer: Customer, step: Step) -> list[StripeEvent]:

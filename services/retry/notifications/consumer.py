@@ -43,9 +43,20 @@ TEMPLATES: dict[str, str] = {
     "payment.refunded": "refund_issued",
 }
 # Bound and read, but no email of their own: the member hears of the end of a
-# membership from subscription.canceled, whatever ended it. Binding them also
-# keeps every event the retry service publishes routable.
-SILENT = frozenset({"dunning.exhausted"})
+# membership from subscription.canceled, whatever ended it, and of a failed
+# renewal from dunning. Binding them also keeps every domain event routable:
+# the outboxes publish mandatory, and an event no queue takes would hold its
+# outbox (every later event of that service) until one is bound.
+SILENT = frozenset(
+    {
+        "dunning.exhausted",
+        "invoice.paid",
+        "invoice.payment_failed",
+        "payment.canceled",
+        "payment.failed",
+        "subscription.past_due",
+    }
+)
 
 
 class Envelope(BaseModel):
