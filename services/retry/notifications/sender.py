@@ -24,6 +24,13 @@ from email.utils import formatdate, make_msgid
 from typing import Any
 
 import aiosmtplib
+import asyncpg
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from services.retry.settings import RetrySettings
 from shared import metrics
@@ -34,6 +41,8 @@ from shared.waits import wait_set
 log = get_logger(__name__)
 
 _LEASE = timedelta(minutes=2)
+# How long a sent email's mark is retried: well inside its lease.
+_MARK_SENT_FOR = _LEASE / 2
 _BATCH = 20
 
 
@@ -148,13 +157,30 @@ class Sender:
         return smtp
 
     async def _sent(self, row: Any) -> None:
-        async with self._pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE mail SET state = 'sent', sent_at = $2, tries = tries + 1,"
-                " lease_until = NULL WHERE event_id = $1",
-                row["event_id"],
-                self._clock.now(),
-            )
+        # The email is out: a row left pending would be sent again once its
+        # lease ends. So the mark is retried through a database blip (a
+        # Postgres restart) for most of the lease, not given up at once.
+        sent_at = self._clock.now()
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(
+                    (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+                ),
+                wait=wait_exponential_jitter(initial=0.2, max=5),
+                stop=stop_after_delay(_MARK_SENT_FOR.total_seconds()),
+                reraise=True,
+            ):
+                with attempt:
+                    async with self._pool.acquire() as conn:
+                        await conn.execute(
+                            "UPDATE mail SET state = 'sent', sent_at = $2, tries = tries + 1,"
+                            " lease_until = NULL WHERE event_id = $1",
+                            row["event_id"],
+                            sent_at,
+                        )
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            log.error("mail_sent_unrecorded", event_id=row["event_id"], error=repr(exc))
+            raise
         metrics.EMAILS_SENT.labels(row["event_type"]).inc()
 
     async def _failed(self, row: Any, exc: BaseException) -> None:
