@@ -523,6 +523,7 @@ ADMIN_FIND_CUSTOMER = Endpoint(
     access=Access.STAFF,
     tag=TAG,
     query=CustomerQuery,
+    errors=(404,),
     response=CustomerDetail,
 )
 ADMIN_SHOW_CUSTOMER = Endpoint(

@@ -39,15 +39,18 @@ async def apply(ctx: Context, snapshot: DiscountSnapshot, *, deleted: bool, crea
             await store_coupon(ctx.conn, CouponSnapshot.model_validate(ctx.fetched))
         else:
             raise Refetch("coupon", coupon_id)
-    # A deletion is final; otherwise the newest event wins.
+    # A discount never changes once created (its end is fixed by the coupon at
+    # the start); it can only be deleted, and a deletion is final. So the row
+    # is a monotone merge that any order of events reaches alike: no version
+    # to compare, unlike the mirrored objects (shared/mirror.py).
     await ctx.conn.execute(
         "INSERT INTO discounts (stripe_discount_id, stripe_subscription_id, stripe_coupon_id,"
         " promotion_code, starts_at, ends_at, deleted, last_event_created)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         " ON CONFLICT (stripe_discount_id) DO UPDATE SET"
         " deleted = discounts.deleted OR EXCLUDED.deleted,"
-        " ends_at = EXCLUDED.ends_at, last_event_created = EXCLUDED.last_event_created"
-        " WHERE discounts.last_event_created <= EXCLUDED.last_event_created OR EXCLUDED.deleted",
+        " ends_at = COALESCE(discounts.ends_at, EXCLUDED.ends_at),"
+        " last_event_created = GREATEST(discounts.last_event_created, EXCLUDED.last_event_created)",
         snapshot.id,
         snapshot.subscription,
         coupon_id,
