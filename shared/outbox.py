@@ -49,6 +49,13 @@ CHANNEL = "outbox"
 _ID_NAMESPACE = uuid.UUID("6f1d3a52-8c1e-4f0a-9a57-0b6f1e0c2d41")
 
 
+_EMIT = (
+    "WITH inserted AS (INSERT INTO outbox (id, exchange, routing_key, body)"
+    " VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING RETURNING id)"
+    " SELECT pg_notify($5, current_schema()) FROM inserted"
+)
+
+
 def event_id(source: str, event_type: str, key: str) -> uuid.UUID:
     return uuid.uuid5(_ID_NAMESPACE, f"{source}:{event_type}:{key}")
 
@@ -84,17 +91,11 @@ class Outbox:
             "occurred_at": self._clock.now().isoformat(),
             "data": payload,
         }
-        inserted = await self._conn.fetchval(
-            "INSERT INTO outbox (id, exchange, routing_key, body) VALUES ($1, $2, $3, $4)"
-            " ON CONFLICT (id) DO NOTHING RETURNING true",
-            new_id,
-            exchange,
-            event_type,
-            body,
-        )
+        # One round trip: the notification is sent for a row inserted, not for
+        # a repeat (no row comes out of the insert, so pg_notify is not called).
+        inserted = await self._conn.fetch(_EMIT, new_id, exchange, event_type, body, CHANNEL)
         if not inserted:
             return None
-        await self._conn.execute("SELECT pg_notify($1, current_schema())", CHANNEL)
         return new_id
 
 
