@@ -45,6 +45,7 @@ from shared.shutdown import OUTBOX_FINAL_DRAIN_SECONDS
 log = get_logger(__name__)
 
 CHANNEL = "outbox"
+_BACKLOG_GAUGE_SECONDS = 1.0
 # Stable ids for keyed events: uuid5 in this namespace of "<source>:<type>:<key>".
 _ID_NAMESPACE = uuid.UUID("6f1d3a52-8c1e-4f0a-9a57-0b6f1e0c2d41")
 
@@ -119,6 +120,7 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._wake = asyncio.Event()
+        self._backlog_observed_at = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection[Any] | None = None
 
@@ -189,7 +191,13 @@ class OutboxRelay:
                 raise PublishFailed("broker_unavailable", f"{failed} outbox events not confirmed")
             if sent < self._batch_size:
                 break
-        await self._observe_backlog()
+        # The backlog gauges, at most once a second: under load the relay
+        # drains many times a second, a few events each time, and the gauges'
+        # query was a round trip per drain. The poll keeps them fresh when idle.
+        now = asyncio.get_running_loop().time()
+        if now - self._backlog_observed_at >= _BACKLOG_GAUGE_SECONDS:
+            self._backlog_observed_at = now
+            await self._observe_backlog()
         return published
 
     async def _publish_batch(self) -> tuple[int, int]:

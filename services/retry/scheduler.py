@@ -53,6 +53,9 @@ class Scheduler:
         self._lease = timedelta(seconds=settings.dunning_lease_seconds)
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task[str]] = set()
+        # Claim again once this many attempts of the batch have ended.
+        self._refill_at = max(1, settings.dunning_batch_size // 2)
+        self._roomy = asyncio.Event()
         self._last_gauges = 0.0
 
     @property
@@ -83,10 +86,15 @@ class Scheduler:
         return self._settings.dunning_batch_size - len(self._in_flight)
 
     async def _room(self) -> None:
-        """Wait until at least half the batch is free to claim again."""
-        wanted = max(1, self._settings.dunning_batch_size // 2)
-        while self._in_flight and self._free() < wanted and not self._stopping.is_set():
-            await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
+        """Wait until at least half the batch is free to claim again (or a stop)."""
+        while self._free() < self._refill_at and not self._stopping.is_set():
+            self._roomy.clear()
+            await self._roomy.wait()
+
+    def _ended(self, task: asyncio.Task[str]) -> None:
+        self._in_flight.discard(task)
+        if self._free() >= self._refill_at:
+            self._roomy.set()
 
     async def tick(self) -> int:
         """Claim due cases for the room left and start their attempts; returns how many
@@ -100,7 +108,7 @@ class Scheduler:
         for case in claimed:
             task = asyncio.create_task(self._attempt(case))
             self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            task.add_done_callback(self._ended)
         await self._end_actions(now)
         await self._gauges()
         return len(claimed)
@@ -131,10 +139,12 @@ class Scheduler:
 
     async def stop_claiming(self) -> None:
         self._stopping.set()
+        self._roomy.set()
 
     async def stop(self, grace: float) -> None:
         """Claim nothing more; attempts under way get ``grace`` seconds to finish."""
         self._stopping.set()
+        self._roomy.set()
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=grace)
 
