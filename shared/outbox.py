@@ -46,8 +46,16 @@ from shared.waits import wait_set
 log = get_logger(__name__)
 
 CHANNEL = "outbox"
+_BACKLOG_GAUGE_SECONDS = 1.0
 # Stable ids for keyed events: uuid5 in this namespace of "<source>:<type>:<key>".
 _ID_NAMESPACE = uuid.UUID("6f1d3a52-8c1e-4f0a-9a57-0b6f1e0c2d41")
+
+
+_EMIT = (
+    "WITH inserted AS (INSERT INTO outbox (id, exchange, routing_key, body)"
+    " VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING RETURNING id)"
+    " SELECT pg_notify($5, current_schema()) FROM inserted"
+)
 
 
 def event_id(source: str, event_type: str, key: str) -> uuid.UUID:
@@ -85,17 +93,11 @@ class Outbox:
             "occurred_at": self._clock.now().isoformat(),
             "data": payload,
         }
-        inserted = await self._conn.fetchval(
-            "INSERT INTO outbox (id, exchange, routing_key, body) VALUES ($1, $2, $3, $4)"
-            " ON CONFLICT (id) DO NOTHING RETURNING true",
-            new_id,
-            exchange,
-            event_type,
-            body,
-        )
+        # One round trip: the notification is sent for a row inserted, not for
+        # a repeat (no row comes out of the insert, so pg_notify is not called).
+        inserted = await self._conn.fetch(_EMIT, new_id, exchange, event_type, body, CHANNEL)
         if not inserted:
             return None
-        await self._conn.execute("SELECT pg_notify($1, current_schema())", CHANNEL)
         return new_id
 
 
@@ -119,6 +121,7 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._wake = asyncio.Event()
+        self._backlog_observed_at = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection[Any] | None = None
 
@@ -189,7 +192,13 @@ class OutboxRelay:
                 raise PublishFailed("broker_unavailable", f"{failed} outbox events not confirmed")
             if sent < self._batch_size:
                 break
-        await self._observe_backlog()
+        # The backlog gauges, at most once a second: under load the relay
+        # drains many times a second, a few events each time, and the gauges'
+        # query was a round trip per drain. The poll keeps them fresh when idle.
+        now = asyncio.get_running_loop().time()
+        if now - self._backlog_observed_at >= _BACKLOG_GAUGE_SECONDS:
+            self._backlog_observed_at = now
+            await self._observe_backlog()
         return published
 
     async def _publish_batch(self) -> tuple[int, int]:

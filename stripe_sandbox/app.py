@@ -140,9 +140,11 @@ async def _serve(sb: Sandbox, request: web.Request, fn: Handler) -> web.Response
                 await asyncio.sleep(fault.delay_ms / 1000)
             status, body, _ = _execute(sb, fn, call, request_id=request_id, headers=headers)
             entry["status"] = status
+            # Encoded now: the answer is the object as this request left it.
+            response = _json_response(status, body, headers)
             if fault is not None and fault.kind == "late_answer":
                 await asyncio.sleep(fault.delay_ms / 1000)
-            return _json_response(status, body, headers)
+            return response
         return await _serve_idempotent(
             sb,
             call,
@@ -225,7 +227,11 @@ def _execute(
     token = current_request.set((request_id, headers.get("Idempotency-Key")))
     try:
         result = fn(sb, call)
-        return 200, expand(sb, snapshot(result), Params(call.params).expand()), True
+        paths = Params(call.params).expand()
+        # The caller encodes the answer before anything else runs (no await in
+        # between), so the stored object itself can be encoded; only an
+        # expansion, which rewrites the answer, works on a copy.
+        return 200, expand(sb, snapshot(result), paths) if paths else result, True
     except StripeError as exc:
         headers.update(exc.headers)
         return exc.status, exc.body(request_id), not exc.validation

@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .store import snapshot
+import orjson
 
 ENV_VAR = "STRIPE_FIXTURES"
 SHARED_PATH = Path(__file__).resolve().parents[1] / ".." / "shared" / "stripe" / "fixtures3.json"
@@ -71,9 +71,20 @@ def _resources() -> dict[str, Any]:
     return data
 
 
-def template(resource: str) -> dict[str, Any]:
-    """A fresh deep copy of Stripe's example object for ``resource``."""
+@cache
+def _encoded(resource: str) -> bytes | None:
     found = _resources().get(resource)
-    if found is None:
+    return None if found is None else orjson.dumps(found)
+
+
+def template(resource: str) -> dict[str, Any]:
+    """A fresh deep copy of Stripe's example object for ``resource``.
+
+    Decoded from the example's JSON, encoded once: several templates are made
+    per request (an invoice's payment makes a charge, a payment record, events).
+    """
+    encoded = _encoded(resource)
+    if encoded is None:
         return {}
-    return snapshot(found)
+    copied: dict[str, Any] = orjson.loads(encoded)
+    return copied

@@ -177,6 +177,28 @@ async def emit_attempt_failed(
     )
 
 
+# The attempt still pending when its case closes (its replica died, or is still
+# at Stripe and will record the real outcome over this one) is superseded. The
+# count sees the attempts as they were before this statement: the superseded
+# ones, pending until now, are added to the others that have an outcome.
+_CLOSE = """
+WITH closed AS (
+    UPDATE cases SET state = $2, close_reason = $3, closed_at = $4, updated_at = $4,
+        recovered_amount = $5, end_action = $6, next_attempt_at = NULL, lease_owner = NULL
+    WHERE invoice_id = $1 AND state IN ('open', 'paused')
+    RETURNING *
+), superseded AS (
+    UPDATE attempts a SET outcome = 'superseded', finished_at = $4
+    FROM closed WHERE a.invoice_id = closed.invoice_id AND a.outcome = 'pending'
+    RETURNING a.number
+)
+SELECT closed.*,
+    (SELECT count(*) FROM attempts WHERE invoice_id = $1 AND outcome <> 'pending')
+    + (SELECT count(*) FROM superseded) AS attempts_made
+FROM closed
+"""
+
+
 async def close(
     conn: DbConnection,
     outbox: Outbox,
@@ -188,29 +210,16 @@ async def close(
     amount: int | None = None,
     end_action: str | None = None,
 ) -> Case | None:
-    """Close an open or paused case; None when it was already closed (or never opened)."""
-    row = await conn.fetchrow(
-        "UPDATE cases SET state = $2, close_reason = $3, closed_at = $4, updated_at = $4,"
-        " recovered_amount = $5, end_action = $6, next_attempt_at = NULL, lease_owner = NULL"
-        " WHERE invoice_id = $1 AND state IN ('open', 'paused') RETURNING *",
-        invoice_id,
-        state,
-        reason,
-        now,
-        amount,
-        end_action,
-    )
+    """Close an open or paused case; None when it was already closed (or never opened).
+
+    One statement: the case moves, an attempt still without an outcome is
+    superseded, and the attempts made are counted (for the event).
+    """
+    row = await conn.fetchrow(_CLOSE, invoice_id, state, reason, now, amount, end_action)
     if row is None:
         return None
     case = Case.of(row)
-    # An attempt still without an outcome (its replica died, or is still at
-    # Stripe and will record the real outcome over this one).
-    await conn.execute(
-        "UPDATE attempts SET outcome = 'superseded', finished_at = $2"
-        " WHERE invoice_id = $1 AND outcome = 'pending'",
-        invoice_id,
-        now,
-    )
+    attempts_made = int(row["attempts_made"])
     metrics.DUNNING_CASES_CLOSED.labels(state, reason).inc()
     if state == "recovered":
         recovered = amount if amount is not None else case.amount_due
@@ -223,7 +232,7 @@ async def close(
                 subscription_id=case.subscription_id,
                 amount=recovered,
                 currency=case.currency,
-                attempts=await _attempts_made(conn, invoice_id),
+                attempts=attempts_made,
             ),
             version=SCHEMA_VERSION,
             key=invoice_id,
@@ -235,20 +244,13 @@ async def close(
                 member=case.member,
                 invoice_id=case.invoice_id,
                 subscription_id=case.subscription_id,
-                attempts=await _attempts_made(conn, invoice_id),
+                attempts=attempts_made,
                 end_action=end_action or "leave_past_due",
             ),
             version=SCHEMA_VERSION,
             key=invoice_id,
         )
     return case
-
-
-async def _attempts_made(conn: DbConnection, invoice_id: str) -> int:
-    count = await conn.fetchval(
-        "SELECT count(*) FROM attempts WHERE invoice_id = $1 AND outcome <> 'pending'", invoice_id
-    )
-    return int(count or 0)
 
 
 async def settle(

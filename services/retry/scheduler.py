@@ -3,8 +3,11 @@
 Nothing waits in memory: the schedule is ``cases.next_attempt_at``, so a
 restart loses nothing, and replicas share the work through the claim in
 ``cases.claim`` (``FOR UPDATE SKIP LOCKED`` plus a lease), so no case is
-attempted by two replicas at once. The loop polls every
-``DUNNING_POLL_SECONDS`` and goes again at once while it finds full batches.
+attempted by two replicas at once. At most ``DUNNING_BATCH_SIZE`` attempts
+run at once per replica; as they finish, the loop claims again for the room
+they left (once half of it is free), so one slow attempt does not hold the
+others back. It polls every ``DUNNING_POLL_SECONDS`` and goes again at once
+while it finds all it asked for.
 It also repeats end actions a stopped replica left undone and refreshes the
 gauges that only the database can answer.
 """
@@ -51,6 +54,9 @@ class Scheduler:
         self._lease = timedelta(seconds=settings.dunning_lease_seconds)
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task[str]] = set()
+        # Claim again once this many attempts of the batch have ended.
+        self._refill_at = max(1, settings.dunning_batch_size // 2)
+        self._roomy = asyncio.Event()
         self._last_gauges = 0.0
 
     @property
@@ -59,6 +65,10 @@ class Scheduler:
 
     async def run(self) -> None:
         while not self._stopping.is_set():
+            await self._room()
+            if self._stopping.is_set():
+                break
+            wanted = self._free()
             try:
                 claimed = await self.tick()
             except asyncio.CancelledError:
@@ -67,23 +77,36 @@ class Scheduler:
                 # A database blip must not end the loop: log, wait, go on.
                 log.warning("dunning_tick_failed", error=repr(exc))
                 claimed = 0
-            if claimed < self._settings.dunning_batch_size:
+            if claimed < wanted:
                 await wait_set(self._stopping, self._settings.dunning_poll_seconds)
 
+    def _free(self) -> int:
+        return self._settings.dunning_batch_size - len(self._in_flight)
+
+    async def _room(self) -> None:
+        """Wait until at least half the batch is free to claim again (or a stop)."""
+        while self._free() < self._refill_at and not self._stopping.is_set():
+            self._roomy.clear()
+            await self._roomy.wait()
+
+    def _ended(self, task: asyncio.Task[str]) -> None:
+        self._in_flight.discard(task)
+        if self._free() >= self._refill_at:
+            self._roomy.set()
+
     async def tick(self) -> int:
-        """Claim one batch of due cases and attempt them; returns how many were claimed."""
+        """Claim due cases for the room left and start their attempts; returns how many
+        were claimed. The attempts run on, in ``_in_flight`` until they end."""
+        free = self._free()
+        if free <= 0:
+            return 0
         now = self._clock.now()
         async with self._pool.acquire() as conn:
-            claimed = await cases.claim(
-                conn, now, self.owner, self._lease, self._settings.dunning_batch_size
-            )
-        if claimed:
-            tasks = [asyncio.create_task(self._attempt(c)) for c in claimed]
-            self._in_flight.update(tasks)
-            try:
-                await asyncio.gather(*tasks)
-            finally:
-                self._in_flight.difference_update(tasks)
+            claimed = await cases.claim(conn, now, self.owner, self._lease, free)
+        for case in claimed:
+            task = asyncio.create_task(self._attempt(case))
+            self._in_flight.add(task)
+            task.add_done_callback(self._ended)
         await self._end_actions(now)
         await self._gauges()
         return len(claimed)
@@ -114,10 +137,12 @@ class Scheduler:
 
     async def stop_claiming(self) -> None:
         self._stopping.set()
+        self._roomy.set()
 
     async def stop(self, grace: float) -> None:
         """Claim nothing more; attempts under way get ``grace`` seconds to finish."""
         self._stopping.set()
+        self._roomy.set()
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=grace)
 
