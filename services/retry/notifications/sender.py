@@ -166,7 +166,7 @@ class Sender:
                 retry=retry_if_exception_type(
                     (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
                 ),
-                wait=wait_exponential_jitter(initial=0.2, max=5),
+                wait=wait_exponential_jitter(multiplier=0.2, max=5),
                 stop=stop_after_delay(_MARK_SENT_FOR.total_seconds()),
                 reraise=True,
             ):
