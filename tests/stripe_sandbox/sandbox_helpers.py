@@ -3,21 +3,18 @@ unique module name even when other test folders have their own conftest)."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
 import requests
 import stripe
 
+from tests.support.processes import free_port
+
+__all__ = ["API_KEY", "REPO_ROOT", "Sandbox", "free_port"]
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "sk_test_sandbox"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Sandbox:
