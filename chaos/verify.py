@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,4 +214,15 @@ async def verify(
     finally:
         await db.close()
     checks.append(dead_check)
+    checks.append(check_resent_emails(stack.mail.resent))
     return checks, observed_states
+
+
+def check_resent_emails(resent: Counter[str]) -> Check:
+    """Copies of an email the mail server had already accepted (same Message-ID):
+    SMTP's at-least-once when a sender dies between the server's 250 and its
+    own record (chaos/mail.py). Reported, not failed; a second distinct email
+    for one event fails the dunning domain's check instead."""
+    check = Check("emails re-sent after a crash (same Message-ID)", compared=sum(resent.values()))
+    check.note = ", ".join(f"{event} x{n}" for event, n in sorted(resent.items())) or "none"
+    return check

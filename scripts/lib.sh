@@ -69,7 +69,16 @@ ensure_postgres() {
 rabbit_port_open() { (exec 3<>"/dev/tcp/127.0.0.1/5672") 2>/dev/null; }
 # Bounded: a wedged node accepts TCP but never answers, and an unbounded
 # ping (or rabbitmqctl) would hang the whole run.
-rabbit_up() { rabbit_port_open && as_root timeout 30 rabbitmq-diagnostics -q ping >/dev/null 2>&1; }
+# The AMQP handshake itself: a node can answer ping yet hang every new
+# connection, so "up" means it answers the protocol header (Connection.Start,
+# a method frame: first byte 01).
+amqp_answers() {
+  timeout 10 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672 && printf "AMQP\x00\x00\x09\x01" >&3 &&
+    [ "$(head -c 1 <&3 | od -An -tx1 | tr -d " ")" = 01 ]' 2>/dev/null
+}
+rabbit_up() {
+  rabbit_port_open && amqp_answers && as_root timeout 30 rabbitmq-diagnostics -q ping >/dev/null 2>&1
+}
 rabbitmqctl_() { as_root timeout 60 rabbitmqctl "$@"; }
 
 # A node that holds its port but answers nothing: stop it hard so that the

@@ -146,6 +146,8 @@ async def connect_broker(
         url,
         ssl_context=ssl_context,
         client_properties={"connection_name": name},
+        # A broker that accepts the socket but never answers is retried, not awaited.
+        timeout=15,
         # After a connection loss aio-pika retries at a fixed interval (5 s by
         # default); a second keeps a broker blip from stalling consumers long.
         reconnect_interval=1,

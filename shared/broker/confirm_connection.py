@@ -128,6 +128,10 @@ class _Pending:
     returned: bool = False
 
 
+# How long the AMQP handshake (protocol header to channel in confirm mode) may take.
+HANDSHAKE_SECONDS = 15.0
+
+
 class ConfirmConnection(asyncio.Protocol):
     """One connection, one channel in confirm mode. Open with :meth:`open`."""
 
@@ -186,7 +190,10 @@ class ConfirmConnection(asyncio.Protocol):
         tls = (ssl_context or ssl.create_default_context()) if address.tls else None
         await self._loop.create_connection(lambda: self, address.host, address.port, ssl=tls)
         try:
-            await self._handshake(address, exchanges)
+            # Bounded: a broker can accept the socket and never answer the
+            # handshake; the caller's reconnect loop then tries again.
+            async with asyncio.timeout(HANDSHAKE_SECONDS):
+                await self._handshake(address, exchanges)
         except BaseException:
             self.abort()
             raise

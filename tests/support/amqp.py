@@ -17,7 +17,7 @@ async def publish_raw(
     message_id: str,
     headers: dict[str, Any] | None = None,
 ) -> None:
-    connection = await aio_pika.connect(env.AMQP_URL)
+    connection = await aio_pika.connect(env.AMQP_URL, timeout=30)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         target = (
@@ -40,7 +40,7 @@ async def publish_raw(
 
 async def take_all(queue: str, *, limit: int = 100) -> list[aio_pika.abc.AbstractIncomingMessage]:
     """Consume (ack) every message currently in ``queue``; [] when it does not exist."""
-    connection = await aio_pika.connect(env.AMQP_URL)
+    connection = await aio_pika.connect(env.AMQP_URL, timeout=30)
     taken: list[aio_pika.abc.AbstractIncomingMessage] = []
     async with connection:
         channel = await connection.channel()
@@ -58,7 +58,7 @@ async def take_all(queue: str, *, limit: int = 100) -> list[aio_pika.abc.Abstrac
 
 async def message_count(queue: str) -> int:
     """Ready messages in ``queue`` (0 when it does not exist)."""
-    connection = await aio_pika.connect(env.AMQP_URL)
+    connection = await aio_pika.connect(env.AMQP_URL, timeout=30)
     async with connection:
         channel = await connection.channel()
         try:
@@ -69,7 +69,7 @@ async def message_count(queue: str) -> int:
 
 
 async def delete_queue_if_any(queue: str) -> None:
-    connection = await aio_pika.connect(env.AMQP_URL)
+    connection = await aio_pika.connect(env.AMQP_URL, timeout=30)
     async with connection:
         channel = await connection.channel()
         await channel.queue_delete(queue)

@@ -163,7 +163,7 @@ def queue_family(name: str, delays: tuple[int, ...] = ()) -> list[str]:
 
 
 async def delete_queues(names: list[str]) -> None:
-    connection = await aio_pika.connect(env.AMQP_URL)
+    connection = await aio_pika.connect(env.AMQP_URL, timeout=30)
     async with connection:
         for name in names:
             channel = await connection.channel()
@@ -184,7 +184,7 @@ async def reset_state(extra_queues: tuple[str, ...] = ()) -> None:
     for queue in (*queues.ALL, *extra_queues):
         names.extend(queue_family(queue))
     await delete_queues(names)
-    connection = await aio_pika.connect(env.AMQP_URL)
+    connection = await aio_pika.connect(env.AMQP_URL, timeout=30)
     async with connection:
         channel = await connection.channel()
         for exchange in EXCHANGES:
