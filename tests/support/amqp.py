@@ -73,3 +73,15 @@ async def delete_queue_if_any(queue: str) -> None:
     async with connection:
         channel = await connection.channel()
         await channel.queue_delete(queue)
+
+
+async def consumer_count(queue: str) -> int:
+    """Consumers on ``queue`` (0 when it does not exist)."""
+    connection = await aio_pika.connect(env.AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        try:
+            amqp_queue = await channel.declare_queue(queue, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return 0
+        return amqp_queue.declaration_result.consumer_count or 0

@@ -9,6 +9,7 @@ queues.
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,6 @@ from shared.broker.topology import EXCHANGES
 from shared.clock import Clock
 from shared.settings import ServiceSettings
 from tests.support import env
-from tests.support.processes import free_port
 
 _DEFAULT_DELAYS = (1_000, 5_000, 30_000, 120_000, 600_000)
 
@@ -60,11 +60,33 @@ class RunningApp:
         await self.runner.cleanup()
 
 
-async def serve(app: web.Application, port: int = 0) -> RunningApp:
+def reserve_port() -> socket.socket:
+    """A port of our own until :func:`serve` listens on it.
+
+    Bound (not yet listening) from the moment it is chosen: a port only
+    looked up and released could be taken by another process on the machine
+    before the service got to it.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve(app: web.Application, sock: socket.socket | None = None) -> RunningApp:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
+    try:
+        site: web.BaseSite = (
+            web.TCPSite(runner, "127.0.0.1", 0) if sock is None else web.SockSite(runner, sock)
+        )
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     host, port = runner.addresses[0][:2]
     return RunningApp(app=app, runner=runner, url=f"http://{host}:{port}")
 
@@ -115,17 +137,36 @@ async def start_stack(
     if unknown:
         raise ValueError(f"no such services: {unknown}")
     stack = Stack()
-    if with_consumers:
-        # Ports chosen first: webhooks reaches the services that mirror Stripe
-        # objects (the drift report), which start after it.
-        ports = {name: free_port() for name in SERVICES}
-        for name, (factory, settings_class) in SERVICES.items():
-            stripe = {"stripe_api_base": stripe_api_base} if stripe_api_base else {}
-            peers = _mirror_peers(ports) if name == "webhooks" else {}
-            settings = settings_class(
-                **common_settings(**stripe, **{**peers, **services.get(name, {})})
-            )
-            stack.apps[name] = await serve(factory(settings, clock=clock), ports[name])
+    sockets: dict[str, socket.socket] = {}
+    try:
+        if with_consumers:
+            # Ports reserved first: webhooks reaches the services that mirror
+            # Stripe objects (the drift report), which start after it.
+            for name in SERVICES:
+                sockets[name] = reserve_port()
+            ports = {name: sock.getsockname()[1] for name, sock in sockets.items()}
+            for name, (factory, settings_class) in SERVICES.items():
+                stripe = {"stripe_api_base": stripe_api_base} if stripe_api_base else {}
+                peers = _mirror_peers(ports) if name == "webhooks" else {}
+                settings = settings_class(
+                    **common_settings(**stripe, **{**peers, **services.get(name, {})})
+                )
+                stack.apps[name] = await serve(factory(settings, clock=clock), sockets[name])
+                del sockets[name]  # the service's own now, closed when it stops
+        stack.apps["gateway"] = await serve(gateway_app(_gateway_settings(stack, gateway)))
+    except BaseException:
+        # A stack that does not start is stopped whole: a service left running
+        # would go on consuming this vhost's queues (with a Stripe that is gone)
+        # through every later test, and carry its held messages into them.
+        await stack.stop()
+        raise
+    finally:
+        for sock in sockets.values():
+            sock.close()
+    return stack
+
+
+def _gateway_settings(stack: Stack, gateway: dict[str, Any] | None) -> GatewaySettings:
     gateway_values = common_settings(
         stripe_webhook_secrets=env.WEBHOOK_SECRET,
         jwt_secret=env.JWT_SECRET,
@@ -140,8 +181,7 @@ async def start_stack(
         },
     )
     gateway_values.update(gateway or {})
-    stack.apps["gateway"] = await serve(gateway_app(GatewaySettings(**gateway_values)))
-    return stack
+    return GatewaySettings(**gateway_values)
 
 
 def _mirror_peers(ports: dict[str, int]) -> dict[str, Any]:
