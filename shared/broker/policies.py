@@ -189,6 +189,11 @@ class Management:
             "PUT", f"policies/{self._vhost}/{quote(policy.name, safe='')}", policy.body()
         )
 
+    async def queues(self) -> list[dict[str, Any]]:
+        """Every queue of the virtual host, as the management API lists them."""
+        found = await self._request("GET", f"queues/{self._vhost}")
+        return list(found or [])
+
     async def queue(self, name: str) -> dict[str, Any]:
         """A queue as the management API shows it (arguments, policy, counts)."""
         found = await self._request("GET", f"queues/{self._vhost}/{quote(name, safe='')}")
