@@ -565,11 +565,20 @@ class ConfirmConnection(asyncio.Protocol):
             self._transport.abort()
 
     async def close(self) -> None:
-        if self._transport is None or self.closed.done():
+        # Judged by the transport, not by ``closed``: a waiter cancelled while
+        # awaiting ``closed`` cancels that future, and an open socket must not
+        # then look closed (each such connection stayed open on the broker).
+        if self._transport is None or self._transport.is_closing():
             return
         self._flush()
-        self._send(0, commands.Connection.Close(reply_code=200, reply_text="shutdown"))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2.0):
-                await asyncio.shield(self.closed)
+        self._send(
+            0,
+            commands.Connection.Close(
+                reply_code=200, reply_text="shutdown", class_id=0, method_id=0
+            ),
+        )
+        if not self.closed.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await asyncio.shield(self.closed)
         self._transport.abort()

@@ -150,6 +150,8 @@ class Publisher:
             self._connection = connection
             self._ready.set()
             log.info("broker_connected", role="publisher", broker=str(self._address))
-            reason = await connection.closed
+            # Shielded: close() cancels this task, and the cancellation must
+            # not reach the connection's own future (close() reads it).
+            reason = await asyncio.shield(connection.closed)
             self._ready.clear()
             log.warning("broker_connection_lost", role="publisher", reason=repr(reason))

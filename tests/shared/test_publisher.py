@@ -7,9 +7,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import aio_pika
+import aiohttp
 import pytest
 import structlog
 
@@ -238,3 +239,41 @@ async def test_reconnect_loop_logs_the_brokers_refusal_and_keeps_trying(
         assert "not-the-password" not in str(failures)
     finally:
         await publisher.close()
+
+
+async def _broker_connections_named(name: str) -> int:
+    """Connections the broker holds with this client-given name (management API)."""
+    vhost = quote(urlsplit(env.AMQP_URL).path.lstrip("/") or "/", safe="")
+    auth = aiohttp.BasicAuth("guest", "guest")
+    async with (
+        aiohttp.ClientSession(auth=auth) as http,
+        http.get(f"http://127.0.0.1:15672/api/vhosts/{vhost}/connections") as response,
+    ):
+        listed = await response.json()
+    return sum(1 for c in listed if c.get("client_properties", {}).get("connection_name") == name)
+
+
+async def test_a_closed_publisher_leaves_no_connection_on_the_broker() -> None:
+    # close() cancels the publisher's task while it awaits the connection's
+    # `closed` future; that once made the open socket look closed, and every
+    # service stop left one connection behind until the broker ran out of
+    # sockets and hung every new handshake.
+    name = f"test-close-{uuid.uuid4().hex[:8]}"
+    running = Publisher(env.AMQP_URL, name=name, confirm_timeout=2.0)
+    await running.start(wait=5.0)
+    assert running.ready
+    await eventually(
+        lambda: _broker_connections_named(f"{name}:publisher"),
+        until=lambda n: n == 1,
+        timeout=30,
+        interval=0.5,
+        what="the publisher's connection listed by the broker",
+    )
+    await running.close()
+    await eventually(
+        lambda: _broker_connections_named(f"{name}:publisher"),
+        until=lambda n: n == 0,
+        timeout=30,
+        interval=0.5,
+        what="no connection left once the publisher is closed",
+    )
