@@ -504,6 +504,23 @@ class ConfirmConnection(asyncio.Protocol):
         else:
             self._on_control_frame(channel, value)
 
+    def _on_broker_close(
+        self, channel: int, value: commands.Connection.Close | commands.Channel.Close
+    ) -> None:
+        if isinstance(value, commands.Connection.Close):
+            self._send(0, commands.Connection.CloseOk())
+            what, refused = "broker closed", "broker refused the connection"
+        else:
+            # A channel error (a missing exchange, say) ends this connection's
+            # usefulness; the publisher opens a fresh one.
+            self._send(channel, commands.Channel.CloseOk())
+            what, refused = "channel closed", "broker refused the channel"
+        reply = f"{value.reply_code} {value.reply_text}"
+        if self._opened:
+            self.abort(PublishFailed("broker_unavailable", f"{what}: {reply}"))
+        else:
+            self.abort(BrokerRefused(f"{refused}: {reply}"))
+
     def _on_control_frame(self, channel: int, value: Any) -> None:
         if isinstance(value, heartbeat.Heartbeat):
             pass  # any frame received counts as a sign of life
@@ -511,22 +528,12 @@ class ConfirmConnection(asyncio.Protocol):
             self._blocked = value.reason or "resource alarm"
         elif isinstance(value, commands.Connection.Unblocked):
             self._blocked = None
-        elif isinstance(value, commands.Connection.Close):
-            self._send(0, commands.Connection.CloseOk())
-            reply = f"{value.reply_code} {value.reply_text}"
-            if self._opened:
-                self.abort(PublishFailed("broker_unavailable", f"broker closed: {reply}"))
-            else:
-                self.abort(BrokerRefused(f"broker refused the connection: {reply}"))
-        elif isinstance(value, commands.Channel.Close):
-            # A channel error (a missing exchange, say) ends this connection's
-            # usefulness; the publisher opens a fresh one.
-            self._send(channel, commands.Channel.CloseOk())
-            reply = f"{value.reply_code} {value.reply_text}"
-            if self._opened:
-                self.abort(PublishFailed("broker_unavailable", f"channel closed: {reply}"))
-            else:
-                self.abort(BrokerRefused(f"broker refused the channel: {reply}"))
+        elif isinstance(value, commands.Connection.Close | commands.Channel.Close):
+            self._on_broker_close(channel, value)
+        elif isinstance(value, commands.Connection.CloseOk):
+            # Our close() answered: the socket is ours to close (AMQP 0-9-1).
+            if self._transport is not None:
+                self._transport.close()
         elif self._rpc is not None and isinstance(value, self._rpc[0]):
             _, future = self._rpc
             self._rpc = None
