@@ -244,9 +244,9 @@ async def test_reconnect_loop_logs_the_brokers_refusal_and_keeps_trying(
 async def _broker_connections_named(name: str) -> int:
     """Connections the broker holds with this client-given name (management API)."""
     vhost = quote(urlsplit(env.AMQP_URL).path.lstrip("/") or "/", safe="")
-    auth = aiohttp.BasicAuth("guest", "guest")
+    auth = {"Authorization": aiohttp.BasicAuth("guest", "guest").encode()}
     async with (
-        aiohttp.ClientSession(auth=auth) as http,
+        aiohttp.ClientSession(headers=auth) as http,
         http.get(f"http://127.0.0.1:15672/api/vhosts/{vhost}/connections") as response,
     ):
         listed = await response.json()
