@@ -14,6 +14,7 @@ import pytest
 import stripe
 
 from services.retry.notifications.render import Renderer, money
+from services.retry.notifications.sender import build_message
 from shared import billing_events
 from shared.broker.topology import BILLING_EVENTS
 from tests.retry.helpers import MailSink, case_in, fail_renewal, new_member
@@ -131,6 +132,25 @@ def test_templates_escape_html_but_not_text() -> None:
     assert email.subject == "Booking confirmed: 25.00 EUR paid"
     assert "<Room A> & B" in email.text
     assert "&lt;Room A&gt; &amp; B" in email.html
+
+
+def test_an_email_sent_again_carries_the_same_message_id() -> None:
+    # A replica killed after the server accepted an email sends it again once
+    # its lease ends; the copy must be recognisably the same message.
+    row = {
+        "event_id": "evt_mail_1",
+        "recipient": "ada@example.com",
+        "subject": "Payment received",
+        "created_at": datetime(2026, 11, 25, 12, 0, tzinfo=UTC),
+        "body_text": "text",
+        "body_html": "<p>html</p>",
+    }
+    first = build_message(row, "Billing <billing@example.com>")
+    again = build_message(row, "Billing <billing@example.com>")
+    other = build_message({**row, "event_id": "evt_mail_2"}, "Billing <billing@example.com>")
+    assert first["Message-ID"] == again["Message-ID"]
+    assert first["Message-ID"] != other["Message-ID"]
+    assert first["Message-ID"].endswith("@example.com>")
 
 
 def test_money_reads_minor_units() -> None:

@@ -20,7 +20,7 @@ import contextlib
 import uuid
 from datetime import timedelta
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import formatdate
 from typing import Any
 
 import aiosmtplib
@@ -59,8 +59,11 @@ def build_message(row: Any, sender: str) -> EmailMessage:
     message["Subject"] = row["subject"]
     message["Date"] = formatdate(row["created_at"].timestamp(), usegmt=True)
     domain = sender.rsplit("@", 1)[-1].strip("> ") or "billing.invalid"
+    # Derived from the event alone: email.utils.make_msgid would add the time,
+    # the pid and a random number, and a copy sent again after a crash would
+    # then look like a second email instead of the same one.
     stable = uuid.uuid5(uuid.NAMESPACE_URL, f"mail:{row['event_id']}").hex
-    message["Message-ID"] = make_msgid(idstring=stable, domain=domain)
+    message["Message-ID"] = f"<{stable}@{domain}>"
     message["X-Billing-Event-Id"] = row["event_id"]
     message.set_content(row["body_text"])
     message.add_alternative(row["body_html"], subtype="html")
