@@ -298,6 +298,7 @@ async def test_a_spend_whose_key_was_taken_over_is_undone_and_one_holding_it_sto
         )
         # Beyond the balance: nothing written, the key still held.
         assert await spend(conn, spend_id="csp_over", key=("u1", "taken", lease), amount=8) is None
+    assert stored is not None
     assert stored["status"] == 201 and stored["lease_token"] is None
     assert stored["response"] == {
         "id": "csp_taken",
