@@ -39,7 +39,12 @@ async def create_pool(
     min_size: int = 1,
     max_size: int = 10,
     command_timeout: float = 30.0,
+    reset_sessions: bool = True,
 ) -> asyncpg.Pool[Any]:
+    """The service's pool. ``reset_sessions=False`` skips asyncpg's reset query
+    (``RESET ALL``, ``UNLISTEN *``, advisory unlocks, ``CLOSE ALL``: one round
+    trip each time a connection goes back) for a service whose code leaves no
+    session state behind; an open transaction is still rolled back."""
     pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -49,8 +54,15 @@ async def create_pool(
         # A statement stuck behind a lock must fail and be retried by the
         # consumer, not hold a connection forever.
         command_timeout=command_timeout,
+        reset=None if reset_sessions else _keep_session,
     )
     return pool
+
+
+async def _keep_session(_conn: asyncpg.Connection[Any]) -> None:
+    # asyncpg has already rolled back any open transaction and dropped the
+    # connection's listeners by the time it calls this.
+    return None
 
 
 async def connect_unbounded(dsn: str) -> asyncpg.Connection[Any]:

@@ -113,6 +113,7 @@ def postgres(settings: ServiceSettings, schema: str, migrations: Path) -> Cleanu
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
             command_timeout=settings.db_command_timeout,
+            reset_sessions=settings.db_reset_sessions,
         )
         observe_pool(pool, schema)
         app[POOL] = pool

@@ -40,6 +40,10 @@ class ServiceSettings(StripeSettings):
     # lock fails (and its message is retried) instead of holding a connection
     # forever. Migrations run on a connection of their own without it.
     db_command_timeout: float = Field(default=30.0, gt=0)
+    # Reset each connection's session (RESET ALL, UNLISTEN, advisory locks)
+    # as it goes back to the pool: one round trip per use. A service may turn
+    # it off only if none of its code sets session state (shared/db.py).
+    db_reset_sessions: bool = True
 
     # TLS to the broker, for an amqps:// AMQP_URL (managed RabbitMQ). The
     # broker's certificate is always verified: against this CA bundle, or the

@@ -14,6 +14,7 @@ from shared import catalog as catalog_module
 from shared.api.pagination import Page, PageQuery, decode_cursor, page_of
 from shared.api.service import Call, Empty, ServiceRoutes
 from shared.db import DbConnection
+from shared.http import idempotency
 from shared.http.errors import ApiError, ErrorDetail, bad_request, invalid_field, not_found
 from shared.runtime import CLOCK, STRIPE
 
@@ -107,7 +108,12 @@ async def spend_credits(call: Call[contract.SpendRequest, Empty]) -> contract.Sp
             m.SPENDS_REJECTED.labels("unknown_credit_type").inc()
             raise invalid_field("credit_type", f"unknown credit type {body.credit_type!r}")
         now = _now(call)
+        made = await _spend_answered(call, now)
+        if made is not None:
+            m.SPENT.labels(body.credit_type).inc(body.amount)
+            return made
 
+        # Beyond the balance: overage where the plan bills it, else the refusal.
         async def effect(conn: DbConnection) -> contract.Spend:
             spend = functools.partial(
                 ledger.spend,
@@ -139,16 +145,7 @@ async def spend_credits(call: Call[contract.SpendRequest, Empty]) -> contract.Sp
                     quantity=done.overage,
                     now=now,
                 )
-            return contract.Spend(
-                id=done.id,
-                credit_type=done.credit_type,
-                amount=done.amount,
-                reference=done.reference,
-                created_at=done.created_at,
-                balance_after=done.balance_after,
-                consumed=[contract.Consumed(grant_id=g, amount=a) for g, a in done.consumed],
-                overage=done.overage,
-            )
+            return _answer(done)
 
         try:
             made = await call.commit(effect)
@@ -167,6 +164,62 @@ async def spend_credits(call: Call[contract.SpendRequest, Empty]) -> contract.Sp
         return made
     finally:
         m.SPEND_SECONDS.observe(time.perf_counter() - started)
+
+
+def _answer(done: ledger.SpendResult) -> contract.Spend:
+    return contract.Spend(
+        id=done.id,
+        credit_type=done.credit_type,
+        amount=done.amount,
+        reference=done.reference,
+        created_at=done.created_at,
+        balance_after=done.balance_after,
+        consumed=[contract.Consumed(grant_id=g, amount=a) for g, a in done.consumed],
+        overage=done.overage,
+    )
+
+
+async def _spend_answered(
+    call: Call[contract.SpendRequest, Empty], now: datetime
+) -> contract.Spend | None:
+    """The common spend, within the balance: the spend and its stored answer
+    in one statement, committed on its own (``ledger.spend_answered``); None,
+    having written nothing, when the balance does not cover it."""
+    held, body = call.claim, call.body
+    assert held is not None  # the handler refused a spend without a key
+    spend_id = ledger.new_spend_id()
+    # The answer but for what only the spend knows, which the database fills
+    # in from the spend it made; the answer below is built from the same values.
+    template = contract.Spend(
+        id=spend_id,
+        credit_type=body.credit_type,
+        amount=body.amount,
+        reference=body.reference,
+        created_at=now,
+        balance_after=0,
+        consumed=[],
+    ).model_dump(mode="json")
+    try:
+        async with call.pool.acquire() as conn:
+            done = await ledger.spend_answered(
+                conn,
+                user_id=call.caller.user_id,
+                credit_type=body.credit_type,
+                amount=body.amount,
+                reference=body.reference,
+                now=now,
+                spend_id=spend_id,
+                key=(held.scope, held.key, held.token),
+                status=call.endpoint.status,
+                answer=template,
+            )
+    except ledger.AnswerNotStored as exc:
+        raise idempotency.LeaseLost() from exc
+    if done is None:
+        return None
+    # The answer is stored: nothing is left for the framework to complete.
+    call.committed = True
+    return _answer(done)
 
 
 @routes.implement(contract.REVERSE_SPEND)

@@ -238,6 +238,72 @@ async def spend(
     )
 
 
+class AnswerNotStored(Exception):
+    """The Idempotency-Key's lease was taken over: the spend was undone."""
+
+
+# SQLSTATE of spend_credits_answered when the key's lease is gone (migrations/0004).
+_LEASE_LOST = "CR409"
+
+
+async def spend_answered(
+    conn: DbConnection,
+    *,
+    user_id: str,
+    credit_type: str,
+    amount: int,
+    reference: str,
+    now: datetime,
+    spend_id: str,
+    key: tuple[str, str, uuid.UUID],
+    status: int,
+    answer: dict[str, Any],
+) -> SpendResult | None:
+    """A spend with no overage, and the Idempotency-Key's stored answer, in
+    one statement (``spend_credits_answered``, migrations/0004).
+
+    ``key`` is the claimed key's (scope, key, lease token); ``answer`` the JSON
+    answer with ``balance_after`` and ``consumed`` still to fill, which the
+    database fills from the spend it made, as :class:`SpendResult` holds them.
+    None when the balance does not cover it: nothing was written and the key
+    is still held. Raises :class:`AnswerNotStored` (the spend undone) when the
+    lease was lost. Call it outside a transaction block: the statement then
+    commits at once and the account's lock spans no round trip.
+    """
+    scope, name, lease_token = key
+    try:
+        row = await conn.fetchrow(
+            "SELECT * FROM spend_credits_answered($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            user_id,
+            credit_type,
+            amount,
+            reference,
+            now,
+            spend_id,
+            scope,
+            name,
+            lease_token,
+            status,
+            answer,
+        )
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == _LEASE_LOST:
+            raise AnswerNotStored() from exc
+        raise
+    if row is None or row["grant_ids"] is None:
+        return None
+    return SpendResult(
+        id=spend_id,
+        user_id=user_id,
+        credit_type=credit_type,
+        amount=amount,
+        reference=reference,
+        created_at=now,
+        balance_after=max(int(row["available"]) - amount, 0),
+        consumed=list(zip(map(int, row["grant_ids"]), map(int, row["takes"]), strict=True)),
+    )
+
+
 async def reverse(
     conn: DbConnection, spend_id: str, *, now: datetime, owner: str | None
 ) -> ReversalResult:

@@ -16,3 +16,8 @@ class CreditsSettings(ServiceSettings):
     # How often each replica retries overage Stripe has not accepted yet
     # (reported at once after the spend; this catches what failed then).
     credits_overage_retry_seconds: float = Field(default=30.0, gt=0)
+    # Credits' queries leave no session state: no SET outside SET LOCAL, no
+    # session advisory locks, no LISTEN or held cursor on a pooled connection
+    # (the outbox listens on a connection of its own). Skipping the reset
+    # query saves a round trip on every pooled use; a spend makes two.
+    db_reset_sessions: bool = False

@@ -12,6 +12,12 @@ Rotation: a token whose signature the current secret refuses is tried with
 the previous secrets (``JWT_PREVIOUS_SECRETS``), so tokens issued before the
 issuer switched keep working until they expire; each such acceptance is
 counted, and when the count stays at zero the old secret can go.
+
+Verified tokens are remembered (:class:`VerifiedTokens`), keyed by the token's
+exact text, until their ``exp`` (plus the leeway) passes: a client sends the
+same token with every call, and checking its signature and claims again each
+time was a large share of a forwarded request's CPU. Only accepted tokens are
+kept, a bounded number of them; a refusal is always decided afresh.
 """
 
 from __future__ import annotations
@@ -46,6 +52,44 @@ def _unauthorized(reason: str, message: str) -> ApiError:
 
 
 @dataclass(frozen=True)
+class _Verified:
+    caller: Caller
+    # Accepted until then (exp plus the leeway), as PyJWT would accept it.
+    until: float
+    # Signed with a previous secret: counted at every use, as when verified.
+    previous_secret: bool
+
+
+class VerifiedTokens:
+    """Tokens already verified, by their text, at most ``size`` of them.
+
+    When full, the oldest entry goes (insertion order): a token in steady use
+    comes back at its next call, verified once more.
+    """
+
+    def __init__(self, size: int = 16_384) -> None:
+        self._size = size
+        self._entries: dict[str, _Verified] = {}
+
+    def get(self, token: str, now: float) -> _Verified | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        if now >= entry.until:
+            del self._entries[token]
+            return None
+        return entry
+
+    def put(self, token: str, entry: _Verified) -> None:
+        if len(self._entries) >= self._size:
+            del self._entries[next(iter(self._entries))]
+        self._entries[token] = entry
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(frozen=True)
 class TokenRules:
     secret: str
     previous_secrets: tuple[str, ...] = ()
@@ -64,15 +108,24 @@ class Authenticator:
         if rules.audience is not None:
             required.append("aud")
         self._options: Options = {"require": required}
+        self._verified = VerifiedTokens()
 
     def authenticate(self, authorization: str | None) -> Caller:
         if not authorization:
             raise _unauthorized("missing", "missing bearer token")
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise _unauthorized("malformed", "expected 'Authorization: Bearer <token>'")
+        now = time.time()
+        known = self._verified.get(token, now)
+        if known is not None:
+            if known.previous_secret:
+                metrics.API_PREVIOUS_SECRET_TOKENS.inc()
+            return known.caller
+        previous_secret = False
         try:
-            claims = self._decode(token.strip())
+            claims, previous_secret = self._decode(token)
         except jwt.ExpiredSignatureError as exc:
             raise _unauthorized("expired", "token expired") from exc
         except jwt.InvalidSignatureError as exc:
@@ -85,19 +138,24 @@ class Authenticator:
             raise _unauthorized("claims", f"token not accepted here: {exc}") from exc
         except jwt.InvalidTokenError as exc:
             raise _unauthorized("malformed", "token malformed") from exc
-        return self._caller(claims)
+        caller = self._caller(claims)
+        if previous_secret:
+            metrics.API_PREVIOUS_SECRET_TOKENS.inc()
+        # _caller checked that exp is a number.
+        until = float(claims["exp"]) + self._rules.leeway
+        self._verified.put(token, _Verified(caller, until, previous_secret))
+        return caller
 
-    def _decode(self, token: str) -> dict[str, Any]:
+    def _decode(self, token: str) -> tuple[dict[str, Any], bool]:
+        """The claims, and whether a previous secret signed them."""
         try:
-            return self._decode_with(token, self._rules.secret)
+            return self._decode_with(token, self._rules.secret), False
         except jwt.InvalidSignatureError:
             # Only a wrong key is worth another try: every other refusal
             # (expired, claims) would be the same with any key.
             for secret in self._rules.previous_secrets:
                 with contextlib.suppress(jwt.InvalidSignatureError):
-                    claims = self._decode_with(token, secret)
-                    metrics.API_PREVIOUS_SECRET_TOKENS.inc()
-                    return claims
+                    return self._decode_with(token, secret), True
             raise
 
     def _decode_with(self, token: str, secret: str) -> dict[str, Any]:

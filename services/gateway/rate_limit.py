@@ -1,11 +1,19 @@
-"""Rate limits on the client API, with the ``limits`` library.
+"""Rate limits on the client API: a moving window per caller, in memory.
 
 Authenticated calls are counted per user (the token's ``sub``), with a higher
 limit for staff; calls without a valid token per client IP, which also slows
 down anyone guessing tokens. Stripe's webhooks are never limited: they are not
 under ``/v1``. Each gateway replica counts on its own (in memory), so with N
 replicas behind a load balancer a client gets up to N times the limit; a
-shared store (``limits`` speaks Redis) would make it exact.
+shared store (Redis) would make it exact.
+
+The window is the ``limits`` library's moving window (N hits in any T
+seconds; the limits are written in its notation, ``120/minute``), kept here
+as one deque of hit times per caller: a hit costs O(1), and callers idle for
+a whole window are swept out once per window. (The library's in-memory
+storage walked every caller's list, each through a worker thread, after
+every hit: with thousands of callers that was most of a forwarded request's
+CPU.)
 
 Behind a load balancer every connection comes from the balancer. Its
 addresses go in ``trusted_proxies``; for a connection from one of them the
@@ -19,12 +27,11 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
+from collections import deque
 from collections.abc import Iterable
 
 import limits
 from aiohttp import web
-from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
 
 from shared import metrics
 from shared.api.caller import Caller
@@ -40,14 +47,53 @@ def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
         return None
 
 
+class MovingWindow:
+    """At most ``amount`` hits per caller in any ``seconds`` long window."""
+
+    def __init__(self, amount: int, seconds: float) -> None:
+        self.amount = amount
+        self.seconds = seconds
+        # Per caller, the times of its hits still inside the window, oldest first.
+        self._hits: dict[str, deque[float]] = {}
+        self._next_sweep = time.monotonic() + seconds
+
+    @classmethod
+    def parse(cls, text: str) -> MovingWindow:
+        item = limits.parse(text)
+        return cls(item.amount, float(item.get_expiry()))
+
+    def hit(self, who: str, now: float | None = None) -> float | None:
+        """Count a hit and return None, or refuse it (counting nothing) and
+        return the seconds until the window lets the caller in again."""
+        now = time.monotonic() if now is None else now
+        if now >= self._next_sweep:
+            self._sweep(now)
+        hits = self._hits.get(who)
+        if hits is None:
+            hits = self._hits[who] = deque()
+        start = now - self.seconds
+        while hits and hits[0] < start:
+            hits.popleft()
+        if len(hits) >= self.amount:
+            return hits[0] + self.seconds - now
+        hits.append(now)
+        return None
+
+    def _sweep(self, now: float) -> None:
+        # Callers with no hit left in the window hold nothing worth keeping.
+        start = now - self.seconds
+        for who in [w for w, hits in self._hits.items() if not hits or hits[-1] < start]:
+            del self._hits[who]
+        self._next_sweep = now + self.seconds
+
+
 class RateLimits:
     def __init__(
         self, *, member: str, staff: str, anonymous: str, trusted_proxies: Iterable[str] = ()
     ) -> None:
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
-        self._member = limits.parse(member)
-        self._staff = limits.parse(staff)
-        self._anonymous = limits.parse(anonymous)
+        self._member = MovingWindow.parse(member)
+        self._staff = MovingWindow.parse(staff)
+        self._anonymous = MovingWindow.parse(anonymous)
         self._trusted: tuple[Network, ...] = tuple(
             ipaddress.ip_network(p.strip(), strict=False) for p in trusted_proxies if p.strip()
         )
@@ -75,15 +121,15 @@ class RateLimits:
 
     async def check(self, request: web.Request, caller: Caller | None) -> None:
         if caller is None:
-            item, scope, who = self._anonymous, "anonymous", f"ip:{self.client_ip(request)}"
+            window, scope, who = self._anonymous, "anonymous", self.client_ip(request)
         elif caller.is_staff:
-            item, scope, who = self._staff, "staff", f"user:{caller.user_id}"
+            window, scope, who = self._staff, "staff", caller.user_id
         else:
-            item, scope, who = self._member, "member", f"user:{caller.user_id}"
-        if await self._limiter.hit(item, who):
+            window, scope, who = self._member, "member", caller.user_id
+        wait = window.hit(who)
+        if wait is None:
             return
-        stats = await self._limiter.get_window_stats(item, who)
-        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        retry_after = max(1, math.ceil(wait))
         metrics.API_RATE_LIMITED.labels(scope).inc()
         raise ApiError(
             429,

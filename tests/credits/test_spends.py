@@ -4,8 +4,14 @@ reversal to the same grants, and members kept to their own records."""
 from __future__ import annotations
 
 import base64
+import functools
+import uuid
 from datetime import timedelta
 
+import pytest
+
+from services.credits import ledger
+from shared import runtime
 from tests.credits.conftest import MONTH, START, Credits
 from tests.support.billing_events import member_headers
 
@@ -250,3 +256,54 @@ async def test_text_postgres_cannot_store_is_refused_as_invalid(credits: Credits
     )
     assert (status, body["error"]["details"][0]["field"]) == (422, "reason")
     assert (await credits.balances("u1"))["meeting_room_hours"] == 10
+
+
+async def test_a_spend_whose_key_was_taken_over_is_undone_and_one_holding_it_stores_its_answer(
+    credits: Credits,
+) -> None:
+    # The one-statement spend (ledger.spend_answered) stores its answer only
+    # under the lease it holds; after a takeover nothing of it remains.
+    await credits.activate("u1", "sub_1")
+    pool = credits.stack.app("credits")[runtime.POOL]
+    lease = await pool.fetchval(
+        "INSERT INTO idempotency_keys (scope, key, request_hash, lease_token, leased_until)"
+        " VALUES ('u1', 'taken', 'h', gen_random_uuid(), now() + interval '1 minute')"
+        " RETURNING lease_token"
+    )
+    spend = functools.partial(
+        ledger.spend_answered,
+        user_id="u1",
+        credit_type="meeting_room_hours",
+        amount=3,
+        reference="room",
+        now=credits.clock.now(),
+        status=201,
+        answer={"id": "csp_taken", "balance_after": 0, "consumed": []},
+    )
+    async with pool.acquire() as conn:
+        with pytest.raises(ledger.AnswerNotStored):
+            await spend(conn, spend_id="csp_lost", key=("u1", "taken", uuid.uuid4()))
+        assert await conn.fetchval("SELECT count(*) FROM spends WHERE user_id = 'u1'") == 0
+        assert (
+            await conn.fetchval(
+                "SELECT status FROM idempotency_keys WHERE scope = 'u1' AND key = 'taken'"
+            )
+            is None
+        )
+        done = await spend(conn, spend_id="csp_taken", key=("u1", "taken", lease))
+        assert done is not None and done.balance_after == 7
+        stored = await conn.fetchrow(
+            "SELECT status, response, lease_token FROM idempotency_keys"
+            " WHERE scope = 'u1' AND key = 'taken'"
+        )
+        # Beyond the balance: nothing written, the key still held.
+        assert await spend(conn, spend_id="csp_over", key=("u1", "taken", lease), amount=8) is None
+    assert stored is not None
+    assert stored["status"] == 201 and stored["lease_token"] is None
+    assert stored["response"] == {
+        "id": "csp_taken",
+        "balance_after": 7,
+        "consumed": [{"grant_id": g, "amount": a} for g, a in done.consumed],
+    }
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 7
+    await credits.consistent("u1")
