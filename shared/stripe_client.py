@@ -32,8 +32,8 @@ if stripe.api_version != STRIPE_API_VERSION:  # pragma: no cover - guards upgrad
 def _log_only_when_heard() -> None:
     """stripe-python formats a logfmt line for every request and response (the
     whole response body, for the debug line) before it asks whether anything
-    logs it; in a service that makes thousands of calls a second that is a
-    tenth of a call's CPU for lines nobody reads. The same lines, formatted
+    logs it: about 4% of a dunning replica's CPU (py-spy, during the dunning
+    bench) for lines nobody reads. The same lines, formatted
     and written the same way, only when the ``stripe`` logger or
     ``STRIPE_LOG`` / ``stripe.log`` would output them.
     """
@@ -61,6 +61,11 @@ def _log_only_when_heard() -> None:
 
 
 _log_only_when_heard()
+# stripe-python's request telemetry: a JSON header of the previous request's
+# latency on every request, and a user-agent JSON rebuilt per request with the
+# platform's description. Stripe's own setting turns both off; the call
+# metrics (shared/metrics.py) measure latency here.
+stripe.enable_telemetry = False
 
 
 class StripeSettings(BaseSettings):
