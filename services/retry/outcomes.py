@@ -23,7 +23,10 @@ write and the linger (milliseconds), far inside the lease.
 A batch whose transaction fails (a deadlock with an event's transaction, a
 constraint, a dropped connection) is not retried as a whole: each of its
 outcomes is written again alone, in its own transaction, so one bad outcome
-fails only its own attempt.
+fails only its own attempt. (The counters a write bumps as it runs count
+such a batch's outcomes twice: metrics, not records.) A writer stopped with
+outcomes unwritten (its task cancelled at shutdown) fails them: their
+attempts end as crashed, and their cases wait for their leases as above.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class OutcomeWriter:
         return await asyncio.shield(done)
 
     async def _write_all(self) -> None:
+        batch: list[_Pending[Any]] = []
         try:
             while self._queue:
                 if self._linger > 0 and len(self._queue) < self._max_batch:
@@ -88,6 +92,10 @@ class OutcomeWriter:
                 await self._write(batch)
         finally:
             self._writing = None
+            for pending in (*batch, *self._queue):
+                if not pending.done.done():
+                    pending.done.set_exception(RuntimeError("outcome writer stopped"))
+            self._queue.clear()
 
     async def _write(self, batch: list[_Pending[Any]]) -> None:
         if len(batch) > 1:
