@@ -31,6 +31,7 @@ import stripe
 
 from services.retry import cases
 from services.retry.backoff import Schedule
+from services.retry.outcomes import OutcomeWriter
 from services.retry.settings import RetrySettings
 from services.retry.stripe_objects import ENDED_SUBSCRIPTIONS, HARD_DECLINES, Invoice
 from shared import metrics
@@ -66,6 +67,11 @@ class Attempts:
         self._settings = settings
         self._schedule = schedule
         self.owner = owner
+        self._outcomes = OutcomeWriter(
+            pool,
+            max_batch=settings.dunning_batch_size,
+            linger=settings.dunning_outcome_linger_seconds,
+        )
 
     # --- the attempt ----------------------------------------------------------
 
@@ -172,11 +178,14 @@ class Attempts:
             later = self._clock.now() + timedelta(
                 seconds=self._settings.dunning_unavailable_retry_seconds
             )
-            async with self._pool.acquire() as conn, conn.transaction():
+
+            async def write(conn: Any) -> None:
                 if await cases.holds(conn, claimed, self.owner):
                     await cases.reschedule(
                         conn, claimed.case.invoice_id, self._clock.now(), later, finished=False
                     )
+
+            await self._outcomes.run(write)
             return "unavailable"
         # Stripe refused the request itself: an attempt spent, as a decline is.
         log.error(
@@ -187,9 +196,12 @@ class Attempts:
 
     async def _settled(self, claimed: cases.Claimed, invoice: Invoice) -> None:
         now = self._clock.now()
-        async with self._pool.acquire() as conn, conn.transaction():
+
+        async def write(conn: Any) -> None:
             await cases.record_attempt(conn, now, claimed, "already_settled", amount=0)
             await cases.settle(conn, self._outbox(conn), now, invoice)
+
+        await self._outcomes.run(write)
 
     async def _finish(
         self,
@@ -201,7 +213,8 @@ class Attempts:
         next_at: datetime | None = None,
     ) -> None:
         now = self._clock.now()
-        async with self._pool.acquire() as conn, conn.transaction():
+
+        async def write(conn: Any) -> None:
             await cases.record_attempt(conn, now, claimed, outcome, amount=amount)
             if close is not None:
                 state, reason = close
@@ -217,6 +230,8 @@ class Attempts:
             elif await cases.holds(conn, claimed, self.owner):
                 await cases.reschedule(conn, claimed.case.invoice_id, now, next_at)
 
+        await self._outcomes.run(write)
+
     async def _declined(self, claimed: cases.Claimed, decline_code: str) -> None:
         await self._failed(claimed, "failed", decline_code)
 
@@ -225,10 +240,11 @@ class Attempts:
         case = claimed.case
         hard = decline_code in HARD_DECLINES
         last = claimed.number >= self._schedule.max_attempts
-        async with self._pool.acquire() as conn, conn.transaction():
+
+        async def write(conn: Any) -> cases.Case | None:
             await cases.record_attempt(conn, now, claimed, outcome, decline_code=decline_code)
             if not await cases.holds(conn, claimed, self.owner):
-                return  # closed meanwhile (paid, canceled, stopped): nothing more to do
+                return None  # closed meanwhile (paid, canceled, stopped): nothing more to do
             outbox = self._outbox(conn)
             if hard:
                 # Waits for a new payment method; if none comes within
@@ -261,7 +277,7 @@ class Attempts:
                 or case.hosted_invoice_url,
             )
             if last and not hard:
-                exhausted = await cases.close(
+                return await cases.close(
                     conn,
                     outbox,
                     now,
@@ -270,17 +286,19 @@ class Attempts:
                     reason="attempts_spent",
                     end_action=self._settings.dunning_end_action,
                 )
-            else:
-                exhausted = None
+            return None
+
+        exhausted = await self._outcomes.run(write)
         if exhausted is not None:
             await self.end_action(exhausted)
 
     async def _exhaust(self, claimed: cases.Claimed, *, reason: str) -> None:
         now = self._clock.now()
-        async with self._pool.acquire() as conn, conn.transaction():
+
+        async def write(conn: Any) -> cases.Case | None:
             if not await cases.holds(conn, claimed, self.owner):
-                return
-            exhausted = await cases.close(
+                return None
+            return await cases.close(
                 conn,
                 self._outbox(conn),
                 now,
@@ -289,6 +307,8 @@ class Attempts:
                 reason=reason,
                 end_action=self._settings.dunning_end_action,
             )
+
+        exhausted = await self._outcomes.run(write)
         if exhausted is not None:
             await self.end_action(exhausted)
 

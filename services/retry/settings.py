@@ -43,6 +43,9 @@ class RetrySettings(ServiceSettings):
     dunning_poll_seconds: float = Field(default=1.0, gt=0)
     dunning_batch_size: int = Field(default=50, ge=1, le=1000)
     dunning_lease_seconds: float = Field(default=120.0, gt=0)
+    # Attempts' outcomes are written many to a transaction (services/retry/
+    # outcomes.py); the first of a batch waits this long for others to join.
+    dunning_outcome_linger_seconds: float = Field(default=0.01, ge=0, le=10.0)
     # When Stripe itself was unreachable during an attempt, the same attempt
     # (same idempotency key) is tried again after this long.
     dunning_unavailable_retry_seconds: float = Field(default=60.0, gt=0)

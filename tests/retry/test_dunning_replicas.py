@@ -26,7 +26,7 @@ from tests.support.sandbox_process import SandboxProcess
 from tests.support.stack import Stack, start_stack
 from tests.support.waiting import eventually
 
-Replica = Callable[[], ServiceProcess]
+Replica = Callable[..., ServiceProcess]
 
 
 @pytest.fixture
@@ -50,16 +50,16 @@ async def replica(
 ) -> AsyncIterator[Replica]:
     started: list[ServiceProcess] = []
 
-    def make() -> ServiceProcess:
+    def make(**extra: str) -> ServiceProcess:
         environment = {key.upper(): str(value) for key, value in retry_settings.items()}
+        environment.update(extra)
         process = ServiceProcess(
             "retry",
             tmp_path / f"retry-{len(started)}.log",
             STRIPE_API_BASE=sandbox.url,
             STRIPE_SECRET_KEY="sk_test_sandbox",
-            **environment,
             # One case per claim: the replicas contend for every case.
-            DUNNING_BATCH_SIZE="1",
+            **{"DUNNING_BATCH_SIZE": "1", **environment},
         )
         started.append(process)
         return process
@@ -151,4 +151,47 @@ async def test_a_replica_killed_mid_attempt_never_charges_twice(
     if attempts[0]["outcome"] == "succeeded":
         assert len(requests) >= 2 and any(r["replayed"] for r in requests), requests
     # The sandbox's record of charges: the first month's, and one recovery.
+    assert len(await succeeded_charges(stripe_client, member.customer_id)) == 2
+
+
+async def test_a_replica_killed_before_its_outcome_commits_never_charges_twice(
+    stack_without_scheduler: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+    replica: Replica,
+) -> None:
+    """Outcomes are written many to a transaction: one that Stripe has answered
+    but that waits for its batch is lost with the replica. The case keeps its
+    pending attempt, so the next replica repeats attempt 1 (same key), never an
+    attempt 2."""
+    member = await new_member(stripe_client)
+    invoice_id = await fail_renewal(stripe_client, sandbox, member, declines=1)
+    await case_in(db, invoice_id, "open")
+    for endpoint in (await sandbox.control("GET", "/_sandbox/webhook_endpoints"))["data"]:
+        await sandbox.control("DELETE", f"/_sandbox/webhook_endpoints/{endpoint['id']}")
+    # The outcome waits seconds for others to join its transaction (room for
+    # ten, one due): the kill lands after Stripe charged and before anything
+    # about it committed.
+    doomed = replica(DUNNING_OUTCOME_LINGER_SECONDS="3", DUNNING_BATCH_SIZE="10")
+    await doomed.start()
+    await eventually(
+        lambda: _pay_requests(sandbox, invoice_id), what="the attempt's charge request"
+    )
+    [attempt] = await attempts_of(db, invoice_id)
+    assert attempt["outcome"] == "pending"
+    assert await doomed.kill() != 0
+
+    successor = replica()
+    await successor.start()
+    case = await case_in(db, invoice_id, "recovered", timeout=40)
+    assert case["attempts"] == 1
+    requests = await _pay_requests(sandbox, invoice_id)
+    assert {r["idempotency_key"] for r in requests} == {f"dunning-{invoice_id}-attempt-1"}
+    attempts = await attempts_of(db, invoice_id)
+    # The successor's re-read finds the invoice paid (the charge went through).
+    assert [(a["number"], a["outcome"]) for a in attempts] in (
+        [(1, "succeeded")],
+        [(1, "already_settled")],
+    )
     assert len(await succeeded_charges(stripe_client, member.customer_id)) == 2
