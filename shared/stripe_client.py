@@ -10,14 +10,9 @@ upgrade moved it, because object shapes change with the version.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from typing import Any
-
 import stripe
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from stripe import _api_requestor, _util
 from stripe._base_address import BaseAddresses
 
 STRIPE_API_VERSION = "2026-10-28.endive"
@@ -29,38 +24,6 @@ if stripe.api_version != STRIPE_API_VERSION:  # pragma: no cover - guards upgrad
     )
 
 
-def _log_only_when_heard() -> None:
-    """stripe-python formats a logfmt line for every request and response (the
-    whole response body, for the debug line) before it asks whether anything
-    logs it: about 4% of a dunning replica's CPU (py-spy, during the dunning
-    bench) for lines nobody reads. The same lines, formatted
-    and written the same way, only when the ``stripe`` logger or
-    ``STRIPE_LOG`` / ``stripe.log`` would output them.
-    """
-    formatting: dict[int, Callable[..., None]] = {
-        logging.DEBUG: _util.log_debug,
-        logging.INFO: _util.log_info,
-    }
-    console_level: Callable[[], str | None] = _util._console_log_level
-
-    def heard(level: int) -> Callable[..., None]:
-        log = formatting[level]
-        console = ("debug",) if level == logging.DEBUG else ("debug", "info")
-
-        def log_when_heard(message: str, **params: Any) -> None:
-            if _util.logger.isEnabledFor(level) or console_level() in console:
-                log(message, **params)
-
-        return log_when_heard
-
-    # The requestor imported the functions by name; the HTTP clients call them
-    # through the module.
-    for module in (_util, _api_requestor):
-        module.log_debug = heard(logging.DEBUG)  # type: ignore[attr-defined]
-        module.log_info = heard(logging.INFO)  # type: ignore[attr-defined]
-
-
-_log_only_when_heard()
 # stripe-python's request telemetry: a JSON header of the previous request's
 # latency on every request, and a user-agent JSON rebuilt per request with the
 # platform's description. Stripe's own setting turns both off; the call
