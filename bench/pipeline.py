@@ -405,6 +405,20 @@ async def grow(pool: asyncpg.Pool[Any], rows: int) -> dict[str, int]:
         text_keys = [k["attname"] for k in key if k["type"] == "text"]
         if not text_keys or factor == 0:
             continue
+        # Text columns of the other unique indexes (a payment's invoice_id)
+        # get the copy's suffix too, or the copy would collide with its original.
+        unique = {
+            r["attname"]
+            for r in await pool.fetch(
+                """
+                SELECT a.attname FROM pg_index i JOIN pg_attribute a
+                  ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+                WHERE i.indrelid = to_regclass($1) AND i.indisunique AND NOT i.indisprimary
+                  AND format_type(a.atttypid, a.atttypmod) = 'text'
+                """,
+                f"{SCHEMA}.{table}",
+            )
+        }
         columns = [
             r["attname"]
             for r in await pool.fetch(
@@ -413,8 +427,8 @@ async def grow(pool: asyncpg.Pool[Any], rows: int) -> dict[str, int]:
                 f"{SCHEMA}.{table}",
             )
         ]
-        suffixed = text_keys[-1]
-        select = ", ".join(f"{c} || '_g' || g" if c == suffixed else c for c in columns)
+        suffixed = {text_keys[-1], *unique}
+        select = ", ".join(f"{c} || '_g' || g" if c in suffixed else c for c in columns)
         try:
             status = await pool.execute(
                 f"INSERT INTO {table} ({', '.join(columns)})"  # noqa: S608 - names from the catalog
