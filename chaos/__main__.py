@@ -23,6 +23,7 @@ import sys
 import time
 
 from chaos.run import Config, Outcome, chaos_run, scale_run
+from chaos.verify import compare_runs
 
 
 def report(title: str, outcome: Outcome) -> None:
@@ -70,9 +71,22 @@ async def main(command: str) -> int:
             report(f"{replicas} replica(s)", outcome)
             outcomes.append(outcome)
         one, two = outcomes
-        same = one.states == two.states
+        comparison = compare_runs(one.observed, two.observed)
+        same = comparison.same
         print("\n== scale-out")
-        print(f"  final state identical with one and two replicas: {same}")
+        print(f"  final state the same with one and two replicas: {same}")
+        for domain, key in comparison.determined[:20]:
+            print(
+                f"    differs: {domain} {key}: one replica"
+                f" {one.observed.states[domain].get(key)!r},"
+                f" two {two.observed.states[domain].get(key)!r}"
+            )
+        if comparison.order_dependent:
+            print(
+                f"  {len(comparison.order_dependent)} order-dependent outcome(s) differ,"
+                " each allowed by the model in both runs: "
+                + ", ".join(f"{d} {k}" for d, k in comparison.order_dependent[:5])
+            )
         for o in outcomes:
             rate = o.consumed / o.drain_seconds if o.drain_seconds else 0.0
             print(

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chaos.calls import CallStats, run_calls
-from chaos.domain import Domain, State, World
+from chaos.domain import Domain, World
 from chaos.domains import all_domains
 from chaos.faults import FaultRecord, plan, run_faults
 from chaos.infra import remove_tree
 from chaos.sender import Sender, SendStats
 from chaos.stack import WEBHOOK_SECRET, Stack
 from chaos.traffic import Schedule, build_world, schedule
-from chaos.verify import Check, settle, verify
+from chaos.verify import Check, Observed, settle, verify
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Config:
 class Outcome:
     replicas: int
     checks: list[Check]
-    states: dict[str, State]
+    observed: Observed
     stats: SendStats
     faults: list[FaultRecord]
     seconds: float  # first delivery to settled
@@ -121,10 +121,10 @@ async def chaos_run(config: Config) -> Outcome:
         settled = await settle(stack, within=config.settle_timeout)
         calls = await _members_calls(stack, world, domains, config)
         calls.add(before)
-        checks, states = await verify(
+        checks, observed = await verify(
             stack, world, domains, stats, len(plan_of_delivery.deliveries), calls=calls
         )
-        return Outcome(stack.replicas, checks, states, stats, records, settled - t0, calls=calls)
+        return Outcome(stack.replicas, checks, observed, stats, records, settled - t0, calls=calls)
 
     return await _with_stack(config.replicas, config, body)
 
@@ -155,13 +155,13 @@ async def scale_run(config: Config, replicas: int) -> Outcome:
         settled = await settle(stack, within=config.settle_timeout)
         calls = await _members_calls(stack, world, domains, config)
         calls.add(before)
-        checks, states = await verify(
+        checks, observed = await verify(
             stack, world, domains, stats, len(plan_of_delivery.deliveries), calls=calls
         )
         return Outcome(
             stack.replicas,
             checks,
-            states,
+            observed,
             stats,
             [],
             settled - t0,

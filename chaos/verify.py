@@ -25,7 +25,7 @@ import aiohttp
 import asyncpg
 
 from chaos.calls import CallStats
-from chaos.domain import Domain, Probe, State, World
+from chaos.domain import Domain, OneOf, Probe, State, World
 from chaos.sender import SendStats
 from chaos.stack import Stack
 
@@ -196,11 +196,12 @@ async def verify(
     deliveries: int,
     *,
     calls: CallStats,
-) -> tuple[list[Check], dict[str, State]]:
+) -> tuple[list[Check], Observed]:
     checks = [check_sending(stats, deliveries)]
     if calls.calls:
         checks.append(check_calls(calls))
     observed_states: dict[str, State] = {}
+    order_dependent: dict[str, set[Any]] = {}
     db = await asyncpg.connect(stack.postgres.url)
     try:
         dead_check, dead = await check_dead_letters(stack, db, world, domains)
@@ -208,14 +209,61 @@ async def verify(
             probe = Probe(db, http, stack.service_urls(), stack.tokens, stack.mail.received)
             for domain in domains:
                 observed = await domain.observed(probe)
+                expected = domain.expected(world)
                 observed_states[domain.name] = observed
-                checks.append(diff_states(domain.name, domain.expected(world), observed))
+                order_dependent[domain.name] = {
+                    key for key, value in expected.items() if isinstance(value, OneOf)
+                }
+                checks.append(diff_states(domain.name, expected, observed))
         checks += await check_inboxes(db, world, domains, dead)
     finally:
         await db.close()
     checks.append(dead_check)
     checks.append(check_resent_emails(stack.mail.resent))
-    return checks, observed_states
+    return checks, Observed(observed_states, order_dependent)
+
+
+@dataclass
+class Observed:
+    """Each domain's state as observed, and the keys whose model allows
+    several outcomes (a :class:`OneOf`: which one depends on the order the
+    events were consumed in)."""
+
+    states: dict[str, State]
+    order_dependent: dict[str, set[Any]]
+
+
+@dataclass
+class StateComparison:
+    # Keys whose model allows one outcome only, and whose states differ.
+    determined: list[tuple[str, Any]]
+    # Keys whose model allows several outcomes, each run holding an allowed
+    # (checked by its own run) but different one.
+    order_dependent: list[tuple[str, Any]]
+
+    @property
+    def same(self) -> bool:
+        return not self.determined
+
+
+def compare_runs(one: Observed, two: Observed) -> StateComparison:
+    """Where two runs of the same traffic ended differently.
+
+    Competing consumers take the messages in another order than one consumer
+    does, so where the model accepts several outcomes (a cancellation
+    overtaking a payment...) two correct runs may hold different ones; every
+    other difference means the runs disagree.
+    """
+    comparison = StateComparison([], [])
+    for domain in sorted(set(one.states) | set(two.states)):
+        a, b = one.states.get(domain, {}), two.states.get(domain, {})
+        flexible = one.order_dependent.get(domain, set()) | two.order_dependent.get(domain, set())
+        for key in sorted(set(a) | set(b), key=repr):
+            if a.get(key) == b.get(key):
+                continue
+            where = comparison.order_dependent if key in flexible else comparison.determined
+            where.append((domain, key))
+    return comparison
 
 
 def check_resent_emails(resent: Counter[str]) -> Check:
