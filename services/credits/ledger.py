@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -224,7 +224,29 @@ async def spend(
     )
     if row is None or row["grant_ids"] is None:
         raise InsufficientCredits(int(row["available"]) if row is not None else 0)
-    consumed = list(zip(map(int, row["grant_ids"]), map(int, row["takes"]), strict=True))
+    made = _made(
+        row,
+        spend_id=spend_id,
+        user_id=user_id,
+        credit_type=credit_type,
+        amount=amount,
+        reference=reference,
+        now=now,
+    )
+    return replace(made, overage=int(row["overage"]))
+
+
+def _made(
+    row: Any,
+    *,
+    spend_id: str,
+    user_id: str,
+    credit_type: str,
+    amount: int,
+    reference: str,
+    now: datetime,
+) -> SpendResult:
+    """The spend a ``spend_credits`` row (or its answered variant) reports."""
     return SpendResult(
         id=spend_id,
         user_id=user_id,
@@ -233,8 +255,7 @@ async def spend(
         reference=reference,
         created_at=now,
         balance_after=max(int(row["available"]) - amount, 0),
-        consumed=consumed,
-        overage=int(row["overage"]),
+        consumed=list(zip(map(int, row["grant_ids"]), map(int, row["takes"]), strict=True)),
     )
 
 
@@ -292,15 +313,14 @@ async def spend_answered(
         raise
     if row is None or row["grant_ids"] is None:
         return None
-    return SpendResult(
-        id=spend_id,
+    return _made(
+        row,
+        spend_id=spend_id,
         user_id=user_id,
         credit_type=credit_type,
         amount=amount,
         reference=reference,
-        created_at=now,
-        balance_after=max(int(row["available"]) - amount, 0),
-        consumed=list(zip(map(int, row["grant_ids"]), map(int, row["takes"]), strict=True)),
+        now=now,
     )
 
 
