@@ -25,6 +25,28 @@ event name among the active meters, else created, ``sum`` of the events'
 ``value`` per customer) and a metered recurring price on it, per interval the
 plan is sold on (``Overage.price_key``). Those prices follow the same rules as
 the others; a lookup key Stripe has as a licensed price is refused.
+
+Then the subscriptions: a subscription made before ``overage.<type>`` joined
+its plan carries no metered price, so Stripe would not invoice the usage the
+credits service reports for it. For every plan price of a plan that bills
+overage, the seed lists Stripe's subscriptions on that price (``price``
+filter, every page) and adds each metered price of the plan's interval the
+subscription lacks as a subscription item (``POST /v1/subscription_items``,
+no quantity), one ``added`` line per subscription changed and a count at the
+end. Only subscriptions Stripe still bills are touched: ``active``,
+``trialing``, ``past_due``, ``unpaid`` (its invoices are still made, and it
+can be paid back to ``active``) and ``paused`` (it resumes on the same
+items); never ``canceled`` or ``incomplete_expired`` (ended) nor
+``incomplete`` (Stripe changes nothing on it but its metadata and payment
+method before its first payment). Each add carries an idempotency key
+derived from the subscription and price ids, and a subscription that has the
+price is left alone, so a rerun or a concurrent run adds it once. A
+subscription holding another metered price on the same meter (an earlier
+overage price) keeps it and gets a ``kept`` line instead: two prices on one
+meter would bill the same usage twice. A subscription Stripe refuses is named
+on stderr and the seed exits 1 (run it again); the others are still done.
+Items are only added: a plan that stops billing overage leaves its
+subscriptions' metered items in place (a plan change drops them).
 """
 
 from __future__ import annotations
@@ -281,6 +303,121 @@ def seed(client: stripe.StripeClient, cat: Catalog) -> dict[str, str]:
     return result
 
 
+# Subscriptions Stripe still bills: every status but the terminal ``canceled`` and
+# ``incomplete_expired``, and ``incomplete``, which Stripe lets change nothing but
+# its metadata and payment method until its first invoice is paid.
+BILLED_STATUSES = frozenset({"active", "trialing", "past_due", "unpaid", "paused"})
+
+
+def wanted_metered(cat: Catalog) -> dict[str, list[str]]:
+    """Plan price lookup key -> lookup keys of the metered prices a subscription on
+    it carries (``Plan.metered_keys`` of its interval; none where the plan bills no
+    overage). A key is the first plan's that sells it, as ``Catalog.plan_for_price``
+    reads it."""
+    found: dict[str, list[str]] = {}
+    for plan in cat.plans.values():
+        entries = [*plan.prices.items()]
+        entries += [item for prices in plan.eligibility.values() for item in prices.items()]
+        for interval, price in entries:
+            found.setdefault(price.lookup_key, plan.metered_keys(interval))
+    return found
+
+
+def _billed_subscriptions(client: stripe.StripeClient, price_id: str) -> list[stripe.Subscription]:
+    """Every subscription with an item on ``price_id`` that Stripe still bills."""
+    found: list[stripe.Subscription] = []
+    params: dict[str, Any] = {"limit": 100, "price": price_id}
+    while True:
+        page = client.v1.subscriptions.list(params=params)  # type: ignore[arg-type]
+        found.extend(sub for sub in page.data if sub.status in BILLED_STATUSES)
+        if not page.has_more or not page.data:
+            return found
+        params["starting_after"] = page.data[-1].id
+
+
+def _items(client: stripe.StripeClient, sub: stripe.Subscription) -> list[stripe.SubscriptionItem]:
+    """All of the subscription's items (the embedded list may be cut short)."""
+    embedded = sub["items"]
+    if not embedded.has_more:
+        return list(embedded.data)
+    items: list[stripe.SubscriptionItem] = []
+    params: dict[str, Any] = {"limit": 100, "subscription": sub.id}
+    while True:
+        page = client.v1.subscription_items.list(params=params)  # type: ignore[arg-type]
+        items.extend(page.data)
+        if not page.has_more or not page.data:
+            return items
+        params["starting_after"] = page.data[-1].id
+
+
+def _meter_of(price: stripe.Price) -> str | None:
+    if price.recurring is None or price.recurring.usage_type != "metered":
+        return None
+    return price.recurring.meter
+
+
+@dataclass
+class MeteredItems:
+    """What ``add_metered_items`` did."""
+
+    changed: list[str]  # ids of the subscriptions given an item
+    failed: list[str]  # ids of the subscriptions Stripe refused one
+
+
+def add_metered_items(
+    client: stripe.StripeClient, cat: Catalog, price_ids: dict[str, str]
+) -> MeteredItems:
+    """Give every subscription Stripe still bills on a plan price the metered prices
+    its plan bills overage with, where it lacks them: a subscription made before
+    ``overage.<type>`` joined its plan carries none, and Stripe would not invoice
+    the usage the credits service reports for it.
+
+    ``price_ids`` is ``seed``'s answer (lookup key -> price id). A subscription that
+    has the price keeps it; one with another metered price on the same meter (an
+    earlier overage price) is left with that one, since two prices on one meter
+    would bill the same usage twice. Each add carries an idempotency key derived
+    from the subscription and price ids, so a concurrent run adds it once."""
+    result = MeteredItems([], [])
+    prices = {p.id: p for p in _all_prices(client)}
+    for plan_price, metered_keys in wanted_metered(cat).items():
+        if not metered_keys:
+            continue
+        wanted = [(key, prices[price_ids[key]]) for key in metered_keys]
+        for sub in _billed_subscriptions(client, price_ids[plan_price]):
+            held = _items(client, sub)
+            held_prices = {item.price.id for item in held}
+            held_meters = {_meter_of(item.price): item.price.id for item in held}
+            added: list[str] = []
+            for key, price in wanted:
+                meter = _meter_of(price)
+                if price.id in held_prices:
+                    continue
+                if meter is not None and meter in held_meters:
+                    print(
+                        f"kept    {sub.id}: {held_meters[meter]} on the meter of {key}"
+                        " (not adding a second price on one meter)"
+                    )
+                    continue
+                try:
+                    item = client.v1.subscription_items.create(
+                        params={"subscription": sub.id, "price": price.id},
+                        options={"idempotency_key": f"seed-catalog-item-{sub.id}-{price.id}"},
+                    )
+                except stripe.StripeError as exc:
+                    print(f"could not add {key} to {sub.id}: {exc}", file=sys.stderr)
+                    result.failed.append(sub.id)
+                    continue
+                response = item.last_response
+                if response is not None and response.headers.get("Idempotent-Replayed") == "true":
+                    continue  # a concurrent run added it (and says so)
+                added.append(f"{key} ({price.id})")
+            if added:
+                print(f"added   {sub.id} ({sub.status}, {plan_price}): {', '.join(added)}")
+                result.changed.append(sub.id)
+    print(f"metered items: {len(result.changed)} subscription(s) given their plan's overage prices")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--catalog", type=Path, default=None)
@@ -291,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invalid catalog: {exc}", file=sys.stderr)
         return 2
     try:
-        seed(stripe_client(StripeSettings()), cat)
+        client = stripe_client(StripeSettings())
+        metered = add_metered_items(client, cat, seed(client, cat))
     except StripeNotConfigured as exc:
         print(f"{exc} (make dev sets STRIPE_API_BASE to the sandbox)", file=sys.stderr)
         return 2
@@ -300,6 +438,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except stripe.StripeError as exc:
         print(f"stripe error: {exc}", file=sys.stderr)
+        return 1
+    if metered.failed:
+        print(
+            f"{len(set(metered.failed))} subscription(s) still lack a metered price: run again",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
