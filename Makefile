@@ -27,7 +27,8 @@ chaos:
 chaos-scale:
 	@scripts/chaos.sh scale
 
-# Create the plans catalog in Stripe (or the sandbox) idempotently.
+# Create the plans catalog in Stripe (or the sandbox) idempotently, and give
+# the subscriptions made before their plan billed overage its metered prices.
 seed:
 	@.venv/bin/python -m services.subscriptions.seed_catalog
 
