@@ -127,8 +127,18 @@ async def test_overage_is_on_the_renewal_invoice_once(
     assert plan_item.price.id == billing.prices["dedicated_desk_monthly"]
     assert metered_item.price.id == billing.prices["meeting_room_hour_overage"]
     assert "quantity" not in metered_item.to_dict()  # usage decides
-    _, invoices = await api(http, billing.gateway, "GET", "/v1/invoices", user)
-    assert invoices["data"][0]["amount_paid"] == 34900  # nothing used yet: the plan alone
+
+    async def first_invoice() -> dict[str, Any]:
+        _, listed = await api(http, billing.gateway, "GET", "/v1/invoices", user)
+        newest: dict[str, Any] = listed["data"][0] if listed["data"] else {}
+        return newest
+
+    # invoice.paid reaches the subscriptions service on its own, after the
+    # subscription turned active: wait for it rather than read a half-told invoice.
+    first = await eventually(
+        first_invoice, until=lambda i: i.get("status") == "paid", what="the first invoice paid"
+    )
+    assert first["amount_paid"] == 34900  # nothing used yet: the plan alone
     assert await _balance(http, billing, user) == 25
 
     key = uuid.uuid4().hex
