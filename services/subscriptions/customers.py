@@ -10,8 +10,9 @@ when a member's first requests arrive at once:
    the same key: Stripe executes one and answers the others with its result
    (a request that meets the first still executing gets a 409, which the call
    policy retries until the answer is there);
-3. the row is inserted with ``ON CONFLICT DO NOTHING`` and read back, so the
-   losers of the race see the winner's row, which names the same customer.
+3. the row is inserted with ``ON CONFLICT DO NOTHING`` (on either unique
+   key) and read back, so the losers of the race see the winner's row, which
+   names the same customer.
 
 Stripe keeps idempotency keys for 24 hours; the row outlives them. The user
 id is also in the customer's metadata, so an operator can find a customer
@@ -28,10 +29,14 @@ import asyncpg
 from shared.stripe_calls import StripeCalls
 
 _SELECT = "SELECT stripe_customer_id, email, test_clock_id FROM customers WHERE user_id = $1"
+# No conflict target: the racing inserts carry the same user id AND the same
+# customer id, and Postgres may meet either unique index first. With
+# ``ON CONFLICT (user_id)`` a race that met the customer id's index first
+# raised a unique violation (a 500) instead of yielding to the winner's row.
 _INSERT = """
 INSERT INTO customers (user_id, stripe_customer_id, email, test_clock_id)
 VALUES ($1, $2, $3, $4)
-ON CONFLICT (user_id) DO NOTHING
+ON CONFLICT DO NOTHING
 """
 
 
@@ -84,7 +89,19 @@ async def ensure(
             {"idempotency_key": creation_key(user_id)},
         ),
     )
-    await pool.execute(_INSERT, user_id, created.id, email, test_clock_id)
+    return await record(pool, user_id, created.id, email, test_clock_id)
+
+
+async def record(
+    pool: asyncpg.Pool[Any],
+    user_id: str,
+    stripe_customer_id: str,
+    email: str | None,
+    test_clock_id: str | None,
+) -> Customer:
+    """Store the user's customer, or yield to a racing request that stored it
+    first; the row that stands either way."""
+    await pool.execute(_INSERT, user_id, stripe_customer_id, email, test_clock_id)
     found = await find(pool, user_id)
     if found is None:  # pragma: no cover - the row was just inserted or already there
         raise RuntimeError(f"customer row for {user_id} vanished")

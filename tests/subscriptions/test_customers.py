@@ -53,6 +53,22 @@ async def test_twenty_concurrent_first_requests_make_one_customer(
     assert await pool.fetchval("SELECT count(*) FROM customers") == 1
 
 
+async def test_racing_inserts_of_one_customer_yield_to_the_first(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    # The racing first requests all store the same (user, customer) pair; the
+    # window is a few microseconds, so it is opened many times, 8 racers each.
+    for n in range(150):
+        stored = await asyncio.gather(
+            *(
+                customers.record(pool, f"user_race_{n}", f"cus_race_{n}", None, None)
+                for _ in range(8)
+            )
+        )
+        assert {c.stripe_customer_id for c in stored} == {f"cus_race_{n}"}
+    assert await pool.fetchval("SELECT count(*) FROM customers") == 150
+
+
 async def test_a_known_user_is_answered_from_the_row(
     pool: asyncpg.Pool[Any], calls: StripeCalls, sandbox: SandboxProcess
 ) -> None:
