@@ -60,6 +60,20 @@ def digest(snapshot: Any) -> str:
     return hashlib.sha256(orjson.dumps(snapshot, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
+async def lock(ctx: Context, *, table: str, stripe_id: str) -> None:
+    """The transaction-level lock on one mirrored object, the one ``decide``
+    takes: held until commit, whether or not the object's row exists yet.
+
+    A handler that writes another object's row besides its own (an invoice
+    activating its subscription) takes that object's lock first, so both
+    handlers lock in the same order (see ``state/invoices.py`` in the
+    subscriptions service).
+    """
+    await ctx.conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{table}:{stripe_id}"
+    )
+
+
 async def decide(
     ctx: Context,
     *,
@@ -84,9 +98,7 @@ async def decide(
     # and the later commit would win, older or not. The lock on the object's
     # id serialises them whether or not its row exists yet; it is taken in its
     # own statement so the read below sees what the other transaction committed.
-    await ctx.conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{table}:{stripe_id}"
-    )
+    await lock(ctx, table=table, stripe_id=stripe_id)
     row = await ctx.conn.fetchrow(
         f"SELECT version_created, version_progress, version_digest FROM {table}"  # noqa: S608
         f" WHERE {id_column} = $1 FOR UPDATE",

@@ -61,6 +61,17 @@ async def apply(
     grace: timedelta,
 ) -> None:
     sub_id = snapshot.subscription_id()
+    if sub_id:
+        # Lock order: the subscription first, then the invoice. A
+        # subscription's event locks its subscription (mirror.decide) and row,
+        # then may announce subscription.activated; a paid first invoice
+        # announces the same fact (the same outbox row) and then writes the
+        # subscription row (subs.activate). Were the subscription locked only
+        # there, the invoice would hold the outbox row while waiting for the
+        # subscription row, and the subscription's event the row while
+        # waiting for the outbox row: a deadlock. Taken here, before anything
+        # else, it serialises an invoice's events with its subscription's.
+        await mirror.lock(ctx, table="subscriptions", stripe_id=sub_id)
     sub_row = await subs.current(ctx, sub_id) if sub_id else None
     metadata = snapshot.subscription_metadata()
     if sub_id and sub_row is None and not _plan_in(metadata):
