@@ -11,12 +11,14 @@ they run on a connection of their own from :func:`connect_unbounded`.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
 
 import asyncpg
 import orjson
 
-from shared import metrics
+from shared import counting, metrics
 
 # What handlers receive: a pooled connection, or a bare one in scripts.
 DbConnection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
@@ -57,6 +59,15 @@ async def create_pool(
         reset=None if reset_sessions else _keep_session,
     )
     return pool
+
+
+@asynccontextmanager
+async def transaction(pool: asyncpg.Pool[Any]) -> AsyncIterator[DbConnection]:
+    """A pooled connection in a transaction. Counters bumped inside it with
+    :func:`shared.counting.count` count once it has committed."""
+    with counting.on_commit():
+        async with pool.acquire() as conn, conn.transaction():
+            yield conn
 
 
 async def _keep_session(_conn: asyncpg.Connection[Any]) -> None:

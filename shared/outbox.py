@@ -33,7 +33,7 @@ import asyncpg
 import orjson
 from pydantic import BaseModel
 
-from shared import metrics
+from shared import db, metrics
 from shared.broker.errors import PublishFailed
 from shared.broker.publisher import Publisher
 from shared.broker.topology import BILLING_EVENTS
@@ -202,7 +202,7 @@ class OutboxRelay:
         return published
 
     async def _publish_batch(self) -> tuple[int, int]:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with db.transaction(self._pool) as conn:
             rows = await conn.fetch(
                 "SELECT seq, id, exchange, routing_key, body, created_at FROM outbox"
                 " WHERE published_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",

@@ -19,9 +19,10 @@ from aiohttp import web
 
 from services.credits import ledger
 from services.credits import metrics as m
-from shared import runtime
+from shared import db, runtime
 from shared.catalog import Catalog
 from shared.clock import Clock
+from shared.counting import count
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -35,7 +36,7 @@ async def sweep(
     """Sweep until no account holds expired credits (or all left are locked)."""
     result = ledger.SweepResult()
     while True:
-        async with pool.acquire() as conn, conn.transaction():
+        async with db.transaction(pool) as conn:
             now = clock.now()
             accounts = await ledger.accounts_to_sweep(conn, now, batch)
             for account in accounts:
@@ -55,7 +56,7 @@ async def sweep(
     m.count(m.EXPIRED, result.expired)
     m.count(m.ROLLED_OVER, result.rolled_over)
     for credit_type, amount in result.rolled_over.items():
-        m.GRANTED.labels(credit_type, "rollover").inc(amount)
+        count(m.GRANTED.labels(credit_type, "rollover"), amount)
     return result
 
 

@@ -35,6 +35,7 @@ from shared.billing_events import (
 from shared.broker.handlers import Context, Handlers
 from shared.broker.topology import BILLING_EVENTS, Binding, ConsumerQueue
 from shared.catalog import Catalog
+from shared.counting import count
 from shared.db import DbConnection
 from shared.logging import get_logger
 
@@ -186,7 +187,7 @@ def build_handlers(catalog: Catalog | None = None) -> Handlers:
                 if made is not None:
                     granted[credit_type] = granted.get(credit_type, 0) + per_unit * quantity
         for credit_type, amount in granted.items():
-            m.GRANTED.labels(credit_type, "pack").inc(amount)
+            count(m.GRANTED.labels(credit_type, "pack"), amount)
 
     @handlers.on("payment.refunded", model=DomainEvent[PaymentRefunded])
     async def refunded(event: DomainEvent[PaymentRefunded], ctx: Context) -> None:
@@ -306,7 +307,7 @@ async def _period_grants(
             now,
         )
         if made is not None:
-            m.GRANTED.labels(credit_type, source).inc(top_up)
+            count(m.GRANTED.labels(credit_type, source), top_up)
 
 
 async def _claw_back(
@@ -342,7 +343,7 @@ async def _claw_back(
     )
     for item in done:
         if item.taken:
-            m.CLAWED_BACK.labels(item.credit_type).inc(item.taken)
+            count(m.CLAWED_BACK.labels(item.credit_type), item.taken)
         log.info(
             "credits_clawed_back",
             cause=cause,

@@ -2,8 +2,9 @@
 
 Counted in credits (not entries), by credit type: a bounded set from the
 catalog. The API counts after its transaction committed, so a refused or
-rolled-back spend is never counted as spent; message handlers count at the
-end of their effect, just before the consumer commits.
+rolled-back spend is never counted as spent; message handlers count with
+``shared.counting``, so what they count is counted once their transaction
+has committed, and not at all for a delivery rolled back and run again.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from prometheus_client import Counter, Histogram
+
+from shared import counting
 
 _SPEND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
 
@@ -63,6 +66,7 @@ SPENDS_REJECTED = Counter(
 
 
 def count(counter: Counter, by_type: Mapping[str, int]) -> None:
+    """Count ``by_type`` (credits per type) once the transaction commits."""
     for credit_type, amount in by_type.items():
         if amount:
-            counter.labels(credit_type).inc(amount)
+            counting.count(counter.labels(credit_type), amount)

@@ -10,6 +10,7 @@ from shared import audit, metrics
 from shared.api.pagination import Page, decode_cursor, page_of
 from shared.api.service import Call, Empty, ServiceRoutes
 from shared.clock import SystemClock
+from shared.counting import count
 from shared.db import DbConnection
 from shared.http.errors import conflict, not_found
 from shared.runtime import CLOCK
@@ -100,7 +101,7 @@ async def retry_now(call: Call[contract.StaffAction, Empty]) -> contract.CaseVie
             now,
         )
         if row["state"] == "paused":
-            metrics.DUNNING_CASES_RESUMED.inc()
+            count(metrics.DUNNING_CASES_RESUMED)
         await audit.record(
             conn,
             caller=call.caller,
@@ -130,7 +131,7 @@ async def stop(call: Call[contract.StaffAction, Empty]) -> contract.CaseView:
             row["invoice_id"],
             now,
         )
-        metrics.DUNNING_CASES_CLOSED.labels("canceled", "stopped_by_staff").inc()
+        count(metrics.DUNNING_CASES_CLOSED.labels("canceled", "stopped_by_staff"))
         await audit.record(
             conn,
             caller=call.caller,

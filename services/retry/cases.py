@@ -28,6 +28,7 @@ from services.retry.stripe_objects import Invoice
 from shared import billing_events, metrics
 from shared.billing_events import SCHEMA_VERSION, Member
 from shared.clock import from_unix
+from shared.counting import count
 from shared.db import DbConnection
 from shared.outbox import Outbox
 
@@ -116,7 +117,7 @@ async def open_case(
     if row is None:
         return None
     case = Case.of(row)
-    metrics.DUNNING_CASES_OPENED.inc()
+    count(metrics.DUNNING_CASES_OPENED)
     # Attempt 0 is the renewal's own charge, made by Stripe: the member hears of
     # it now, with the date of the first of our attempts.
     await emit_attempt_failed(
@@ -220,10 +221,10 @@ async def close(
         return None
     case = Case.of(row)
     attempts_made = int(row["attempts_made"])
-    metrics.DUNNING_CASES_CLOSED.labels(state, reason).inc()
+    count(metrics.DUNNING_CASES_CLOSED.labels(state, reason))
     if state == "recovered":
         recovered = amount if amount is not None else case.amount_due
-        metrics.DUNNING_RECOVERED_AMOUNT.labels(case.currency).inc(recovered)
+        count(metrics.DUNNING_RECOVERED_AMOUNT.labels(case.currency), recovered)
         await outbox.emit(
             "dunning.recovered",
             billing_events.DunningRecovered(
@@ -308,7 +309,7 @@ async def resume_for_customer(conn: DbConnection, now: datetime, customer_id: st
     )
     resumed = int(result.split()[-1])
     if resumed:
-        metrics.DUNNING_CASES_RESUMED.inc(resumed)
+        count(metrics.DUNNING_CASES_RESUMED, resumed)
     return resumed
 
 
@@ -394,7 +395,7 @@ async def record_attempt(
         now,
         amount,
     )
-    metrics.DUNNING_ATTEMPTS.labels(outcome, decline_code or "").inc()
+    count(metrics.DUNNING_ATTEMPTS.labels(outcome, decline_code or ""))
 
 
 async def holds(conn: DbConnection, claimed: Claimed, owner: str) -> bool:

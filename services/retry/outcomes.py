@@ -23,8 +23,9 @@ write and the linger (milliseconds), far inside the lease.
 A batch whose transaction fails (a deadlock with an event's transaction, a
 constraint, a dropped connection) is not retried as a whole: each of its
 outcomes is written again alone, in its own transaction, so one bad outcome
-fails only its own attempt. (The counters a write bumps as it runs count
-such a batch's outcomes twice: metrics, not records.) A writer stopped with
+fails only its own attempt. What the writes count (``shared.counting``) is
+counted when their transaction commits, so the outcomes of a failed batch
+are counted once, by the transactions that wrote them. A writer stopped with
 outcomes unwritten (its task cancelled at shutdown) fails them: their
 attempts end as crashed, and their cases wait for their leases as above.
 """
@@ -36,6 +37,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
+from shared import db
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -110,7 +112,7 @@ class OutcomeWriter:
                 return
         for pending in batch:
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
+                async with db.transaction(self._pool) as conn:
                     result = await pending.write(conn)
             except Exception as exc:
                 if not pending.done.done():
@@ -120,5 +122,5 @@ class OutcomeWriter:
                     pending.done.set_result(result)
 
     async def _together(self, batch: list[_Pending[Any]]) -> list[Any]:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with db.transaction(self._pool) as conn:
             return [await pending.write(conn) for pending in batch]

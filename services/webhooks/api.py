@@ -18,6 +18,7 @@ from shared.api.pagination import Page, PageQuery
 from shared.api.service import Call, Empty, ServiceRoutes
 from shared.broker.errors import PublishFailed
 from shared.broker.topology import STRIPE_EVENTS
+from shared.counting import count
 from shared.db import DbConnection
 from shared.http.errors import conflict, invalid_field, not_found, unavailable
 from shared.runtime import PUBLISHER
@@ -184,7 +185,7 @@ async def discard_dead_letter(
             request_id=call.request_id,
             details={"queue": row["queue"], "message_id": row["message_id"]},
         )
-        metrics.DEAD_LETTERS_DISCARDED.labels(row["queue"]).inc()
+        count(metrics.DEAD_LETTERS_DISCARDED.labels(row["queue"]))
         return dead_letter_store.view(row)
 
     result = await call.commit(effect)

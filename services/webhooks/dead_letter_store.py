@@ -24,7 +24,7 @@ from services.webhooks.contract import (
     DeadLettersQuery,
     DeadLetterView,
 )
-from shared import metrics
+from shared import db, metrics
 from shared.api.pagination import Page, decode_cursor, page_of
 from shared.broker import dead_letters
 from shared.broker.topology import dead_letter_queue
@@ -268,7 +268,7 @@ async def finish_redrive(
     Only rows still held by this redrive's token: a letter that failed again
     and was recorded meanwhile is already ``dead`` again and stays so.
     """
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.transaction(pool) as conn:
         if published:
             await conn.execute(
                 "UPDATE dead_letters SET state = 'redriven', redrive_token = NULL"

@@ -30,7 +30,7 @@ import asyncpg
 from services.webhooks.contract import Difference
 from services.webhooks.job_tasks import JobTasks
 from services.webhooks.settings import WebhooksSettings
-from shared import audit
+from shared import audit, db
 from shared.api.caller import Caller, Role
 from shared.api.pagination import Page, PageQuery, decode_cursor, page_of
 from shared.broker.errors import InvalidMessage
@@ -301,7 +301,7 @@ class StateReconciler:
             fields=sorted(found),
             repair=outcome,
         )
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with db.transaction(self._pool) as conn:
             await conn.executemany(
                 "INSERT INTO reconcile_differences (job_id, service, kind, object_id, field,"
                 " ours, stripe, repair) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"

@@ -11,6 +11,7 @@ from shared import metrics, queues
 from shared.broker.handlers import ANY_TYPE, Context, Handlers
 from shared.broker.topology import STRIPE_EVENTS, Binding, ConsumerQueue
 from shared.clock import from_unix
+from shared.counting import count
 from shared.events import StripeEvent
 
 handlers = Handlers()
@@ -36,4 +37,4 @@ async def store_event(event: StripeEvent, ctx: Context) -> None:
         from_unix(event.created),
         dict(ctx.body),
     )
-    metrics.LEDGER_EVENTS_STORED.labels(event.type).inc()
+    count(metrics.LEDGER_EVENTS_STORED.labels(event.type))

@@ -27,6 +27,7 @@ import stripe
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
+from shared import db
 from shared.api.caller import CALLER, USER_ID_HEADER, Caller, Role
 from shared.api.endpoint import Access, Endpoint
 from shared.db import DbConnection
@@ -98,7 +99,7 @@ class Call(Generic[B, Q]):
         stores the answer under the request's ``Idempotency-Key``."""
         if self.committed:
             raise RuntimeError("a request commits its effect once")
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with db.transaction(self.pool) as conn:
             result = await effect(conn)
             if self.claim is not None:
                 await idempotency.complete(conn, self.claim, self.endpoint.status, _dump(result))
@@ -303,5 +304,5 @@ async def _complete_alone(
     call: Call[Any, Any], held: idempotency.Claim, status: int, response: Any
 ) -> None:
     """Store the answer of a request that made no database effect of its own."""
-    async with call.pool.acquire() as conn, conn.transaction():
+    async with db.transaction(call.pool) as conn:
         await idempotency.complete(conn, held, status, response)

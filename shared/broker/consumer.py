@@ -44,7 +44,7 @@ import pydantic
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from shared import metrics
+from shared import db, metrics
 from shared.broker.errors import InvalidMessage, PublishFailed, RetryLater
 from shared.broker.handlers import Context, Fetcher, Handlers, Refetch, Registration
 from shared.broker.publisher import Publisher
@@ -386,7 +386,7 @@ async def apply_in_inbox(
     Also the path of an object re-read on request (``shared/mirror_routes.py``),
     so a repair is applied exactly as a delivered event would be.
     """
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.transaction(pool) as conn:
         first_time = await conn.fetchval(
             "INSERT INTO inbox (event_id, event_type, queue) VALUES ($1, $2, $3)"
             " ON CONFLICT (event_id, queue) DO NOTHING RETURNING true",

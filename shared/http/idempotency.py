@@ -37,6 +37,7 @@ from typing import Any
 
 import asyncpg
 
+from shared import db
 from shared.db import DbConnection
 from shared.http.errors import ApiError, bad_request, conflict, unprocessable
 
@@ -116,7 +117,7 @@ async def claim(
     fresh = await pool.fetchrow(_INSERT, scope, key, request_fingerprint, lease)
     if fresh is not None:
         return Claim(scope, key, fresh["lease_token"], fresh["created_at"])
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.transaction(pool) as conn:
         # An expired key is forgotten: the request runs as if it were new.
         await conn.execute(
             "DELETE FROM idempotency_keys"

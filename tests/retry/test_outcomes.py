@@ -10,9 +10,11 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import CollectorRegistry, Counter
 
 from services.retry.app import MIGRATIONS, SCHEMA
 from services.retry.outcomes import OutcomeWriter
+from shared.counting import count
 from shared.db import create_pool
 from shared.migrations import SHARED_MIGRATIONS, migrate_database
 from tests.support import env
@@ -77,3 +79,31 @@ async def test_a_full_batch_does_not_wait_for_the_linger(pool: asyncpg.Pool[Any]
     async with asyncio.timeout(10):
         done = await asyncio.gather(writer.run(_insert(1)), writer.run(_insert(2)))
     assert list(done) == [1, 2]
+
+
+async def test_a_failed_batch_counts_each_outcome_once(pool: asyncpg.Pool[Any]) -> None:
+    # The batch's shared transaction fails; its good outcomes are written again
+    # alone. What they count must be counted by the commits that kept them.
+    registry = CollectorRegistry()
+    written = Counter("probe_written", "probe", registry=registry)
+    writer = OutcomeWriter(pool, max_batch=10, linger=0.5)
+
+    def counted(n: int) -> Any:
+        insert = _insert(n)
+
+        async def write(conn: Any) -> int:
+            count(written)
+            return int(await insert(conn))
+
+        return write
+
+    async def broken(conn: Any) -> None:
+        count(written)
+        await conn.execute("INSERT INTO outcome_probe (n) VALUES (NULL)")
+
+    results = await asyncio.gather(
+        writer.run(counted(1)), writer.run(broken), writer.run(counted(2)), return_exceptions=True
+    )
+    assert results[0] == 1 and results[2] == 2
+    assert sorted(await _rows(pool)) == [1, 2]
+    assert registry.get_sample_value("probe_written_total") == 2

@@ -26,6 +26,7 @@ from services.retry.settings import RetrySettings
 from shared import billing_events, metrics, queues, runtime
 from shared.broker.handlers import Context, Handlers
 from shared.broker.topology import BILLING_EVENTS, Binding, ConsumerQueue
+from shared.counting import count
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -99,10 +100,10 @@ def handlers(settings: RetrySettings) -> Handlers:
         member = getattr(data, "member", None)
         email = member.email if member is not None else None
         if not settings.notifications_enabled:
-            metrics.EMAILS_FAILED.labels("disabled").inc()
+            count(metrics.EMAILS_FAILED.labels("disabled"))
             return
         if not email or not _wanted(event.type, data):
-            metrics.EMAILS_FAILED.labels("no_recipient" if not email else "skipped").inc()
+            count(metrics.EMAILS_FAILED.labels("no_recipient" if not email else "skipped"))
             return
         template = TEMPLATES[event.type]
         message = renderer.render(template, {"event": event, "data": data.model_dump()})

@@ -11,6 +11,8 @@ from services.subscriptions.payments import metrics, states
 from services.subscriptions.payments.contract import Dispute, Line, PaymentView
 from services.subscriptions.payments.pricing import Priced
 from shared import billing_events as be
+from shared import db
+from shared.counting import count
 from shared.db import DbConnection
 from shared.http.errors import conflict
 from shared.logging import get_logger
@@ -53,7 +55,7 @@ async def claim(
     """Insert the pending payment and hold its bookings, or 409 naming the
     payment that holds one. A payment already there (a retried request with the
     same Idempotency-Key) is returned as it is."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.transaction(pool) as conn:
         existing = await conn.fetchrow("SELECT * FROM payments WHERE id = $1", payment_id)
         if existing is not None:
             return existing  # type: ignore[no-any-return]
@@ -92,7 +94,7 @@ async def claim(
 
 async def abandon(pool: asyncpg.Pool[Any], payment_id: str) -> None:
     """A payment Stripe never took (the create call was refused): release its bookings."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.transaction(pool) as conn:
         await conn.execute(
             "UPDATE payments SET status = 'canceled', intent_status = 'canceled',"
             " updated_at = now() WHERE id = $1 AND status = 'pending'",
@@ -202,8 +204,8 @@ async def announce(
     if intent == intent_before or row["kind"] != "booking":
         return
     if intent == "succeeded":
-        metrics.PAYMENT_OUTCOMES.labels("succeeded").inc()
-        metrics.AMOUNT_COLLECTED.labels(row["currency"]).inc(row["amount_paid"] or 0)
+        count(metrics.PAYMENT_OUTCOMES.labels("succeeded"))
+        count(metrics.AMOUNT_COLLECTED.labels(row["currency"]), row["amount_paid"] or 0)
         data: Any = be.PaymentSucceeded(
             member=await member(conn, row),
             payment=await ref(conn, row),
@@ -213,7 +215,7 @@ async def announce(
         )
         await outbox.emit("payment.succeeded", data, version=SCHEMA_VERSION, key=row["id"])
     elif intent == "failed":
-        metrics.PAYMENT_OUTCOMES.labels("failed").inc()
+        count(metrics.PAYMENT_OUTCOMES.labels("failed"))
         data = be.PaymentFailed(
             member=await member(conn, row),
             payment=await ref(conn, row),
@@ -226,7 +228,7 @@ async def announce(
     elif intent in ("canceled", "expired") and states.live(status_before):
         # Only a payment that held its bookings releases them; a failed one
         # had released them already.
-        metrics.PAYMENT_OUTCOMES.labels(intent).inc()
+        count(metrics.PAYMENT_OUTCOMES.labels(intent))
         data = be.PaymentCanceled(
             member=await member(conn, row), payment=await ref(conn, row), reason=intent
         )

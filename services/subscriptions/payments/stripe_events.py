@@ -35,6 +35,7 @@ from shared.broker.errors import RetryLater
 from shared.broker.handlers import Context, Handlers
 from shared.broker.topology import STRIPE_EVENTS, Binding, ConsumerQueue
 from shared.clock import from_unix
+from shared.counting import count
 from shared.events import StripeEvent
 from shared.logging import get_logger
 
@@ -305,8 +306,8 @@ async def _apply_refunds(
     paid = int(now["amount_paid"] or now["amount"])
     for refund in first_seen:
         amount = int(refund.get("amount") or 0)
-        metrics.REFUNDS.labels(row["kind"]).inc()
-        metrics.AMOUNT_REFUNDED.labels(now["currency"]).inc(amount)
+        count(metrics.REFUNDS.labels(row["kind"]))
+        count(metrics.AMOUNT_REFUNDED.labels(now["currency"]), amount)
         await ctx.outbox.emit(
             "payment.refunded",
             be.PaymentRefunded(
@@ -400,7 +401,7 @@ async def apply_dispute(event: StripeEvent, ctx: Context) -> None:
     _, now = await store.refresh(ctx.conn, row["id"])
     if not first_seen:
         return
-    metrics.DISPUTES.labels(row["kind"]).inc()
+    count(metrics.DISPUTES.labels(row["kind"]))
     await ctx.outbox.emit(
         "payment.disputed",
         be.PaymentDisputed(

@@ -15,6 +15,7 @@ from shared import billing_events as be
 from shared import metrics, mirror
 from shared.broker.handlers import Context
 from shared.clock import from_unix
+from shared.counting import count
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -131,7 +132,7 @@ async def apply(
     revived = before is not None and before["status"] in ENDED and snapshot.status not in ENDED
     if verdict is mirror.Verdict.APPLY and revived:
         verdict = mirror.Verdict.STALE  # Stripe never revives an ended subscription
-    metrics.SUBSCRIPTION_EVENTS_APPLIED.labels(verdict.value).inc()
+    count(metrics.SUBSCRIPTION_EVENTS_APPLIED.labels(verdict.value))
     if verdict is not mirror.Verdict.APPLY:
         log.debug("subscription_event_not_applied", subscription=snapshot.id, verdict=verdict.value)
         return None
