@@ -3,9 +3,12 @@
 Order matters and is the point of this module:
 
 1. Re-read the invoice and its subscription from Stripe (outside any
-   transaction). An invoice no longer open, or a subscription that ended,
-   closes the case without a charge: a member who paid by hand or cancelled
-   between two attempts is never charged again.
+   transaction), in one request: the invoice comes with its subscription
+   expanded (``parent.subscription_details.subscription``), and only when the
+   answer lacks the subscription's status is the subscription read on its own.
+   An invoice no longer open, or a subscription that ended, closes the case
+   without a charge: a member who paid by hand or cancelled between two
+   attempts is never charged again.
 2. Pay the invoice with the attempt's idempotency key
    (``dunning-<invoice>-attempt-<n>``), through the Stripe call policy
    (tenacity, ``Retry-After``). A repeat of the same attempt (a replica died,
@@ -43,6 +46,9 @@ from shared.stripe_calls import StripeCalls, decline_code_of, is_transient
 log = get_logger(__name__)
 
 SOURCE = "retry"
+# The invoice's subscription, expanded so the attempt reads its status without
+# a request of its own.
+_INVOICE_EXPAND = ["parent.subscription_details.subscription"]
 # Stripe's codes for paying an invoice that is no longer open.
 _NOT_OPEN = frozenset({"invoice_already_paid", "invoice_not_open"})
 _NO_PAYMENT_METHOD = frozenset(
@@ -84,7 +90,7 @@ class Attempts:
         case = claimed.case
         try:
             invoice = await self._read_invoice(case.invoice_id)
-            ended = await self._subscription_ended(invoice.subscription_id)
+            ended = await self._subscription_ended(invoice)
         except stripe.StripeError as exc:
             return await self._stripe_failed(claimed, exc, "reading")
         if invoice.status != "open":
@@ -148,13 +154,21 @@ class Attempts:
 
     async def _read_invoice(self, invoice_id: str) -> Invoice:
         data = await self._request(
-            "retrieve invoice", "get", f"/v1/invoices/{quote(invoice_id, safe='')}"
+            "retrieve invoice",
+            "get",
+            f"/v1/invoices/{quote(invoice_id, safe='')}",
+            expand=_INVOICE_EXPAND,
         )
         return Invoice.model_validate(data)
 
-    async def _subscription_ended(self, subscription_id: str | None) -> bool:
+    async def _subscription_ended(self, invoice: Invoice) -> bool:
+        subscription_id = invoice.subscription_id
         if subscription_id is None:
             return False
+        if invoice.subscription_status is not None:
+            return invoice.subscription_status in ENDED_SUBSCRIPTIONS
+        # Not expanded (an older API version's top-level ``subscription``):
+        # the subscription is read on its own.
         data = await self._request(
             "retrieve subscription", "get", f"/v1/subscriptions/{quote(subscription_id, safe='')}"
         )

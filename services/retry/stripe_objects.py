@@ -2,14 +2,15 @@
 
 Current API versions moved an invoice's subscription to
 ``parent.subscription_details.subscription``; both it and the older top-level
-``subscription`` are read.
+``subscription`` are read. Expanded there (``expand[]``), the subscription
+also gives its status, so dunning need not read it on its own.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.events import StripeEvent
 
@@ -49,7 +50,18 @@ class _Loose(BaseModel):
 
 class _SubscriptionDetails(_Loose):
     subscription: str | None = None
+    # Only when the subscription came expanded: its status then.
+    subscription_status: str | None = None
     metadata: dict[str, str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expanded_status(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            expanded = data.get("subscription")
+            if isinstance(expanded, dict):
+                data = {**data, "subscription_status": expanded.get("status")}
+        return data
 
     @field_validator("subscription", mode="before")
     @classmethod
@@ -90,6 +102,18 @@ class Invoice(_Loose):
         if details is not None and details.subscription:
             return details.subscription
         return self.subscription
+
+    @property
+    def subscription_status(self) -> str | None:
+        """The status of ``subscription_id`` when the invoice came with it expanded.
+
+        None when it did not (not asked for, or an older API version's
+        top-level ``subscription``): the subscription must then be read.
+        """
+        details = self.parent.subscription_details if self.parent else None
+        if details is not None and details.subscription:
+            return details.subscription_status
+        return None
 
     @property
     def user_id(self) -> str | None:
