@@ -156,10 +156,13 @@ async def test_a_subscription_canceled_between_attempts_is_not_charged(
     for endpoint in (await sandbox.control("GET", "/_sandbox/webhook_endpoints"))["data"]:
         await sandbox.control("DELETE", f"/_sandbox/webhook_endpoints/{endpoint['id']}")
     await stripe_client.v1.subscriptions.cancel_async(member.subscription_id)
+    before = await _request_ids(sandbox)
     await _retry_now(http, dunning_stack, invoice_id)
 
     case = await case_in(db, invoice_id, "canceled")
     assert case["close_reason"] in ("subscription_canceled", "invoice_void")
+    # One request found it: the invoice, its subscription expanded.
+    assert await _attempt_requests(sandbox, before) == [("GET", f"/v1/invoices/{invoice_id}", True)]
     attempts = await attempts_of(db, invoice_id)
     assert [(a["number"], a["outcome"]) for a in attempts] == [
         (1, "failed"),
@@ -168,6 +171,49 @@ async def test_a_subscription_canceled_between_attempts_is_not_charged(
     payments = await sandbox.requests(f"/v1/invoices/{invoice_id}/pay", method="POST")
     assert {r["idempotency_key"] for r in payments} == {f"dunning-{invoice_id}-attempt-1"}
     assert len(await succeeded_charges(stripe_client, member.customer_id)) == 1
+
+
+@pytest.mark.usefixtures("attempts_on_demand")
+async def test_an_attempt_makes_two_stripe_requests(
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+    http: aiohttp.ClientSession,
+) -> None:
+    member = await new_member(stripe_client)
+    # Only the renewal is declined: our first attempt goes through.
+    invoice_id = await fail_renewal(stripe_client, sandbox, member, declines=1)
+    await case_in(db, invoice_id, "open")
+    # Stripe's events stop, so the log holds only what the attempt asks.
+    for endpoint in (await sandbox.control("GET", "/_sandbox/webhook_endpoints"))["data"]:
+        await sandbox.control("DELETE", f"/_sandbox/webhook_endpoints/{endpoint['id']}")
+    before = await _request_ids(sandbox)
+    await _retry_now(http, dunning_stack, invoice_id)
+
+    case = await case_in(db, invoice_id, "recovered")
+    assert case["close_reason"] == "attempt_succeeded"
+    # The re-read (the subscription expanded in it, not read on its own) and the payment.
+    assert await _attempt_requests(sandbox, before) == [
+        ("GET", f"/v1/invoices/{invoice_id}", True),
+        ("POST", f"/v1/invoices/{invoice_id}/pay", False),
+    ]
+    assert len(await succeeded_charges(stripe_client, member.customer_id)) == 2
+
+
+async def _request_ids(sandbox: SandboxProcess) -> set[str]:
+    return {r["request_id"] for r in await sandbox.requests()}
+
+
+async def _attempt_requests(
+    sandbox: SandboxProcess, before: set[str]
+) -> list[tuple[str, str, bool]]:
+    """The /v1 requests made since ``before``: method, path, subscription expanded."""
+    return [
+        (r["method"], r["path"], "parent.subscription_details.subscription" in r["query"])
+        for r in await sandbox.requests()
+        if r["request_id"] not in before
+    ]
 
 
 async def _retry_now(http: aiohttp.ClientSession, stack: Stack, invoice_id: str) -> None:
