@@ -9,12 +9,17 @@ invoice in the Stripe sandbox (made in one step by the sandbox's
 against a table of the full size). Then two ``python -m services.retry``
 processes start and the clock runs until every due case is closed.
 
-Reported: attempts per second (each attempt is two Stripe calls: the re-read
-and the payment), the CPU the sandbox, the two replicas and the Postgres
-backends serving the bench's database took while the clock ran (and each
-one's share), each replica's resident memory (peak while working, and after),
-and the proof that no case was attempted twice: every idempotency key reached
-the sandbox once, and every due case has exactly one attempt.
+``--subscribed`` makes the backlog's invoices renewals of one subscription
+of the customer's (the sandbox's control takes it), as dunning meets them in
+production: the re-read then carries the subscription's status too.
+
+Reported: attempts per second, the Stripe calls per attempt (counted in the
+sandbox's request log: the re-read and the payment), the CPU the sandbox, the
+two replicas and the Postgres backends serving the bench's database took while
+the clock ran (and each one's share), each replica's resident memory (peak
+while working, and after), and the proof that no case was attempted twice:
+every idempotency key reached the sandbox once, and every due case has exactly
+one attempt.
 
 ``--source DIR`` runs the sandbox and the replicas from another checkout of
 the project (say ``git worktree add --detach /tmp/base <commit>``) with this
@@ -135,7 +140,27 @@ async def _sandbox_json(url: str, method: str, path: str, body: Any = None, form
             return await response.json()
 
 
-async def prepare(database_url: str, sandbox: str, cases: int, due: int, source: Path) -> list[str]:
+async def _subscription(sandbox: str, customer_id: str) -> str:
+    product = await _sandbox_json(sandbox, "POST", "/v1/products", form="name=Bench+plan")
+    price = await _sandbox_json(
+        sandbox,
+        "POST",
+        "/v1/prices",
+        form=f"product={product['id']}&unit_amount=1000&currency=usd&recurring[interval]=month",
+    )
+    sub = await _sandbox_json(
+        sandbox,
+        "POST",
+        "/v1/subscriptions",
+        form=f"customer={customer_id}&items[0][price]={price['id']}",
+    )
+    return str(sub["id"])
+
+
+async def prepare(
+    database_url: str, sandbox: str, cases: int, due: int, source: Path, *, subscribed: bool
+) -> tuple[list[str], int]:
+    """The backlog's open invoices, and how many requests the sandbox had logged then."""
     customer = await _sandbox_json(sandbox, "POST", "/v1/customers", form="email=bench@example.com")
     pm = await _sandbox_json(
         sandbox,
@@ -149,12 +174,15 @@ async def prepare(database_url: str, sandbox: str, cases: int, due: int, source:
         f"/v1/customers/{customer['id']}",
         form=f"invoice_settings[default_payment_method]={pm['id']}",
     )
+    subscription = await _subscription(sandbox, customer["id"]) if subscribed else None
+    bulk: dict[str, Any] = {"count": due, "amount": 1000}
+    if subscription is not None:
+        bulk["subscription"] = subscription
     made = await _sandbox_json(
-        sandbox,
-        "POST",
-        f"/_sandbox/customers/{customer['id']}/open_invoices",
-        {"count": due, "amount": 1000},
+        sandbox, "POST", f"/_sandbox/customers/{customer['id']}/open_invoices", bulk
     )
+    if "data" not in made:
+        raise SystemExit(f"the sandbox made no backlog: {made}")
     invoices: list[str] = made["data"]
     conn = await asyncpg.connect(database_url)
     try:
@@ -171,6 +199,7 @@ async def prepare(database_url: str, sandbox: str, cases: int, due: int, source:
             columns=[
                 "invoice_id",
                 "customer_id",
+                "subscription_id",
                 "amount_due",
                 "currency",
                 "next_attempt_at",
@@ -178,13 +207,14 @@ async def prepare(database_url: str, sandbox: str, cases: int, due: int, source:
                 "updated_at",
             ],
             records=[
-                (i, customer["id"], 1000, "usd", now if n < due else later, now, now)
+                (i, customer["id"], subscription, 1000, "usd", now if n < due else later, now, now)
                 for n, i in enumerate(ids)
             ],
         )
     finally:
         await conn.close()
-    return invoices
+    logged = await _sandbox_json(sandbox, "GET", "/_sandbox/requests")
+    return invoices, int(logged["count"])
 
 
 async def attempts_per_case(database_url: str) -> Counter[int]:
@@ -238,7 +268,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         wait_ready(f"{sandbox_url}/_sandbox/health")
         started = time.perf_counter()
-        invoices = await prepare(args.database_url, sandbox_url, args.cases, args.due, source)
+        invoices, logged_before = await prepare(
+            args.database_url, sandbox_url, args.cases, args.due, source, subscribed=args.subscribed
+        )
         print(f"backlog ready in {time.perf_counter() - started:.1f}s", flush=True)
         env = _replica_env(args, sandbox_url)
         ports = [free_port() for _ in range(2)]
@@ -283,10 +315,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for port in ports:
             wait_ready(f"http://127.0.0.1:{port}/readyz")
         rss_after = [r.rss_mb() for r in replicas]
-        requests = await _sandbox_json(
-            sandbox_url, "GET", "/_sandbox/requests?path_prefix=/v1/invoices/&method=POST"
+        requests = await _sandbox_json(sandbox_url, "GET", "/_sandbox/requests")
+        keys = Counter(
+            r["idempotency_key"]
+            for r in requests["data"]
+            if r["method"] == "POST" and r["path"].startswith("/v1/invoices/")
         )
-        keys = Counter(r["idempotency_key"] for r in requests["data"])
         per_case = await attempts_per_case(args.database_url)
     finally:
         await watch.close()
@@ -303,6 +337,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         keys=keys,
         per_case=per_case,
         invoices=len(invoices),
+        # Every due case is attempted once (the report checks it): the /v1
+        # requests made since the backlog was ready, per due case.
+        calls_per_attempt=(int(requests["count"]) - logged_before) / args.due,
     )
 
 
@@ -318,6 +355,7 @@ def _report(
     keys: Counter[str],
     per_case: Counter[int],
     invoices: int,
+    calls_per_attempt: float,
 ) -> dict[str, Any]:
     rate = measured / elapsed if elapsed > 0 else 0.0
     total_cpu = sum(cpu.values()) or 1.0
@@ -328,7 +366,8 @@ def _report(
         "attempts_measured": measured,
         "seconds": round(elapsed, 2),
         "attempts_per_second": round(rate, 1),
-        "stripe_calls_per_attempt": 2,
+        "subscribed": args.subscribed,
+        "stripe_calls_per_attempt": round(calls_per_attempt, 3),
         "cpu_seconds": {k: round(v, 2) for k, v in cpu.items()},
         "cpu_ms_per_attempt": {k: round(1000 * v / max(measured, 1), 3) for k, v in cpu.items()},
         "cpu_share": {k: round(v / total_cpu, 2) for k, v in cpu.items()},
@@ -374,6 +413,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--subscribed",
+        action="store_true",
+        help="the backlog's invoices are renewals of a subscription (not one-off invoices)",
+    )
     parser.add_argument(
         "--source",
         default=str(ROOT),

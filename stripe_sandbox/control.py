@@ -40,10 +40,13 @@ POST /_sandbox/delivery  {"paused", "shuffle", "duplicates", "chaos", "seed"}
 POST /_sandbox/delivery/flush {"timeout"}       wait until the outbox is drained
 GET  /_sandbox/delivery/log                      every delivery attempt
 GET|POST /_sandbox/webhook_endpoints {"url", "secret"};  DELETE .../{id}
-POST /_sandbox/customers/{customer}/open_invoices  {"count": 1-200000, "amount", "currency"}
+POST /_sandbox/customers/{customer}/open_invoices  {"count": 1-200000, "amount", "currency",
+                                                  "subscription"}
                                                  that many one-line invoices, finalized
                                                  (open) at once: a dunning benchmark's
-                                                 backlog without 100,000 API calls
+                                                 backlog without 100,000 API calls; with
+                                                 a subscription of the customer's, they
+                                                 are its renewals (subscription_cycle)
 """
 
 from __future__ import annotations
@@ -337,14 +340,22 @@ def open_invoices(sb: Sandbox, body: dict[str, Any], match: dict[str, str]) -> O
     if not isinstance(amount, int) or amount < 50:
         raise invalid("amount must be an integer of at least 50", param="amount")
     currency = str(body.get("currency", "usd"))
+    subscription = None
+    if body.get("subscription") is not None:
+        subscription = sb.store.get("subscription", str(body["subscription"]), "subscription")
+        if subscription["customer"] != customer["id"]:
+            raise invalid(
+                f"The subscription {subscription['id']} does not belong to this customer.",
+                param="subscription",
+            )
     now = sb.now(customer["test_clock"])
     ids = []
     for _ in range(count):
         invoice = invoicing.new_invoice(
             sb,
             customer=customer,
-            subscription=None,
-            billing_reason="manual",
+            subscription=subscription,
+            billing_reason="manual" if subscription is None else "subscription_cycle",
             lines=[invoicing.LineSpec(amount, "Open invoice", now, now)],
             period_start=now,
             period_end=now,
