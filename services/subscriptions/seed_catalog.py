@@ -161,14 +161,10 @@ def wanted_meters(cat: Catalog) -> dict[str, str]:
 def _active_meters(client: stripe.StripeClient) -> dict[str, str]:
     """Event name -> id of the active meters."""
     found: dict[str, str] = {}
-    params: dict[str, Any] = {"limit": 100, "status": "active"}
-    while True:
-        page = client.v1.billing.meters.list(params=params)  # type: ignore[arg-type]
-        for meter in page.data:
-            found.setdefault(meter.event_name, meter.id)
-        if not page.has_more or not page.data:
-            return found
-        params["starting_after"] = page.data[-1].id
+    listed = client.v1.billing.meters.list(params={"limit": 100, "status": "active"})
+    for meter in listed.auto_paging_iter():
+        found.setdefault(meter.event_name, meter.id)
+    return found
 
 
 def ensure_meters(client: stripe.StripeClient, cat: Catalog) -> dict[str, str]:
@@ -199,14 +195,7 @@ def ensure_meters(client: stripe.StripeClient, cat: Catalog) -> dict[str, str]:
 
 
 def _all_prices(client: stripe.StripeClient) -> list[stripe.Price]:
-    prices: list[stripe.Price] = []
-    params: dict[str, Any] = {"limit": 100}
-    while True:
-        page = client.v1.prices.list(params=params)  # type: ignore[arg-type]
-        prices.extend(page.data)
-        if not page.has_more or not page.data:
-            return prices
-        params["starting_after"] = page.data[-1].id
+    return list(client.v1.prices.list(params={"limit": 100}).auto_paging_iter())
 
 
 def _interval(price: stripe.Price) -> str | None:
@@ -325,14 +314,8 @@ def wanted_metered(cat: Catalog) -> dict[str, list[str]]:
 
 def _billed_subscriptions(client: stripe.StripeClient, price_id: str) -> list[stripe.Subscription]:
     """Every subscription with an item on ``price_id`` that Stripe still bills."""
-    found: list[stripe.Subscription] = []
-    params: dict[str, Any] = {"limit": 100, "price": price_id}
-    while True:
-        page = client.v1.subscriptions.list(params=params)  # type: ignore[arg-type]
-        found.extend(sub for sub in page.data if sub.status in BILLED_STATUSES)
-        if not page.has_more or not page.data:
-            return found
-        params["starting_after"] = page.data[-1].id
+    listed = client.v1.subscriptions.list(params={"limit": 100, "price": price_id})
+    return [sub for sub in listed.auto_paging_iter() if sub.status in BILLED_STATUSES]
 
 
 def _items(client: stripe.StripeClient, sub: stripe.Subscription) -> list[stripe.SubscriptionItem]:
@@ -340,14 +323,8 @@ def _items(client: stripe.StripeClient, sub: stripe.Subscription) -> list[stripe
     embedded = sub["items"]
     if not embedded.has_more:
         return list(embedded.data)
-    items: list[stripe.SubscriptionItem] = []
-    params: dict[str, Any] = {"limit": 100, "subscription": sub.id}
-    while True:
-        page = client.v1.subscription_items.list(params=params)  # type: ignore[arg-type]
-        items.extend(page.data)
-        if not page.has_more or not page.data:
-            return items
-        params["starting_after"] = page.data[-1].id
+    listed = client.v1.subscription_items.list(params={"limit": 100, "subscription": sub.id})
+    return list(listed.auto_paging_iter())
 
 
 def _meter_of(price: stripe.Price) -> str | None:
