@@ -153,8 +153,7 @@ async def test_a_subscription_canceled_between_attempts_is_not_charged(
     )
     # The member cancels, and we do not even hear of it (Stripe's events stop):
     # the next attempt's re-read must find it.
-    for endpoint in (await sandbox.control("GET", "/_sandbox/webhook_endpoints"))["data"]:
-        await sandbox.control("DELETE", f"/_sandbox/webhook_endpoints/{endpoint['id']}")
+    await sandbox.stop_deliveries()
     await stripe_client.v1.subscriptions.cancel_async(member.subscription_id)
     before = await _request_ids(sandbox)
     await _retry_now(http, dunning_stack, invoice_id)
@@ -190,8 +189,7 @@ async def test_an_attempt_makes_two_stripe_requests(
     invoice_id = await fail_renewal(stripe_client, sandbox, member, declines=1)
     await case_in(db, invoice_id, "open")
     # Stripe's events stop, so the log holds only what the attempt asks.
-    for endpoint in (await sandbox.control("GET", "/_sandbox/webhook_endpoints"))["data"]:
-        await sandbox.control("DELETE", f"/_sandbox/webhook_endpoints/{endpoint['id']}")
+    await sandbox.stop_deliveries()
     before = await _request_ids(sandbox)
     await _retry_now(http, dunning_stack, invoice_id)
 

@@ -118,8 +118,7 @@ async def test_a_replica_killed_mid_attempt_never_charges_twice(
     await case_in(db, invoice_id, "open")
     # Stripe's events stop reaching us, so only the repeated attempt can tell
     # the product the invoice was paid.
-    for endpoint in (await sandbox.control("GET", "/_sandbox/webhook_endpoints"))["data"]:
-        await sandbox.control("DELETE", f"/_sandbox/webhook_endpoints/{endpoint['id']}")
+    await sandbox.stop_deliveries()
     # The charge request hangs at Stripe long enough to kill the replica under it.
     await sandbox.control(
         "POST",
@@ -168,8 +167,7 @@ async def test_a_replica_killed_before_its_outcome_commits_never_charges_twice(
     member = await new_member(stripe_client)
     invoice_id = await fail_renewal(stripe_client, sandbox, member, declines=1)
     await case_in(db, invoice_id, "open")
-    for endpoint in (await sandbox.control("GET", "/_sandbox/webhook_endpoints"))["data"]:
-        await sandbox.control("DELETE", f"/_sandbox/webhook_endpoints/{endpoint['id']}")
+    await sandbox.stop_deliveries()
     # The outcome waits seconds for others to join its transaction (room for
     # ten, one due): the kill lands after Stripe charged and before anything
     # about it committed.

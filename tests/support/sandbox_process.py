@@ -65,6 +65,12 @@ class SandboxProcess:
         """Send signed webhooks to ``url`` from now on (e.g. a stack's gateway)."""
         await self.control("POST", "/_sandbox/webhook_endpoints", {"url": url, "secret": secret})
 
+    async def stop_deliveries(self) -> None:
+        """Stripe's events stop: every webhook endpoint is removed, so from now
+        on only what the product asks Stripe tells it what changed."""
+        for endpoint in (await self.control("GET", "/_sandbox/webhook_endpoints"))["data"]:
+            await self.control("DELETE", f"/_sandbox/webhook_endpoints/{endpoint['id']}")
+
     async def requests(self, path_prefix: str = "", method: str | None = None) -> list[Any]:
         """The sandbox's log of /v1 requests: what the product asked Stripe."""
         query = f"?path_prefix={path_prefix}" + (f"&method={method}" if method else "")
