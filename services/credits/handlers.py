@@ -287,6 +287,19 @@ async def _period_grants(
         )
         top_up = level - int(already)
         if top_up <= 0:
+            if invoice_id is not None:
+                # The period was granted before the invoice that paid for it
+                # was known (an upgrade's event overtook the activation's):
+                # name the invoice on those grants, or its refund finds none.
+                await ctx.conn.execute(
+                    "UPDATE grants SET invoice_id = $4 WHERE subscription_id = $1"
+                    " AND period_start = $2 AND credit_type = $3"
+                    " AND source IN ('plan', 'trial', 'upgrade') AND invoice_id IS NULL",
+                    subscription_id,
+                    start,
+                    credit_type,
+                    invoice_id,
+                )
             continue
         made = await ledger.grant(
             ctx.conn,

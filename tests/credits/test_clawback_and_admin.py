@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from shared.billing_events import Member, PaymentDisputed, PaymentRef
-from tests.credits.conftest import Credits
+from tests.credits.conftest import START, Credits
 
 
 async def test_a_refunded_invoice_takes_back_its_periods_unspent_credits(
@@ -125,3 +127,25 @@ async def test_a_staff_grant_of_an_unknown_type_or_past_expiry_is_refused(
         json={**base, "credit_type": "guest_passes", "expires_at": "2020-01-01T00:00:00Z"},
     )
     assert (status, body["error"]["details"][0]["field"]) == (422, "expires_at")
+
+
+async def test_a_refund_takes_back_a_period_whose_upgrade_arrived_before_its_invoice(
+    credits: Credits,
+) -> None:
+    # The upgrade's event overtook the activation's: the period was granted
+    # (25) before the paid invoice was known, and the activation adds nothing.
+    await credits.change(
+        "u1",
+        "sub_1",
+        previous={"meeting_room_hours": 10},
+        current={"meeting_room_hours": 25},
+        effective_at=START + timedelta(days=3),
+    )
+    await credits.activate("u1", "sub_1", allotments={"meeting_room_hours": 10}, invoice="in_7")
+    assert (await credits.spend("u1", 4))[0] == 201
+    await credits.refund("u1", invoice="in_7")
+    # The invoice paid for that period: its 21 unspent hours are taken back.
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 0
+    taken = await credits.db.fetchval("SELECT sum(taken) FROM credits.clawbacks")
+    assert taken == 21
+    await credits.consistent("u1")
