@@ -337,7 +337,8 @@ async def _claw_back(
             SELECT u.id FROM grants g JOIN grants u
               ON u.subscription_id = g.subscription_id AND u.period_start = g.period_start
              AND u.source = 'upgrade'
-            WHERE g.invoice_id = $1
+            -- A rollover's period is the next one, paid by another invoice.
+            WHERE g.invoice_id = $1 AND g.source <> 'rollover'
             """,
             invoice_id,
         )

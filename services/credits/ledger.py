@@ -438,6 +438,8 @@ async def expire_account(
     # One cap per subscription period boundary, shared by its grants.
     carry_left: dict[tuple[str, datetime], int] = {}
     rollovers: dict[tuple[str, datetime], tuple[int, asyncpg.Record]] = {}
+    # The invoice that paid for the period: its refund takes back what rolled over too.
+    invoices: dict[tuple[str, datetime], str] = {}
     for row in rows:
         remaining = int(row["remaining"])
         # The entries count from when the credits stopped being spendable.
@@ -457,6 +459,8 @@ async def expire_account(
             entries.append(("rollover", -carried, "carried into the next period"))
             total, first = rollovers.get(boundary, (0, row))
             rollovers[boundary] = (total + carried, first)
+            if row["invoice_id"] is not None:
+                invoices.setdefault(boundary, row["invoice_id"])
         if remaining - carried:
             entries.append(("expiry", -(remaining - carried), "expired"))
             result.expired[credit_type] = result.expired.get(credit_type, 0) + remaining - carried
@@ -491,6 +495,7 @@ async def expire_account(
                 subscription_id=subscription_id,
                 period_start=boundary_at,
                 period_end=boundary_at + length,
+                invoice_id=invoices.get((subscription_id, boundary_at)),
                 effective_at=boundary_at,
             ),
             now,

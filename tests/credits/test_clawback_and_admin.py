@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from shared.billing_events import Member, PaymentDisputed, PaymentRef
-from tests.credits.conftest import START, Credits
+from tests.credits.conftest import MONTH, START, Credits
 
 
 async def test_a_refunded_invoice_takes_back_its_periods_unspent_credits(
@@ -148,4 +148,32 @@ async def test_a_refund_takes_back_a_period_whose_upgrade_arrived_before_its_inv
     assert (await credits.balances("u1"))["meeting_room_hours"] == 0
     taken = await credits.db.fetchval("SELECT sum(taken) FROM credits.clawbacks")
     assert taken == 21
+    await credits.consistent("u1")
+
+
+async def test_a_refund_after_the_period_ended_takes_back_what_it_rolled_over(
+    credits: Credits,
+) -> None:
+    await credits.activate("u1", "sub_1", allotments={"meeting_room_hours": 10}, invoice="in_7")
+    assert (await credits.spend("u1", 2))[0] == 201
+    credits.clock.set(START + MONTH + timedelta(minutes=5))
+    swept = await credits.sweep()
+    assert swept.rolled_over == {"meeting_room_hours": 5}
+    await credits.renew(
+        "u1", "sub_1", start=START + MONTH, allotments={"meeting_room_hours": 10}, invoice="in_8"
+    )
+    await credits.change(
+        "u1",
+        "sub_1",
+        previous={"meeting_room_hours": 10},
+        current={"meeting_room_hours": 25},
+        effective_at=START + MONTH + timedelta(days=2),
+        start=START + MONTH,
+    )
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 5 + 25
+    # The first period's invoice is refunded (or disputed) during the next
+    # one: the credits it carried over are that period's unspent credits too;
+    # the next period, paid by its own invoice, keeps all it was granted.
+    await credits.refund("u1", invoice="in_7")
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 25
     await credits.consistent("u1")
