@@ -278,7 +278,14 @@ async def create_admin_grant(call: Call[contract.AdminGrantRequest, Empty]) -> c
         else catalog_module.default().admin_grant_priority
     )
     # One grant per request: the Idempotency-Key (or this request) names it.
-    key = f"admin:{call.caller.user_id}:{call.claim.key if call.claim else ledger.new_spend_id()}"
+    # A key is forgotten 24 h after it was first claimed and may then name
+    # another request: its lifetime (kept by a takeover) is part of the name.
+    claimed = call.claim
+    if claimed is not None:
+        life = claimed.since.isoformat() if claimed.since is not None else ""
+        key = f"admin:{call.caller.user_id}:{claimed.key}:{life}"
+    else:
+        key = f"admin:{call.caller.user_id}:{ledger.new_spend_id()}"
 
     async def effect(conn: DbConnection) -> contract.Grant:
         await ledger.grant(

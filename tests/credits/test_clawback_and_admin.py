@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from shared.billing_events import Member, PaymentDisputed, PaymentRef
 from tests.credits.conftest import MONTH, START, Credits
@@ -177,3 +178,42 @@ async def test_a_refund_after_the_period_ended_takes_back_what_it_rolled_over(
     await credits.refund("u1", invoice="in_7")
     assert (await credits.balances("u1"))["meeting_room_hours"] == 25
     await credits.consistent("u1")
+
+
+async def test_a_staff_grant_key_reused_after_it_expired_is_a_new_grant(
+    credits: Credits,
+) -> None:
+    async def grant(user_id: str, amount: int) -> tuple[int, Any]:
+        return await credits.request(
+            "POST",
+            "/v1/admin/credits/grants",
+            "ops-1",
+            role="staff",
+            json={
+                "user_id": user_id,
+                "credit_type": "guest_passes",
+                "amount": amount,
+                "reason": "monthly goodwill",
+            },
+            key="goodwill",
+        )
+
+    status, first = await grant("u1", 3)
+    assert status == 201, first
+    # A day later the key has expired and is forgotten (README: keys expire
+    # after 24 h): the same key now names another request.
+    await credits.db.execute(
+        "UPDATE credits.idempotency_keys SET created_at = created_at - interval '25 hours'"
+    )
+    status, second = await grant("u2", 7)
+    assert status == 201, second
+    assert (second["user_id"], second["amount"]) == ("u2", 7)
+    assert second["id"] != first["id"]
+    assert (await credits.balances("u2"))["guest_passes"] == 7
+    assert (await credits.balances("u1"))["guest_passes"] == 3
+    audited = await credits.db.fetch(
+        "SELECT target_id, details->>'user_id' AS user_id FROM credits.audit_log"
+    )
+    assert sorted((r["target_id"], r["user_id"]) for r in audited) == sorted(
+        [(str(first["id"]), "u1"), (str(second["id"]), "u2")]
+    )
