@@ -188,6 +188,12 @@ def build_handlers(catalog: Catalog | None = None) -> Handlers:
                     granted[credit_type] = granted.get(credit_type, 0) + per_unit * quantity
         for credit_type, amount in granted.items():
             count(m.GRANTED.labels(credit_type, "pack"), amount)
+        if granted:
+            await _claw_back_late(
+                ctx,
+                invoice_id=data.payment.invoice_id,
+                payment_intent_id=data.payment.payment_intent_id,
+            )
 
     @handlers.on("payment.refunded", model=DomainEvent[PaymentRefunded])
     async def refunded(event: DomainEvent[PaymentRefunded], ctx: Context) -> None:
@@ -321,6 +327,8 @@ async def _period_grants(
         )
         if made is not None:
             count(m.GRANTED.labels(credit_type, source), top_up)
+    if invoice_id is not None:
+        await _claw_back_late(ctx, invoice_id=invoice_id, payment_intent_id=None)
 
 
 async def _claw_back(
@@ -329,6 +337,16 @@ async def _claw_back(
     """A refunded or disputed payment takes back the unspent credits it paid
     for: a subscription invoice's period grants (with that period's upgrades),
     or a credit pack's."""
+    # Kept, so that a grant for this payment applied later (its event was
+    # overtaken) is taken back as it is made: :func:`_claw_back_late`.
+    await ctx.conn.execute(
+        "INSERT INTO clawback_causes (cause, invoice_id, payment_intent_id, at)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        cause,
+        invoice_id,
+        payment_intent_id,
+        ctx.clock.now(),
+    )
     if invoice_id is not None:
         ids = await ctx.conn.fetch(
             """
@@ -366,3 +384,20 @@ async def _claw_back(
             taken=item.taken,
             already_spent=item.already_spent,
         )
+
+
+async def _claw_back_late(
+    ctx: Context, *, invoice_id: str | None, payment_intent_id: str | None
+) -> None:
+    """Apply the refunds and disputes already seen for the payment a grant
+    just made came from: their events arrived before the grant's."""
+    causes = await ctx.conn.fetch(
+        "SELECT cause, invoice_id, payment_intent_id FROM clawback_causes"
+        " WHERE invoice_id = $1 OR (invoice_id IS NULL AND payment_intent_id = $2)"
+        " ORDER BY at, cause",
+        invoice_id,
+        payment_intent_id,
+    )
+    for row in causes:
+        # Once per grant and cause: what was already taken is not taken again.
+        await _claw_back(ctx, row["invoice_id"], row["payment_intent_id"], row["cause"])

@@ -217,3 +217,34 @@ async def test_a_staff_grant_key_reused_after_it_expired_is_a_new_grant(
     assert sorted((r["target_id"], r["user_id"]) for r in audited) == sorted(
         [(str(first["id"]), "u1"), (str(second["id"]), "u2")]
     )
+
+
+async def test_a_refund_arriving_before_the_grant_it_refunds_still_takes_it_back(
+    credits: Credits,
+) -> None:
+    # Events are not ordered: the renewal's delivery failed once and waits
+    # in the retry queue while the refund of its invoice is applied.
+    await credits.refund("u1", invoice="in_7")
+    await credits.activate("u1", "sub_1", allotments={"meeting_room_hours": 10}, invoice="in_7")
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 0
+    # The same for a credit pack whose dispute overtook its payment.
+    await credits.send(
+        "payment.disputed",
+        PaymentDisputed(
+            member=Member(user_id="u1", customer_id="cus_u1"),
+            payment=PaymentRef(payment_id="pay_pi_pack", payment_intent_id="pi_pack"),
+            dispute_id="dp_1",
+            amount=20000,
+            currency="usd",
+            reason="fraudulent",
+            status="needs_response",
+        ),
+    )
+    await credits.pay("u1", {"meeting_room_hours_pack_10": 1}, intent="pi_pack")
+    await credits.pay("u1", {"meeting_room_hours_pack_10": 1}, intent="pi_other")
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 10
+    causes = await credits.db.fetch(
+        "SELECT c.cause, c.taken FROM credits.clawbacks c ORDER BY c.cause"
+    )
+    assert [tuple(r) for r in causes] == [("dispute:dp_1", 10), ("refund:re_1", 10)]
+    await credits.consistent("u1")
