@@ -13,7 +13,8 @@ Rules every function here keeps (the tests prove them):
   a bug here fails a transaction, it never overdraws.
 
 Spending order: lower ``priority`` first, then the soonest ``expires_at``
-(never-expiring last), then the oldest grant (lowest id). A spend writes one
+(never-expiring last), then the oldest grant (earliest ``granted_at``, then
+lowest id). A spend writes one
 entry per grant it consumed, so a reversal returns each part to its grant.
 """
 
@@ -29,9 +30,11 @@ import asyncpg
 
 from shared.db import DbConnection
 
-# Also written out in spend_credits (migrations/0002); the model test holds
-# the two to the same order.
-SPENDING_ORDER = "priority, expires_at NULLS LAST, id"
+# Also written out in spend_credits (migrations/0006); the model test holds
+# the two to the same order. The oldest grant is the one whose credits count
+# from earliest: a rollover (from the period boundary) before the next
+# period's plan grant, whichever of the two this service wrote first.
+SPENDING_ORDER = "priority, expires_at NULLS LAST, granted_at, id"
 
 
 class InsufficientCredits(Exception):

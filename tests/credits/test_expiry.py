@@ -148,3 +148,43 @@ async def test_the_sweep_and_spends_on_one_account_at_once_stay_consistent(
     # made: what was spent and what is left make the 45 there were.
     assert spent + (await credits.balances("u1"))["meeting_room_hours"] == 45
     await credits.consistent("u1")
+
+
+async def test_what_rolled_over_is_spent_first_whether_the_sweep_ran_before_the_renewal(
+    credits: Credits,
+) -> None:
+    # Two members, the same facts: 10 hours, 2 spent, 5 carried over (the
+    # cap), a renewal of 10, then 10 spent. Only the order in which this
+    # service happened to apply the renewal and the sweep differs.
+    boundary = START + MONTH
+    for user, sweep_first in (("u1", True), ("u2", False)):
+        credits.clock.set(START + timedelta(hours=1))
+        sub = f"sub_{user}"
+        await credits.activate(user, sub, allotments={"meeting_room_hours": 10})
+        assert (await credits.spend(user, 2))[0] == 201
+        credits.clock.set(boundary + timedelta(minutes=5))
+        if sweep_first:
+            await credits.sweep()
+        await credits.renew(
+            user, sub, start=boundary, allotments={"meeting_room_hours": 10}, invoice=f"in_{user}"
+        )
+        if not sweep_first:
+            await credits.sweep()
+        assert (await credits.balances(user))["meeting_room_hours"] == 15
+        status, spent = await credits.spend(user, 10)
+        assert status == 201, spent
+    # The carried credits are the older ones: spent first, in both cases.
+    credits.clock.set(boundary + MONTH + timedelta(minutes=5))
+    await credits.sweep()
+    for user in ("u1", "u2"):
+        await credits.renew(
+            user,
+            f"sub_{user}",
+            start=boundary + MONTH,
+            allotments={"meeting_room_hours": 10},
+            invoice=f"in_{user}_3",
+        )
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 15
+    assert (await credits.balances("u2"))["meeting_room_hours"] == 15
+    await credits.consistent("u1")
+    await credits.consistent("u2")

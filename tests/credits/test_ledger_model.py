@@ -64,6 +64,8 @@ class Lot:
     period_start: datetime | None = None
     period_end: datetime | None = None
     closed: bool = False
+    # When its credits count from: now, but a rollover from the period boundary.
+    granted_at: datetime | None = None
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Model:
     ended_at: datetime | None = None
 
     def add(self, **values: Any) -> None:
+        values.setdefault("granted_at", self.now)
         self.lots.append(Lot(id=len(self.lots) + 1, remaining=values["amount"], **values))
 
     def spendable(self) -> list[Lot]:
@@ -86,7 +89,10 @@ class Model:
             and (lot.expires_at is None or lot.expires_at > self.now)
         ]
         far = datetime.max.replace(tzinfo=UTC)
-        return sorted(open_lots, key=lambda lot: (lot.priority, lot.expires_at or far, lot.id))
+        return sorted(
+            open_lots,
+            key=lambda lot: (lot.priority, lot.expires_at or far, lot.granted_at or far, lot.id),
+        )
 
     def balance(self) -> int:
         return sum(lot.remaining for lot in self.spendable())
@@ -142,7 +148,7 @@ class Model:
                 for lot in self.lots
                 if lot.remaining > 0 and lot.expires_at is not None and lot.expires_at <= self.now
             ),
-            key=lambda lot: (lot.expires_at or far, lot.priority, lot.id),
+            key=lambda lot: (lot.expires_at or far, lot.priority, lot.granted_at or far, lot.id),
         )
         carry_left: dict[datetime, int] = {}
         rollovers: dict[datetime, tuple[int, Lot]] = {}
@@ -172,6 +178,7 @@ class Model:
                 source="rollover",
                 period_start=boundary,
                 period_end=boundary + length,
+                granted_at=boundary,
             )
 
 
