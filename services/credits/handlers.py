@@ -135,7 +135,7 @@ def build_handlers(catalog: Catalog | None = None) -> Handlers:
         data = event.data
         # What was granted stays until it expires; no period starting at or
         # after the end is granted (a late renewal included), nothing rolls over.
-        await ctx.conn.execute(
+        ended_at: datetime = await ctx.conn.fetchval(
             """
             INSERT INTO subscriptions (subscription_id, user_id, ended_at, updated_at)
             VALUES ($1, $2, $3, $4)
@@ -143,11 +143,19 @@ def build_handlers(catalog: Catalog | None = None) -> Handlers:
             SET ended_at = LEAST(COALESCE(subscriptions.ended_at, EXCLUDED.ended_at),
                                  EXCLUDED.ended_at),
                 updated_at = EXCLUDED.updated_at
+            RETURNING ended_at
             """,
             data.subscription_id,
             data.member.user_id,
             data.ended_at,
             ctx.clock.now(),
+        )
+        # The sweep may have rolled credits over past the end before it knew.
+        m.count(
+            m.EXPIRED,
+            await ledger.end_rollovers(
+                ctx.conn, data.member.user_id, data.subscription_id, ended_at, now=ctx.clock.now()
+            ),
         )
 
     @handlers.on("payment.succeeded", model=DomainEvent[PaymentSucceeded])

@@ -506,6 +506,57 @@ async def expire_account(
         result.rolled_over[credit_type] = result.rolled_over.get(credit_type, 0) + amount
 
 
+async def end_rollovers(
+    conn: DbConnection, user_id: str, subscription_id: str, ended_at: datetime, *, now: datetime
+) -> dict[str, int]:
+    """Expire what is left of the subscription's rollover grants into a period
+    starting at or after ``ended_at``; the credits expired, by type.
+
+    The sweep carries a period's credits over when it has not seen the
+    subscription end; its end applied afterwards (the sweep ran at the
+    boundary, the cancellation came later) means nothing should have rolled
+    over: those credits expire, counted from the boundary as they would have.
+    What was spent of them meanwhile stays spent.
+
+    The member's accounts are locked first: a sweep rolling one over right
+    now is waited for (its rollover is then read here), and one starting
+    after skips them until the end, committed with this, is known to it.
+    """
+    accounts = await conn.fetch(
+        "SELECT credit_type FROM balances WHERE user_id = $1 ORDER BY credit_type FOR UPDATE",
+        user_id,
+    )
+    expired: dict[str, int] = {}
+    for account in accounts:
+        credit_type = account["credit_type"]
+        rows = await conn.fetch(
+            "SELECT id, remaining, period_start, granted_at FROM grants"
+            " WHERE subscription_id = $1 AND source = 'rollover' AND remaining > 0"
+            "   AND period_start >= $2 AND user_id = $3 AND credit_type = $4 ORDER BY id",
+            subscription_id,
+            ended_at,
+            user_id,
+            credit_type,
+        )
+        for row in rows:
+            remaining = int(row["remaining"])
+            await conn.execute(
+                "INSERT INTO entries (user_id, credit_type, grant_id, kind, amount, at, note)"
+                " VALUES ($1, $2, $3, 'expiry', $4, $5, 'expired: the subscription ended')",
+                user_id,
+                credit_type,
+                row["id"],
+                -remaining,
+                max(row["period_start"], row["granted_at"]),
+            )
+            await conn.execute(
+                "UPDATE grants SET remaining = 0, closed_at = $2 WHERE id = $1", row["id"], now
+            )
+            await _move_balance(conn, user_id, credit_type, -remaining)
+            expired[credit_type] = expired.get(credit_type, 0) + remaining
+    return expired
+
+
 async def accounts_to_sweep(conn: DbConnection, now: datetime, limit: int) -> list[asyncpg.Record]:
     """Lock up to ``limit`` accounts holding expired credits, skipping those
     another replica (or a spend) holds: replicas share the sweep, none waits."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+from services.credits import ledger
+from shared import db, runtime
 from tests.credits.conftest import MONTH, START, Credits
 
 
@@ -188,3 +190,58 @@ async def test_what_rolled_over_is_spent_first_whether_the_sweep_ran_before_the_
     assert (await credits.balances("u2"))["meeting_room_hours"] == 15
     await credits.consistent("u1")
     await credits.consistent("u2")
+
+
+async def test_a_cancel_applied_after_the_sweep_rolled_over_takes_the_rollover_back(
+    credits: Credits,
+) -> None:
+    # Canceled at the period end; the sweep ran at the boundary, before the
+    # subscription.canceled (Stripe ends it a little later) was applied.
+    await credits.activate("u1", "sub_1", allotments={"meeting_room_hours": 10})
+    assert (await credits.spend("u1", 2))[0] == 201
+    credits.clock.set(START + MONTH + timedelta(minutes=1))
+    assert (await credits.sweep()).rolled_over == {"meeting_room_hours": 5}
+    credits.clock.set(START + MONTH + timedelta(minutes=40))
+    await credits.cancel("u1", "sub_1", ended_at=START + MONTH)
+    # Nothing rolls over past the end: the 8 unspent hours expired at it.
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 0
+    # 3 over the cap at the sweep, the 5 carried once the end was known.
+    assert await _entries(credits, "u1", "expiry") == [
+        ("meeting_room_hours", -3),
+        ("meeting_room_hours", -5),
+    ]
+    status, at = await credits.request(
+        "GET",
+        "/v1/admin/credits/u1",
+        "ops-1",
+        role="admin",
+        params={"at": (START + MONTH + timedelta(seconds=1)).isoformat()},
+    )
+    assert status == 200, at
+    assert at["balances"] == [{"credit_type": "meeting_room_hours", "balance": 0}]
+    await credits.consistent("u1")
+
+
+async def test_a_cancel_applied_while_the_sweep_rolls_over_still_takes_it_back(
+    credits: Credits,
+) -> None:
+    await credits.activate("u1", "sub_1", allotments={"meeting_room_hours": 10})
+    credits.clock.set(START + MONTH + timedelta(minutes=1))
+    pool = credits.stack.app("credits")[runtime.POOL]
+    # A replica's sweep has rolled the account over and not yet committed
+    # when the cancellation is applied.
+    async with db.transaction(pool) as conn:
+        (account,) = await ledger.accounts_to_sweep(conn, credits.clock.now(), 10)
+        await ledger.expire_account(
+            conn,
+            "u1",
+            account["credit_type"],
+            now=credits.clock.now(),
+            rollover_cap=5,
+            result=ledger.SweepResult(),
+        )
+        cancel = asyncio.create_task(credits.cancel("u1", "sub_1", ended_at=START + MONTH))
+        await asyncio.sleep(1.0)
+    await cancel
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 0
+    await credits.consistent("u1")
