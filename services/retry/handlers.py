@@ -201,7 +201,13 @@ def _new_default_payment_method(customer: Customer, previous: dict[str, Any] | N
     )
     if current is None or not previous or "invoice_settings" not in previous:
         return False
-    before = (previous.get("invoice_settings") or {}).get("default_payment_method")
+    # Stripe names only the changed keys of invoice_settings: a footer or custom
+    # fields changing leaves default_payment_method out, and the card (a stolen
+    # one, maybe) is the same as before.
+    changed = previous.get("invoice_settings") or {}
+    if "default_payment_method" not in changed:
+        return False
+    before = changed["default_payment_method"]
     if isinstance(before, dict):
         before = before.get("id")
     return bool(before != current)

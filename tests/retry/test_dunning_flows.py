@@ -21,6 +21,8 @@ from tests.retry.helpers import (
     outbox_events,
     succeeded_charges,
 )
+from tests.support import stripe_objects as so
+from tests.support.gateway_client import post_event
 from tests.support.sandbox_process import SandboxProcess
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
@@ -268,6 +270,45 @@ async def test_a_hard_decline_pauses_until_a_new_card_then_resumes_at_once(
     assert len(await charges_of(stripe_client, member.customer_id)) == charges_before + 1
     paused = [e for e in await outbox_events(db, "dunning.attempt_failed") if e["data"]["paused"]]
     assert len(paused) == 1 and paused[0]["data"]["next_attempt_at"] is None
+
+
+async def test_a_customer_update_that_keeps_the_card_leaves_a_paused_case_paused(
+    *,
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+    retry_settings: dict[str, Any],
+    http: aiohttp.ClientSession,
+) -> None:
+    member = await new_member(stripe_client)
+    invoice_id = await fail_renewal(
+        stripe_client, sandbox, member, declines=10, decline_code="stolen_card"
+    )
+    await case_in(db, invoice_id, "paused")
+    pays_before = len(await sandbox.requests(f"/v1/invoices/{invoice_id}/pay", method="POST"))
+
+    # Another invoice setting changes (the footer); the default card, the
+    # stolen one, stays. Stripe's previous_attributes name only what changed.
+    customer = (await stripe_client.v1.customers.retrieve_async(member.customer_id)).to_dict()
+    customer["invoice_settings"]["footer"] = "Thank you"
+    updated = so.event("customer.updated", customer)
+    updated["data"]["previous_attributes"] = {"invoice_settings": {"footer": None}}
+    status, body = await post_event(http, dunning_stack.gateway, updated)
+    assert status == 200, body
+    await eventually(
+        lambda: db.fetchval(
+            "SELECT true FROM retry.inbox WHERE queue = 'retry.stripe-events' AND event_id = $1",
+            updated["id"],
+        ),
+        what="the customer.updated applied",
+    )
+    await _quiet(retry_settings)
+
+    case = await case_in(db, invoice_id, "paused")
+    assert case["attempts"] == 1
+    pays = await sandbox.requests(f"/v1/invoices/{invoice_id}/pay", method="POST")
+    assert len(pays) == pays_before
 
 
 @pytest.fixture
