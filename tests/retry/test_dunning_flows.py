@@ -349,6 +349,63 @@ def attempts_on_demand(retry_settings: dict[str, Any]) -> dict[str, Any]:
     return retry_settings
 
 
+@pytest.fixture
+def one_attempt_on_demand(attempts_on_demand: dict[str, Any]) -> dict[str, Any]:
+    attempts_on_demand["dunning_max_attempts"] = 1
+    return attempts_on_demand
+
+
+@pytest.mark.usefixtures("one_attempt_on_demand")
+async def test_an_invoice_paid_before_the_end_action_ran_keeps_the_membership(
+    *,
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+    http: aiohttp.ClientSession,
+    retry_settings: dict[str, Any],
+) -> None:
+    member = await new_member(stripe_client)
+    invoice_id = await fail_renewal(stripe_client, sandbox, member, declines=2)
+    await case_in(db, invoice_id, "open")
+    # Stripe fails the cancellation for now: the end action is left undone.
+    subscription_path = f"/v1/subscriptions/{member.subscription_id}"
+    await sandbox.control(
+        "POST",
+        "/_sandbox/faults",
+        {"kind": "server_error", "count": 10_000, "path_prefix": subscription_path},
+    )
+    await _retry_now(http, dunning_stack, invoice_id)
+    await case_in(db, invoice_id, "exhausted")
+    await eventually(
+        lambda: sandbox.requests(subscription_path, method="DELETE"),
+        until=lambda found: len(found) > 0,
+        what="the end action tried",
+    )
+    # The member pays by hand before the end action is repeated.
+    await stripe_client.v1.invoices.pay_async(
+        invoice_id, params={"payment_method": "pm_card_mastercard"}
+    )
+    await eventually(
+        lambda: db.fetchval(
+            "SELECT status FROM retry.settled_invoices WHERE invoice_id = $1", invoice_id
+        ),
+        until=lambda status: status == "paid",
+        what="invoice.paid applied",
+    )
+    # A cancellation already under way (the call policy's retries) ends first;
+    # then Stripe works again, long enough for the sweep to repeat an end
+    # action still due.
+    await asyncio.sleep(retry_settings["stripe_call_budget_seconds"] + 1)
+    await sandbox.control("DELETE", "/_sandbox/faults")
+    await asyncio.sleep(retry_settings["dunning_lease_seconds"] + 2)
+
+    sub = await stripe_client.v1.subscriptions.retrieve_async(member.subscription_id)
+    assert sub.status != "canceled"
+    cancels = await sandbox.requests(subscription_path, method="DELETE")
+    assert all(r["fault"] for r in cancels)
+
+
 @pytest.mark.usefixtures("attempts_on_demand")
 async def test_stripe_rate_limits_are_retried_within_the_attempt(
     dunning_stack: Stack,
