@@ -130,7 +130,16 @@ class Sender:
         try:
             for row in rows:
                 try:
-                    await smtp.send_message(build_message(row, self._settings.mail_from))
+                    message = build_message(row, self._settings.mail_from)
+                except Exception as exc:  # whatever the email package raises
+                    # The row itself is unusable (an address the email package
+                    # cannot parse): no retry can send it. Raised out of the loop,
+                    # it would hold the rest of the batch for a lease and come
+                    # back first every time, never dead.
+                    await self._failed(row, exc, permanent=True)
+                    continue
+                try:
+                    await smtp.send_message(message)
                 except (aiosmtplib.SMTPException, OSError) as exc:
                     await self._failed(row, exc)
                     if isinstance(exc, aiosmtplib.SMTPServerDisconnected | OSError):
@@ -186,9 +195,9 @@ class Sender:
             raise
         metrics.EMAILS_SENT.labels(row["event_type"]).inc()
 
-    async def _failed(self, row: Any, exc: BaseException) -> None:
+    async def _failed(self, row: Any, exc: BaseException, *, permanent: bool = False) -> None:
         tries = row["tries"] + 1
-        dead = tries >= self._settings.mail_max_tries
+        dead = permanent or tries >= self._settings.mail_max_tries
         now = self._clock.now()
         async with self._pool.acquire() as conn:
             await conn.execute(
