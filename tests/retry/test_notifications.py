@@ -157,6 +157,9 @@ def test_money_reads_minor_units() -> None:
     assert money(19900, "usd") == "199.00 USD"
     assert money(5, "eur") == "0.05 EUR"
     assert money(1200, "jpy") == "1200 JPY"
+    # Three-decimal currencies: Stripe's minor unit is a thousandth.
+    assert money(12_340, "kwd") == "12.340 KWD"
+    assert money(5_000, "bhd") == "5.000 BHD"
 
 
 @pytest.fixture
