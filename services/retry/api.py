@@ -135,6 +135,14 @@ async def stop(call: Call[contract.StaffAction, Empty]) -> contract.CaseView:
             row["invoice_id"],
             now,
         )
+        # As any close does (cases._CLOSE): an attempt left to be repeated (Stripe
+        # was unreachable) never will be now, so it is not shown as under way.
+        await conn.execute(
+            "UPDATE attempts SET outcome = 'superseded', finished_at = $2"
+            " WHERE invoice_id = $1 AND outcome = 'pending'",
+            row["invoice_id"],
+            now,
+        )
         count(metrics.DUNNING_CASES_CLOSED.labels("canceled", "stopped_by_staff"))
         await audit.record(
             conn,
