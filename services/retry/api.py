@@ -124,10 +124,22 @@ async def stop(call: Call[contract.StaffAction, Empty]) -> contract.CaseView:
 
     async def effect(conn: DbConnection) -> contract.CaseView:
         row = await _case_for(conn, call.path["invoice_id"])
+        if row["lease_owner"] is not None:
+            # A replica is at Stripe with the case's payment: closing the case
+            # now would not stop that charge, only hide it behind "canceled".
+            raise conflict("attempt_in_progress", "an attempt of this case is under way")
         updated = await conn.fetchrow(
             "UPDATE cases SET state = 'canceled', close_reason = 'stopped_by_staff',"
             " closed_at = $2, updated_at = $2, next_attempt_at = NULL, lease_owner = NULL"
             " WHERE invoice_id = $1 RETURNING *",
+            row["invoice_id"],
+            now,
+        )
+        # As any close does (cases._CLOSE): an attempt left to be repeated (Stripe
+        # was unreachable) never will be now, so it is not shown as under way.
+        await conn.execute(
+            "UPDATE attempts SET outcome = 'superseded', finished_at = $2"
+            " WHERE invoice_id = $1 AND outcome = 'pending'",
             row["invoice_id"],
             now,
         )

@@ -272,6 +272,16 @@ async def settle(
         now,
     )
     if status == "paid":
+        # An exhausted case whose end action is still to run (Stripe failed it,
+        # or its replica stopped): the member has paid since, so cancelling the
+        # subscription or writing the invoice off now would punish a paying
+        # member. Nothing is left for the action to do; the sweep skips it.
+        await conn.execute(
+            "UPDATE cases SET end_action_done_at = $2, updated_at = $2 WHERE invoice_id = $1"
+            " AND state = 'exhausted' AND end_action_done_at IS NULL",
+            invoice.id,
+            now,
+        )
         return await close(
             conn,
             outbox,

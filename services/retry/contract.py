@@ -112,6 +112,10 @@ STOP = _admin(
     body=StaffAction,
     response=CaseView,
     errors=(404, 409),
+    description=(
+        "404 when no case matches; 409 when the case is closed, or an attempt of it is"
+        " under way (its charge cannot be stopped: try again once it has ended)."
+    ),
 )
 
 ENDPOINTS: tuple[Endpoint, ...] = (LIST_CASES, RETRY_NOW, STOP)

@@ -67,23 +67,26 @@ def stripe_handlers(settings: RetrySettings) -> Handlers:
     @handlers.on("invoice.payment_failed", model=DunningStripeEvent)
     async def payment_failed(event: DunningStripeEvent, ctx: Context) -> None:
         invoice = Invoice.model_validate(event.data.object)
-        now = ctx.clock.now()
         opened = await cases.open_case(
             ctx.conn,
             ctx.outbox,
-            now,
+            ctx.clock.now(),
             invoice,
             schedule,
             observe_only=settings.dunning_observe_only,
             update_url=settings.dunning_update_payment_method_url,
         )
-        if opened is not None or not settings.dunning_observe_only:
+        if not settings.dunning_observe_only:
             # Our own attempts' failures come back as this event too; the
             # attempt itself recorded them.
             return
-        await _observe_stripe_attempt(ctx, invoice)
+        # The event that opens the case may already be one of Stripe's retries
+        # (the earlier ones lost, late, or from before this service ran), even
+        # its last: it is recorded, and ends the case, like any other. The
+        # opening told the member already: one event, one email.
+        await _observe_stripe_attempt(ctx, invoice, notify=opened is None)
 
-    async def _observe_stripe_attempt(ctx: Context, invoice: Invoice) -> None:
+    async def _observe_stripe_attempt(ctx: Context, invoice: Invoice, *, notify: bool) -> None:
         # Stripe's first attempt opened the case; its retries are 2, 3, ...
         number = invoice.attempt_count - 1
         row = await ctx.conn.fetchrow(
@@ -119,15 +122,16 @@ def stripe_handlers(settings: RetrySettings) -> Handlers:
             if invoice.next_payment_attempt is not None
             else None
         )
-        await cases.emit_attempt_failed(
-            ctx.outbox,
-            case,
-            attempt=number,
-            decline_code=None,
-            next_attempt_at=next_at,
-            paused=False,
-            update_url=settings.dunning_update_payment_method_url or case.hosted_invoice_url,
-        )
+        if notify:
+            await cases.emit_attempt_failed(
+                ctx.outbox,
+                case,
+                attempt=number,
+                decline_code=None,
+                next_attempt_at=next_at,
+                paused=False,
+                update_url=settings.dunning_update_payment_method_url or case.hosted_invoice_url,
+            )
         if next_at is None:
             # Stripe has given up; what happens to the subscription is the
             # account's setting, not ours.
@@ -201,7 +205,13 @@ def _new_default_payment_method(customer: Customer, previous: dict[str, Any] | N
     )
     if current is None or not previous or "invoice_settings" not in previous:
         return False
-    before = (previous.get("invoice_settings") or {}).get("default_payment_method")
+    # Stripe names only the changed keys of invoice_settings: a footer or custom
+    # fields changing leaves default_payment_method out, and the card (a stolen
+    # one, maybe) is the same as before.
+    changed = previous.get("invoice_settings") or {}
+    if "default_payment_method" not in changed:
+        return False
+    before = changed["default_payment_method"]
     if isinstance(before, dict):
         before = before.get("id")
     return bool(before != current)

@@ -119,3 +119,95 @@ async def test_operators_list_retry_now_and_stop_cases(
         [entry] = logged["data"]
         assert (entry["service"], entry["action"], entry["reason"]) == ("retry", action, reason)
         assert entry["actor_role"] == "admin" and entry["request_id"]
+
+
+async def test_a_case_cannot_be_stopped_while_its_attempt_is_at_stripe(
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+    http: aiohttp.ClientSession,
+) -> None:
+    gateway = dunning_stack.gateway
+    member = await new_member(stripe_client)
+    invoice_id = await fail_renewal(stripe_client, sandbox, member, declines=1)
+    await case_in(db, invoice_id, "open")
+    # Stripe is slow to take the payment: the attempt is under way meanwhile.
+    await sandbox.control(
+        "POST",
+        "/_sandbox/faults",
+        {
+            "kind": "slow",
+            "count": 1,
+            "delay_ms": 3000,
+            "path_prefix": f"/v1/invoices/{invoice_id}/pay",
+        },
+    )
+    status, body, _ = await admin(
+        http, gateway, "POST", f"/dunning/{invoice_id}/retry-now", data=_reason()
+    )
+    assert status == 200, body
+    await eventually(
+        lambda: sandbox.requests(f"/v1/invoices/{invoice_id}/pay", method="POST"),
+        until=lambda found: len(found) == 1,
+        what="the attempt at Stripe",
+    )
+
+    # Stopping now cannot stop the charge: the operator is told so, not "canceled".
+    status, body, _ = await admin(
+        http, gateway, "POST", f"/dunning/{invoice_id}/stop", data=_reason("goodwill")
+    )
+    assert status == 409, body
+    assert body["error"]["code"] == "attempt_in_progress"
+
+    case = await case_in(db, invoice_id, "recovered")
+    assert case["close_reason"] == "attempt_succeeded"
+    assert len(await succeeded_charges(stripe_client, member.customer_id)) == 2
+
+
+@pytest.fixture
+def stripe_retried_late(retry_settings: dict[str, Any]) -> dict[str, Any]:
+    # An attempt Stripe could not take is tried again an hour later.
+    retry_settings["dunning_unavailable_retry_seconds"] = 3600.0
+    return retry_settings
+
+
+@pytest.mark.usefixtures("stripe_retried_late")
+async def test_a_stopped_case_leaves_no_attempt_pending(
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+    http: aiohttp.ClientSession,
+) -> None:
+    gateway = dunning_stack.gateway
+    member = await new_member(stripe_client)
+    invoice_id = await fail_renewal(stripe_client, sandbox, member, declines=1)
+    await case_in(db, invoice_id, "open")
+    # Stripe is down for the payment: the attempt is left to be repeated.
+    await sandbox.control(
+        "POST",
+        "/_sandbox/faults",
+        {"kind": "server_error", "count": 10_000, "path_prefix": f"/v1/invoices/{invoice_id}/pay"},
+    )
+    status, body, _ = await admin(
+        http, gateway, "POST", f"/dunning/{invoice_id}/retry-now", data=_reason()
+    )
+    assert status == 200, body
+    await eventually(
+        lambda: db.fetchrow(
+            "SELECT * FROM retry.cases WHERE invoice_id = $1"
+            " AND lease_owner IS NULL AND pending_attempt = 1",
+            invoice_id,
+        ),
+        what="the attempt waiting to be repeated",
+    )
+
+    status, body, _ = await admin(
+        http, gateway, "POST", f"/dunning/{invoice_id}/stop", data=_reason("goodwill")
+    )
+    assert status == 200, body
+    assert body["state"] == "canceled"
+    # Closed, the case will never finish that attempt: it is not shown as under way.
+    assert [(a["number"], a["outcome"]) for a in body["attempts"]] == [(1, "superseded")]
+    assert body["attempts_made"] == 1

@@ -21,6 +21,8 @@ from tests.retry.helpers import (
     outbox_events,
     succeeded_charges,
 )
+from tests.support import stripe_objects as so
+from tests.support.gateway_client import post_event
 from tests.support.sandbox_process import SandboxProcess
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
@@ -270,6 +272,45 @@ async def test_a_hard_decline_pauses_until_a_new_card_then_resumes_at_once(
     assert len(paused) == 1 and paused[0]["data"]["next_attempt_at"] is None
 
 
+async def test_a_customer_update_that_keeps_the_card_leaves_a_paused_case_paused(
+    *,
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+    retry_settings: dict[str, Any],
+    http: aiohttp.ClientSession,
+) -> None:
+    member = await new_member(stripe_client)
+    invoice_id = await fail_renewal(
+        stripe_client, sandbox, member, declines=10, decline_code="stolen_card"
+    )
+    await case_in(db, invoice_id, "paused")
+    pays_before = len(await sandbox.requests(f"/v1/invoices/{invoice_id}/pay", method="POST"))
+
+    # Another invoice setting changes (the footer); the default card, the
+    # stolen one, stays. Stripe's previous_attributes name only what changed.
+    customer = (await stripe_client.v1.customers.retrieve_async(member.customer_id)).to_dict()
+    customer["invoice_settings"]["footer"] = "Thank you"
+    updated = so.event("customer.updated", customer)
+    updated["data"]["previous_attributes"] = {"invoice_settings": {"footer": None}}
+    status, body = await post_event(http, dunning_stack.gateway, updated)
+    assert status == 200, body
+    await eventually(
+        lambda: db.fetchval(
+            "SELECT true FROM retry.inbox WHERE queue = 'retry.stripe-events' AND event_id = $1",
+            updated["id"],
+        ),
+        what="the customer.updated applied",
+    )
+    await _quiet(retry_settings)
+
+    case = await case_in(db, invoice_id, "paused")
+    assert case["attempts"] == 1
+    pays = await sandbox.requests(f"/v1/invoices/{invoice_id}/pay", method="POST")
+    assert len(pays) == pays_before
+
+
 @pytest.fixture
 def uncollectible(retry_settings: dict[str, Any]) -> dict[str, Any]:
     retry_settings["dunning_end_action"] = "mark_uncollectible"
@@ -306,6 +347,63 @@ def attempts_on_demand(retry_settings: dict[str, Any]) -> dict[str, Any]:
     retry_settings["dunning_first_delay_seconds"] = 3600.0
     retry_settings["dunning_max_delay_seconds"] = 3600.0
     return retry_settings
+
+
+@pytest.fixture
+def one_attempt_on_demand(attempts_on_demand: dict[str, Any]) -> dict[str, Any]:
+    attempts_on_demand["dunning_max_attempts"] = 1
+    return attempts_on_demand
+
+
+@pytest.mark.usefixtures("one_attempt_on_demand")
+async def test_an_invoice_paid_before_the_end_action_ran_keeps_the_membership(
+    *,
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+    http: aiohttp.ClientSession,
+    retry_settings: dict[str, Any],
+) -> None:
+    member = await new_member(stripe_client)
+    invoice_id = await fail_renewal(stripe_client, sandbox, member, declines=2)
+    await case_in(db, invoice_id, "open")
+    # Stripe fails the cancellation for now: the end action is left undone.
+    subscription_path = f"/v1/subscriptions/{member.subscription_id}"
+    await sandbox.control(
+        "POST",
+        "/_sandbox/faults",
+        {"kind": "server_error", "count": 10_000, "path_prefix": subscription_path},
+    )
+    await _retry_now(http, dunning_stack, invoice_id)
+    await case_in(db, invoice_id, "exhausted")
+    await eventually(
+        lambda: sandbox.requests(subscription_path, method="DELETE"),
+        until=lambda found: len(found) > 0,
+        what="the end action tried",
+    )
+    # The member pays by hand before the end action is repeated.
+    await stripe_client.v1.invoices.pay_async(
+        invoice_id, params={"payment_method": "pm_card_mastercard"}
+    )
+    await eventually(
+        lambda: db.fetchval(
+            "SELECT status FROM retry.settled_invoices WHERE invoice_id = $1", invoice_id
+        ),
+        until=lambda status: status == "paid",
+        what="invoice.paid applied",
+    )
+    # A cancellation already under way (the call policy's retries) ends first;
+    # then Stripe works again, long enough for the sweep to repeat an end
+    # action still due.
+    await asyncio.sleep(retry_settings["stripe_call_budget_seconds"] + 1)
+    await sandbox.control("DELETE", "/_sandbox/faults")
+    await asyncio.sleep(retry_settings["dunning_lease_seconds"] + 2)
+
+    sub = await stripe_client.v1.subscriptions.retrieve_async(member.subscription_id)
+    assert sub.status != "canceled"
+    cancels = await sandbox.requests(subscription_path, method="DELETE")
+    assert all(r["fault"] for r in cancels)
 
 
 @pytest.mark.usefixtures("attempts_on_demand")

@@ -3,13 +3,17 @@ and notifies, and never charges itself."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 import stripe
 
 from tests.retry.helpers import DAY, attempts_of, case_in, fail_renewal, new_member, outbox_events
+from tests.support import stripe_objects as so
+from tests.support.gateway_client import post_event
 from tests.support.sandbox_process import SandboxProcess
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
@@ -63,3 +67,42 @@ async def test_observe_only_records_stripe_retries_and_never_charges(
     assert {e["data"]["attempt"] for e in notified} <= {0, 1, 2}
     assert notified[0]["data"]["next_attempt_at"] is not None  # Stripe's next retry
     assert len(await outbox_events(db, "dunning.exhausted")) == 1
+
+
+async def test_a_case_first_heard_of_at_stripes_last_retry_is_closed(
+    dunning_stack: Stack, db: asyncpg.Connection, http: aiohttp.ClientSession
+) -> None:
+    # The renewal's own failure and Stripe's first retries never reached us (lost,
+    # or before this service ran): the first event we see is Stripe's last retry,
+    # its fourth attempt, with no next one.
+    invoice = so.fixture("invoice")
+    invoice.update(
+        id=so.new_id("in"),
+        customer="cus_test_member",
+        status="open",
+        billing_reason="subscription_cycle",
+        amount_due=19900,
+        amount_paid=0,
+        amount_remaining=19900,
+        currency="usd",
+        attempt_count=4,
+        next_payment_attempt=None,
+        customer_email="ada@example.com",
+        parent={
+            "type": "subscription_details",
+            "quote_details": None,
+            "subscription_details": {"subscription": so.new_id("sub"), "metadata": {}},
+        },
+    )
+    failed = so.event("invoice.payment_failed", invoice, created=int(time.time()))
+    status, body = await post_event(http, dunning_stack.gateway, failed)
+    assert status == 200, body
+
+    case = await case_in(db, invoice["id"], "exhausted")
+    assert case["close_reason"] == "stripe_retries_spent"
+    assert case["end_action_done_at"] is not None
+    attempts = await attempts_of(db, invoice["id"])
+    assert [(a["number"], a["outcome"]) for a in attempts] == [(3, "observed")]
+    # One event, one email: the member hears of it once.
+    notified = await outbox_events(db, "dunning.attempt_failed")
+    assert len(notified) == 1 and notified[0]["data"]["next_attempt_at"] is None

@@ -157,6 +157,9 @@ def test_money_reads_minor_units() -> None:
     assert money(19900, "usd") == "199.00 USD"
     assert money(5, "eur") == "0.05 EUR"
     assert money(1200, "jpy") == "1200 JPY"
+    # Three-decimal currencies: Stripe's minor unit is a thousandth.
+    assert money(12_340, "kwd") == "12.340 KWD"
+    assert money(5_000, "bhd") == "5.000 BHD"
 
 
 @pytest.fixture
@@ -186,3 +189,28 @@ async def test_an_email_the_server_keeps_refusing_is_dead_lettered_not_lost(
         )
         == 1
     )
+
+
+async def test_an_email_that_cannot_be_built_is_dead_lettered_and_holds_no_other_back(
+    few_tries: dict[str, Any], dunning_stack: Stack, mail: MailSink, db: asyncpg.Connection
+) -> None:
+    # An address the email package cannot parse: no server will ever take it.
+    broken = billing_events.PaymentRefunded(
+        **{**_refund(500).model_dump(), "member": {**MEMBER.model_dump(), "email": "ada@"}}
+    )
+    broken_id, fine_id = str(uuid.uuid4()), str(uuid.uuid4())
+    await _publish("payment.refunded", broken, broken_id)
+    await _publish("payment.refunded", _refund(600), fine_id)
+
+    row = await eventually(
+        lambda: db.fetchrow("SELECT * FROM retry.mail WHERE event_id = $1", broken_id),
+        until=lambda r: r is not None and r["state"] == "dead",
+        what="the unbuildable email dead-lettered",
+    )
+    assert row["last_error"]
+    received = await eventually(
+        lambda: asyncio.sleep(0, mail.to("ada@example.com")),
+        until=lambda got: len(got) == 1,
+        what="the other email sent",
+    )
+    assert received[0]["X-Billing-Event-Id"] == fine_id

@@ -39,14 +39,19 @@ _ZERO_DECIMAL = frozenset(
 )
 
 
+# Stripe's three-decimal currencies: the minor unit is a thousandth.
+_THREE_DECIMAL = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
+
+
 def money(amount: int, currency: str) -> str:
     """Integer minor units as a member reads them: ``19900, "usd"`` -> ``199.00 USD``."""
     code = currency.lower()
     if code in _ZERO_DECIMAL:
         return f"{amount} {code.upper()}"
+    digits = 3 if code in _THREE_DECIMAL else 2
     sign = "-" if amount < 0 else ""
-    whole, cents = divmod(abs(amount), 100)
-    return f"{sign}{whole}.{cents:02d} {code.upper()}"
+    whole, fraction = divmod(abs(amount), 10**digits)
+    return f"{sign}{whole}.{fraction:0{digits}d} {code.upper()}"
 
 
 def day(moment: datetime | str | None) -> str:

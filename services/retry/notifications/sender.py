@@ -3,6 +3,9 @@
 Each replica claims due rows with ``FOR UPDATE SKIP LOCKED`` and a lease
 (``lease_until``), committed before it connects to the mail server, so
 replicas never send one row twice at once and no transaction waits on SMTP.
+The batch is sent one email after another; right before each, the row's
+lease is renewed if it is still this batch's, so a slow server that makes
+the batch outlast its lease leaves the rest to the replica that took it over.
 A refused or failed send is tried again after a backoff that doubles from
 ``MAIL_RETRY_FIRST_SECONDS`` up to ``MAIL_RETRY_MAX_SECONDS``; after
 ``MAIL_MAX_TRIES`` the row is dead (``state = 'dead'``, its last error kept,
@@ -130,7 +133,20 @@ class Sender:
         try:
             for row in rows:
                 try:
-                    await smtp.send_message(build_message(row, self._settings.mail_from))
+                    message = build_message(row, self._settings.mail_from)
+                except Exception as exc:  # whatever the email package raises
+                    # The row itself is unusable (an address the email package
+                    # cannot parse): no retry can send it. Raised out of the loop,
+                    # it would hold the rest of the batch for a lease and come
+                    # back first every time, never dead.
+                    await self._failed(row, exc, permanent=True)
+                    continue
+                if not await self._still_ours(row):
+                    # The batch outlasted the lease (a slow server): another
+                    # replica may have claimed this row and be sending it.
+                    continue
+                try:
+                    await smtp.send_message(message)
                 except (aiosmtplib.SMTPException, OSError) as exc:
                     await self._failed(row, exc)
                     if isinstance(exc, aiosmtplib.SMTPServerDisconnected | OSError):
@@ -159,6 +175,21 @@ class Sender:
             await smtp.login(s.smtp_username, password)
         return smtp
 
+    async def _still_ours(self, row: Any) -> bool:
+        """Renew the row's lease for its send, if the claim still holds: unexpired
+        and not taken over (the lease is the one this batch set)."""
+        now = self._clock.now()
+        async with self._pool.acquire() as conn:
+            renewed = await conn.fetchval(
+                "UPDATE mail SET lease_until = $3 WHERE event_id = $1 AND state = 'pending'"
+                " AND lease_until = $2 AND lease_until > $4 RETURNING true",
+                row["event_id"],
+                row["lease_until"],
+                now + _LEASE,
+                now,
+            )
+        return bool(renewed)
+
     async def _sent(self, row: Any) -> None:
         # The email is out: a row left pending would be sent again once its
         # lease ends. So the mark is retried through a database blip (a
@@ -186,9 +217,9 @@ class Sender:
             raise
         metrics.EMAILS_SENT.labels(row["event_type"]).inc()
 
-    async def _failed(self, row: Any, exc: BaseException) -> None:
+    async def _failed(self, row: Any, exc: BaseException, *, permanent: bool = False) -> None:
         tries = row["tries"] + 1
-        dead = tries >= self._settings.mail_max_tries
+        dead = permanent or tries >= self._settings.mail_max_tries
         now = self._clock.now()
         async with self._pool.acquire() as conn:
             await conn.execute(
