@@ -215,9 +215,13 @@ class Backfills:
             until,
         )
         if since <= oldest + timedelta(minutes=5):
+            # Whatever the cursor says: a cursor older than what Stripe lists
+            # (the first run failed, no backfill for weeks) would otherwise
+            # never be reached by a window again and stay behind for good.
             await self._pool.execute(
-                "INSERT INTO reconcile_cursor (name, checked_until) VALUES ($1, $2)"
-                " ON CONFLICT (name) DO NOTHING",
+                "INSERT INTO reconcile_cursor AS c (name, checked_until) VALUES ($1, $2)"
+                " ON CONFLICT (name) DO UPDATE SET checked_until = EXCLUDED.checked_until,"
+                " updated_at = now() WHERE c.checked_until < EXCLUDED.checked_until",
                 CURSOR,
                 until,
             )

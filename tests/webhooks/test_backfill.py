@@ -257,3 +257,27 @@ async def test_the_schedule_runs_one_backfill_at_a_time_across_replicas(
     assert cursor == max(j["until"] for j in jobs)
     # The next run starts from the cursor (less the overlap), not 30 days back.
     assert jobs[-1]["since"] > datetime.now(UTC) - timedelta(days=1)
+
+
+async def test_a_cursor_older_than_stripe_keeps_moves_on_after_a_full_backfill(rig: Rig) -> None:
+    # The first scheduled run failed (Stripe away, a key without access to
+    # events) and left the cursor where it started; weeks later that is older
+    # than anything Stripe lists.
+    await rig.db.execute(
+        "INSERT INTO webhooks.reconcile_cursor (name, checked_until) VALUES ('events', $1)",
+        datetime.now(UTC) - timedelta(days=40),
+    )
+    missed = await rig.stripe_events(2)
+
+    done = await rig.finished((await rig.backfill())["id"])
+
+    assert done["state"] == "succeeded", done
+    assert done["recovered"] == 2
+    # The job checked everything Stripe lists: no hole is left behind its end,
+    # so the next run starts there, not 30 days back again (and the
+    # ReconcileBehind alert clears).
+    cursor = await rig.db.fetchval(
+        "SELECT checked_until FROM webhooks.reconcile_cursor WHERE name = 'events'"
+    )
+    assert cursor == datetime.fromisoformat(done["until"])
+    await eventually(lambda: rig.in_ledger(missed), until=lambda n: n == 2, what="recovered")
