@@ -378,3 +378,15 @@ async def test_a_letter_waits_unacked_while_the_store_is_away_then_is_stored_onc
         database_proxy.restore()
         await stack.stop()
         await delete_queues([queue, f"{queue}.dlq"])
+
+
+async def test_a_letter_id_no_letter_can_have_is_a_422_not_a_500(rig: Rig) -> None:
+    for body in (
+        {"ids": [2**63], "reason": "fat-fingered id"},
+        {"ids": [-(2**63) - 1], "reason": "fat-fingered id"},
+    ):
+        status, answer = await admin_post(
+            rig.http, rig.stack.gateway, "/v1/admin/dead-letters/redrive", body
+        )
+        assert_error(status, answer, 422, "validation_failed")
+        assert [d["field"] for d in answer["error"]["details"]] == ["ids.0"], answer
