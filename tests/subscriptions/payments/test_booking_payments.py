@@ -438,3 +438,64 @@ async def test_a_refund_that_fails_gives_the_amount_back(
     # What is left to refund is the whole amount again.
     status, again = await api.refund(pid, None, key="fail-2")
     assert (status, again["amount"], again["remaining"]) == (201, 5000, 0), again
+
+
+async def test_a_full_refund_retried_after_stripe_answered_too_late_is_the_same_refund(
+    sandbox: SandboxProcess,
+    clean_state: None,
+    http: aiohttp.ClientSession,
+    stripe_client: stripe.StripeClient,
+) -> None:
+    # Stripe makes the refund (and sends charge.refunded) but its answer comes
+    # too late and the call policy's retry meets an outage: staff see a 503
+    # and send the same request again, with the same key.
+    patience = {"stripe_timeout_seconds": 1.0, "stripe_call_attempts": 2}
+    running = await start_stack(stripe_api_base=sandbox.url, subscriptions=patience)
+    try:
+        await sandbox.deliver_to(f"{running.gateway}/webhooks/stripe")
+        api = Api(http, running.gateway)
+        status, created = await api.pay([item("day_pass", 2, "desk-day:2026-12-19")])
+        assert status == 201, created
+        await confirm(stripe_client, created["payment_intent_id"])
+        pid = created["payment_id"]
+        await api.until_status(pid, "succeeded")
+        await sandbox.control(
+            "POST",
+            "/_sandbox/faults",
+            {"kind": "late_answer", "count": 1, "delay_ms": 2500, "path_prefix": "/v1/refunds"},
+        )
+        await sandbox.control(
+            "POST",
+            "/_sandbox/faults",
+            {"kind": "server_error", "count": 1, "path_prefix": "/v1/refunds"},
+        )
+
+        status, lost = await api.refund(pid, None, key="refund-all")
+        assert status == 503, lost
+        # Stripe did refund it all; the payment says so once charge.refunded is in.
+        await api.until_status(pid, "refunded")
+        [made] = (
+            await stripe_client.v1.refunds.list_async(
+                {"payment_intent": created["payment_intent_id"]}
+            )
+        ).data
+        await asyncio.sleep(3)  # the late answers are gone
+
+        status, again = await api.refund(pid, None, key="refund-all")
+
+        assert status == 201, again
+        assert (again["refund_id"], again["amount"], again["remaining"]) == (made.id, 7000, 0)
+        # The staff write is in the audit log, once.
+        status, audit = await api.call(
+            "GET", "/v1/admin/audit", user="admin_al", role="admin", params={"target": pid}
+        )
+        assert status == 200, audit
+        assert [e["action"] for e in audit["data"]] == ["payment.refund"]
+        assert audit["data"][0]["actor_id"] == STAFF
+        # Nothing more was refunded.
+        listed = await stripe_client.v1.refunds.list_async(
+            {"payment_intent": created["payment_intent_id"]}
+        )
+        assert [r.id for r in listed.data] == [made.id]
+    finally:
+        await running.stop()
