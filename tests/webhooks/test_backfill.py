@@ -281,3 +281,47 @@ async def test_a_cursor_older_than_stripe_keeps_moves_on_after_a_full_backfill(r
     )
     assert cursor == datetime.fromisoformat(done["until"])
     await eventually(lambda: rig.in_ledger(missed), until=lambda n: n == 2, what="recovered")
+
+
+async def test_an_event_a_dead_replica_claimed_is_recovered_by_a_later_backfill(
+    clean_state: None,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    http: aiohttp.ClientSession,
+    db: asyncpg.Connection,
+) -> None:
+    # No overlap: only the cursor says where the next backfill starts.
+    stack = await start_stack(
+        stripe_api_base=sandbox.url,
+        webhooks={
+            "reconcile_interval_seconds": 0,
+            "reconcile_grace_seconds": 0,
+            "reconcile_overlap_seconds": 0,
+        },
+    )
+    rig = Rig(stack, sandbox, stripe_client, http, db)
+    try:
+        missed = await rig.stripe_events(2)
+        await asyncio.sleep(1.1)  # the events are in an earlier second than any job
+        # A replica claimed one of them and was killed before publishing it.
+        await db.execute(
+            "INSERT INTO webhooks.backfilled_events (event_id, job_id, state, claimed_at)"
+            " VALUES ($1, $2, 'publishing', now())",
+            missed[0],
+            uuid.uuid4(),
+        )
+
+        first = await rig.finished((await rig.backfill())["id"])
+        assert (first["state"], first["recovered"]) == ("succeeded", 1), first
+        # Later the dead replica's claim is stale and may be taken over.
+        await db.execute(
+            "UPDATE webhooks.backfilled_events SET claimed_at = now() - interval '1 hour'"
+            " WHERE event_id = $1",
+            missed[0],
+        )
+        second = await rig.finished((await rig.backfill())["id"])
+
+        assert second["state"] == "succeeded", second
+        await eventually(lambda: rig.in_ledger(missed), until=lambda n: n == 2, what="both")
+    finally:
+        await stack.stop()
