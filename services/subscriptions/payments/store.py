@@ -121,6 +121,11 @@ async def refresh(conn: DbConnection, payment_id: str) -> tuple[str, asyncpg.Rec
     after = states.overall(
         row["intent_status"], row["amount_paid"], row["amount_refunded"], row["dispute_status"]
     )
+    if before == "failed" and after == "canceled":
+        # The declined intent canceled when its bookings are paid again (or
+        # its Checkout expires): the payment stays the failure it was, in the
+        # history and in the summary's failed count.
+        after = before
     if after == before:
         return before, row
     row = await conn.fetchrow(

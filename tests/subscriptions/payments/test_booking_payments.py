@@ -23,6 +23,7 @@ from tests.subscriptions.payments.helpers import (
 )
 from tests.support.sandbox_process import SandboxProcess
 from tests.support.stack import Stack, start_stack
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -499,3 +500,36 @@ async def test_a_full_refund_retried_after_stripe_answered_too_late_is_the_same_
         assert [r.id for r in listed.data] == [made.id]
     finally:
         await running.stop()
+
+
+async def test_a_declined_payment_paid_again_stays_failed_in_the_history(
+    api: Api, stripe_client: stripe.StripeClient, db: asyncpg.Connection
+) -> None:
+    cart = [item("meeting_room_hour", 1, "room-1:2026-12-20T09")]
+    status, first = await api.pay(cart, key="decline-1")
+    assert status == 201, first
+    with pytest.raises(stripe.CardError):
+        await confirm(stripe_client, first["payment_intent_id"], "pm_card_chargeDeclined")
+    await api.until_status(first["payment_id"], "failed")
+    status, second = await api.pay(cart, key="decline-2")
+    assert status == 201, second
+    await confirm(stripe_client, second["payment_intent_id"])
+    await api.until_status(second["payment_id"], "succeeded")
+
+    # The declined payment's intent was canceled so it cannot be paid as
+    # well; once that event is in, the payment is still the decline it was.
+    async def old_intent() -> Any:
+        return await db.fetchval(
+            "SELECT intent_status FROM subscriptions.payments WHERE id = $1", first["payment_id"]
+        )
+
+    await eventually(old_intent, until=lambda s: s == "canceled", what="the cancel applied")
+    assert (await api.payment(first["payment_id"]))["status"] == "failed"
+    status, summary = await api.call("GET", "/v1/admin/payments/summary", user=STAFF, role="staff")
+    assert status == 200, summary
+    assert (summary["succeeded"]["count"], summary["failed"]["count"]) == (1, 1), summary
+    assert summary["success_rate"] == 0.5
+    status, failed = await api.call(
+        "GET", "/v1/admin/payments", user=STAFF, role="staff", params={"status": "failed"}
+    )
+    assert [p["id"] for p in failed["data"]] == [first["payment_id"]]
