@@ -93,12 +93,21 @@ async def claim(
 
 
 async def abandon(pool: asyncpg.Pool[Any], payment_id: str) -> None:
-    """A payment Stripe never took (the create call was refused): release its bookings."""
+    """A payment Stripe never took (the create call was refused): release its bookings.
+
+    Given up after a transient failure, Stripe may have made the intent all
+    the same, and its ``payment_intent.created`` may arrive afterwards. Nobody
+    holds its client secret, so it can never be paid: the cancellation is
+    kept as the intent's version at this moment, and that older event (its
+    ``created`` is before now) is stale instead of taking the bookings back.
+    """
     async with db.transaction(pool) as conn:
         await conn.execute(
             "UPDATE payments SET status = 'canceled', intent_status = 'canceled',"
+            " version_created = now(), version_progress = $2, version_digest = '',"
             " updated_at = now() WHERE id = $1 AND status = 'pending'",
             payment_id,
+            [states.intent_progress("canceled")],
         )
         await conn.execute(
             "UPDATE payment_bookings SET live = false WHERE payment_id = $1", payment_id

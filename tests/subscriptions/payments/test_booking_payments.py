@@ -578,3 +578,51 @@ async def test_a_failed_refund_gives_the_amount_back_when_events_leave_refunds_o
     assert back["amount_refunded"] == 0
     status, again = await api.refund(pid, None, key="unlisted-2")
     assert (status, again["amount"], again["remaining"]) == (201, 5000, 0), again
+
+
+async def test_a_payment_given_up_on_a_lost_answer_stays_released(
+    sandbox: SandboxProcess,
+    clean_state: None,
+    http: aiohttp.ClientSession,
+    db: asyncpg.Connection,
+) -> None:
+    # Without an Idempotency-Key a request that could not reach Stripe gives
+    # its payment up and frees the booking. Here Stripe did make the intent
+    # (its answer came too late, the retry met an outage), and its
+    # payment_intent.created arrives afterwards.
+    patience = {"stripe_timeout_seconds": 1.0, "stripe_call_attempts": 2}
+    running = await start_stack(stripe_api_base=sandbox.url, subscriptions=patience)
+    try:
+        await sandbox.deliver_to(f"{running.gateway}/webhooks/stripe")
+        api = Api(http, running.gateway)
+        for fault in (
+            {"kind": "late_answer", "count": 1, "delay_ms": 2500},
+            {"kind": "server_error", "count": 1},
+        ):
+            await sandbox.control(
+                "POST", "/_sandbox/faults", {**fault, "path_prefix": "/v1/payment_intents"}
+            )
+        cart = [item("day_pass", 1, "desk-day:2026-12-22")]
+        await sandbox.control("POST", "/_sandbox/delivery", {"paused": True})
+
+        status, lost = await api.pay(cart)
+        assert status == 503, lost
+        [given_up] = (await api.call("GET", "/v1/payments"))[1]["data"]
+        assert given_up["status"] == "canceled"
+        await sandbox.control("POST", "/_sandbox/delivery", {"paused": False})
+
+        async def intent_known() -> Any:
+            return await db.fetchval(
+                "SELECT stripe_payment_intent_id FROM subscriptions.payments WHERE id = $1",
+                given_up["id"],
+            )
+
+        await eventually(intent_known, until=lambda i: i is not None, what="the late intent")
+        await asyncio.sleep(3)  # the late answer is gone
+
+        # The intent nobody can confirm does not take the booking back.
+        assert (await api.payment(given_up["id"]))["status"] == "canceled"
+        status, again = await api.pay(cart)
+        assert status == 201, again
+    finally:
+        await running.stop()
