@@ -12,6 +12,7 @@ consumers all the way.
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -390,3 +391,12 @@ async def test_a_letter_id_no_letter_can_have_is_a_422_not_a_500(rig: Rig) -> No
         )
         assert_error(status, answer, 422, "validation_failed")
         assert [d["field"] for d in answer["error"]["details"]] == ["ids.0"], answer
+
+
+async def test_a_cursor_beyond_any_letter_id_is_a_422_not_a_500(rig: Rig) -> None:
+    forged = base64.urlsafe_b64encode(orjson.dumps([2**63])).decode().rstrip("=")
+    status, answer, _ = await admin(
+        rig.http, rig.stack.gateway, "GET", "/dead-letters", params={"cursor": forged}
+    )
+    assert_error(status, answer, 422, "validation_failed")
+    assert [d["field"] for d in answer["error"]["details"]] == ["cursor"], answer
