@@ -147,8 +147,8 @@ class RedriveResult(BaseModel):
     redriven: int
     ids: list[int] = Field(description="The letters this request sent back.")
     complete: bool = Field(
-        description="False when the broker stopped taking them; the rest stay dead, "
-        "send the request again."
+        description="False when the broker stopped taking them (the rest stay dead, "
+        "send the request again) or a letter's queue is gone (it stays dead)."
     )
 
 
