@@ -164,7 +164,8 @@ _RETRIEVE: dict[str, Callable[[stripe.StripeClient, str], Awaitable[Any]]] = {
     "invoice": lambda c, i: c.v1.invoices.retrieve_async(i),
     "payment_intent": lambda c, i: c.v1.payment_intents.retrieve_async(i),
     "checkout_session": lambda c, i: c.v1.checkout.sessions.retrieve_async(i),
-    "charge": lambda c, i: c.v1.charges.retrieve_async(i),
+    # With its refunds: current API versions list them only when expanded.
+    "charge": lambda c, i: c.v1.charges.retrieve_async(i, {"expand": ["refunds"]}),
     "refund": lambda c, i: c.v1.refunds.retrieve_async(i),
     "dispute": lambda c, i: c.v1.disputes.retrieve_async(i),
     "customer": lambda c, i: c.v1.customers.retrieve_async(i),

@@ -133,7 +133,7 @@ async def redrive_dead_letters(
         lease=timedelta(seconds=settings.dead_letter_redrive_lease_seconds),
     )
     _letter_changed(call)
-    if not outcome.redriven and not outcome.complete:
+    if not outcome.redriven and outcome.broker_failed:
         raise unavailable("broker")
 
     async def effect(conn: DbConnection) -> contract.RedriveResult:

@@ -14,7 +14,8 @@ Two backfills at once (an operator's and the schedule's, or two replicas)
 publish each missing event once: an event is claimed in ``backfilled_events``
 before it is published and marked published after the confirm; whoever finds
 it claimed counts it as already had. A claim whose publisher died is taken
-over after ``reconcile_job_stale_seconds``.
+over after ``reconcile_job_stale_seconds``; until then no job that left an
+event to it moves the cursor past it.
 
 The schedule (``BackfillSchedule``) runs on every replica; a Postgres advisory
 lock lets one at a time start a job, and the cursor row says when the last
@@ -176,8 +177,14 @@ class Backfills:
                 return  # another replica took it, or it ended already
             trigger: str = row["trigger"]
             try:
-                await self._page_through(row)
-                await self._advance_cursor(row["since"], row["until"])
+                elsewhere = await self._page_through(row)
+                if await self._still_publishing(elsewhere):
+                    # Left to a backfill that may have died with its replica:
+                    # the cursor stays, so a later run takes them over once
+                    # their claims are stale instead of starting after them.
+                    log.warning("backfill_cursor_held", claimed_elsewhere=len(elsewhere))
+                else:
+                    await self._advance_cursor(row["since"], row["until"])
             except asyncio.CancelledError:
                 await self._end(job_id, "failed", "interrupted: the service stopped")
                 metrics.RECONCILE_JOBS.labels(trigger, "failed").inc()
@@ -215,9 +222,13 @@ class Backfills:
             until,
         )
         if since <= oldest + timedelta(minutes=5):
+            # Whatever the cursor says: a cursor older than what Stripe lists
+            # (the first run failed, no backfill for weeks) would otherwise
+            # never be reached by a window again and stay behind for good.
             await self._pool.execute(
-                "INSERT INTO reconcile_cursor (name, checked_until) VALUES ($1, $2)"
-                " ON CONFLICT (name) DO NOTHING",
+                "INSERT INTO reconcile_cursor AS c (name, checked_until) VALUES ($1, $2)"
+                " ON CONFLICT (name) DO UPDATE SET checked_until = EXCLUDED.checked_until,"
+                " updated_at = now() WHERE c.checked_until < EXCLUDED.checked_until",
                 CURSOR,
                 until,
             )
@@ -225,7 +236,21 @@ class Backfills:
         if checked is not None:
             metrics.RECONCILE_CHECKED_UNTIL_SECONDS.set(checked.timestamp())
 
-    async def _page_through(self, job: asyncpg.Record) -> None:
+    async def _still_publishing(self, event_ids: list[str]) -> bool:
+        """Whether an event this job left to another backfill is not published yet."""
+        if not event_ids:
+            return False
+        return bool(
+            await self._pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM backfilled_events"
+                " WHERE event_id = ANY($1::text[]) AND state = 'publishing')",
+                event_ids,
+            )
+        )
+
+    async def _page_through(self, job: asyncpg.Record) -> list[str]:
+        """Recover what the window lacks; the ids left to another backfill's claim."""
+        elsewhere: list[str] = []
         if self._calls is None:
             raise BackfillFailed("no Stripe configured (STRIPE_SECRET_KEY)")
         calls = self._calls
@@ -242,7 +267,7 @@ class Backfills:
                 )
             )
             events: list[dict[str, Any]] = [e for e in page.get("data", []) if _is_event(e)]
-            recovered = await self._recover(job_id, events)
+            recovered = await self._recover(job_id, events, elsewhere)
             await self._pool.execute(
                 "UPDATE reconcile_jobs SET seen = seen + $2, already_had = already_had + $3,"
                 " recovered = recovered + $4, heartbeat_at = now() WHERE id = $1",
@@ -254,11 +279,14 @@ class Backfills:
             metrics.RECONCILE_EVENTS.labels("recovered").inc(recovered)
             metrics.RECONCILE_EVENTS.labels("already_had").inc(len(events) - recovered)
             if not page.get("has_more") or not page.get("data"):
-                return
+                return elsewhere
             params["starting_after"] = page["data"][-1]["id"]
 
-    async def _recover(self, job_id: uuid.UUID, events: list[dict[str, Any]]) -> int:
-        """Publish the events of one page the ledger lacks; how many."""
+    async def _recover(
+        self, job_id: uuid.UUID, events: list[dict[str, Any]], elsewhere: list[str]
+    ) -> int:
+        """Publish the events of one page the ledger lacks; how many. Those
+        another backfill claimed are added to ``elsewhere``."""
         if not events:
             return 0
         ids = [e["id"] for e in events]
@@ -288,7 +316,8 @@ class Backfills:
         recovered = 0
         for event in missing:
             if event["id"] not in claimed:
-                continue  # another backfill has it
+                elsewhere.append(event["id"])  # another backfill has it
+                continue
             try:
                 await self._publisher.publish(
                     STRIPE_EVENTS,

@@ -123,7 +123,11 @@ class RedriveRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[int] | None = Field(default=None, min_length=1, max_length=1000)
+    # The ids the path's DEAD_LETTER_ID allows: a bigserial is at most 18
+    # digits here, and a larger number would not fit the query's bigint.
+    ids: list[Annotated[int, Field(ge=1, le=999_999_999_999_999_999)]] | None = Field(
+        default=None, min_length=1, max_length=1000
+    )
     queue: str | None = Field(default=None, max_length=255)
     message_ids: list[str] | None = Field(default=None, min_length=1, max_length=1000)
     event_type: str | None = Field(
@@ -143,8 +147,8 @@ class RedriveResult(BaseModel):
     redriven: int
     ids: list[int] = Field(description="The letters this request sent back.")
     complete: bool = Field(
-        description="False when the broker stopped taking them; the rest stay dead, "
-        "send the request again."
+        description="False when the broker stopped taking them (the rest stay dead, "
+        "send the request again) or a letter's queue is gone (it stays dead)."
     )
 
 

@@ -207,6 +207,7 @@ async def claim(
     dead_before: datetime,
     lease: timedelta,
     limit: int,
+    skip: Sequence[int] = (),
 ) -> list[Claimed]:
     """Take up to ``limit`` waiting letters for one redrive.
 
@@ -216,6 +217,7 @@ async def claim(
     redrive's start): one that failed again after this redrive sent it back
     waits for the next redrive rather than going round within this one. A
     claim older than ``lease`` died with its redrive and may be taken over.
+    ``skip``: letters this redrive already found it cannot send.
     """
     clauses = [
         "(state = 'dead' OR (state = 'redriving' AND redrive_started_at < now() - $1::interval))",
@@ -235,6 +237,8 @@ async def claim(
         clauses.append(f"message_id = ANY({arg(which.message_ids)}::text[])")
     if which.event_type is not None:
         clauses.append(f"event_type = {arg(which.event_type)}")
+    if skip:
+        clauses.append(f"NOT (id = ANY({arg(list(skip))}::bigint[]))")
     token_arg, limit_arg = arg(token), arg(limit)
     rows = await pool.fetch(
         f"""

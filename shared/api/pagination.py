@@ -69,9 +69,15 @@ def decode_cursor(cursor: str, *kinds: type) -> tuple[Any, ...]:
     return tuple(values)
 
 
+_BIGINT = range(-(2**63), 2**63)
+
+
 def _is(value: Any, kind: type) -> bool:
-    # bool is an int to Python, never to a cursor.
-    return isinstance(value, kind) and not isinstance(value, bool)
+    # bool is an int to Python, never to a cursor; an int is a bigint key,
+    # and a larger one (JSON allows it) would only fail in the query.
+    if isinstance(value, bool) or not isinstance(value, kind):
+        return False
+    return not isinstance(value, int) or value in _BIGINT
 
 
 def page_of(

@@ -257,3 +257,71 @@ async def test_the_schedule_runs_one_backfill_at_a_time_across_replicas(
     assert cursor == max(j["until"] for j in jobs)
     # The next run starts from the cursor (less the overlap), not 30 days back.
     assert jobs[-1]["since"] > datetime.now(UTC) - timedelta(days=1)
+
+
+async def test_a_cursor_older_than_stripe_keeps_moves_on_after_a_full_backfill(rig: Rig) -> None:
+    # The first scheduled run failed (Stripe away, a key without access to
+    # events) and left the cursor where it started; weeks later that is older
+    # than anything Stripe lists.
+    await rig.db.execute(
+        "INSERT INTO webhooks.reconcile_cursor (name, checked_until) VALUES ('events', $1)",
+        datetime.now(UTC) - timedelta(days=40),
+    )
+    missed = await rig.stripe_events(2)
+
+    done = await rig.finished((await rig.backfill())["id"])
+
+    assert done["state"] == "succeeded", done
+    assert done["recovered"] == 2
+    # The job checked everything Stripe lists: no hole is left behind its end,
+    # so the next run starts there, not 30 days back again (and the
+    # ReconcileBehind alert clears).
+    cursor = await rig.db.fetchval(
+        "SELECT checked_until FROM webhooks.reconcile_cursor WHERE name = 'events'"
+    )
+    assert cursor == datetime.fromisoformat(done["until"])
+    await eventually(lambda: rig.in_ledger(missed), until=lambda n: n == 2, what="recovered")
+
+
+async def test_an_event_a_dead_replica_claimed_is_recovered_by_a_later_backfill(
+    clean_state: None,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    http: aiohttp.ClientSession,
+    db: asyncpg.Connection,
+) -> None:
+    # No overlap: only the cursor says where the next backfill starts.
+    stack = await start_stack(
+        stripe_api_base=sandbox.url,
+        webhooks={
+            "reconcile_interval_seconds": 0,
+            "reconcile_grace_seconds": 0,
+            "reconcile_overlap_seconds": 0,
+        },
+    )
+    rig = Rig(stack, sandbox, stripe_client, http, db)
+    try:
+        missed = await rig.stripe_events(2)
+        await asyncio.sleep(1.1)  # the events are in an earlier second than any job
+        # A replica claimed one of them and was killed before publishing it.
+        await db.execute(
+            "INSERT INTO webhooks.backfilled_events (event_id, job_id, state, claimed_at)"
+            " VALUES ($1, $2, 'publishing', now())",
+            missed[0],
+            uuid.uuid4(),
+        )
+
+        first = await rig.finished((await rig.backfill())["id"])
+        assert (first["state"], first["recovered"]) == ("succeeded", 1), first
+        # Later the dead replica's claim is stale and may be taken over.
+        await db.execute(
+            "UPDATE webhooks.backfilled_events SET claimed_at = now() - interval '1 hour'"
+            " WHERE event_id = $1",
+            missed[0],
+        )
+        second = await rig.finished((await rig.backfill())["id"])
+
+        assert second["state"] == "succeeded", second
+        await eventually(lambda: rig.in_ledger(missed), until=lambda n: n == 2, what="both")
+    finally:
+        await stack.stop()

@@ -12,6 +12,7 @@ consumers all the way.
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -378,3 +379,53 @@ async def test_a_letter_waits_unacked_while_the_store_is_away_then_is_stored_onc
         database_proxy.restore()
         await stack.stop()
         await delete_queues([queue, f"{queue}.dlq"])
+
+
+async def test_a_letter_id_no_letter_can_have_is_a_422_not_a_500(rig: Rig) -> None:
+    for body in (
+        {"ids": [2**63], "reason": "fat-fingered id"},
+        {"ids": [-(2**63) - 1], "reason": "fat-fingered id"},
+    ):
+        status, answer = await admin_post(
+            rig.http, rig.stack.gateway, "/v1/admin/dead-letters/redrive", body
+        )
+        assert_error(status, answer, 422, "validation_failed")
+        assert [d["field"] for d in answer["error"]["details"]] == ["ids.0"], answer
+
+
+async def test_a_cursor_beyond_any_letter_id_is_a_422_not_a_500(rig: Rig) -> None:
+    forged = base64.urlsafe_b64encode(orjson.dumps([2**63])).decode().rstrip("=")
+    status, answer, _ = await admin(
+        rig.http, rig.stack.gateway, "GET", "/dead-letters", params={"cursor": forged}
+    )
+    assert_error(status, answer, 422, "validation_failed")
+    assert [d["field"] for d in answer["error"]["details"]] == ["cursor"], answer
+
+
+async def test_a_letter_whose_queue_is_gone_does_not_hold_back_the_others(
+    rig: Rig, db: asyncpg.Connection
+) -> None:
+    # A letter of a consumer queue a later release removed: no queue takes it back.
+    await db.execute(
+        "INSERT INTO webhooks.dead_letters (queue, letter_key, message_id, body, death_mark,"
+        " first_seen_at, last_seen_at) VALUES ('gone.stripe-events', 'evt_gone', 'evt_gone',"
+        " '{}'::bytea, 'x', now() - interval '1 hour', now() - interval '1 hour')"
+    )
+    sent = [await rig.dead_letter() for _ in range(2)]
+    await eventually(rig.listed, until=lambda d: len(d) == 2, what="two letters")
+
+    status, answer = await admin_post(
+        rig.http,
+        rig.stack.gateway,
+        "/v1/admin/dead-letters/redrive",
+        {"all": True, "reason": "handler fixed"},
+    )
+
+    assert status == 200, answer
+    assert (answer["redriven"], answer["complete"]) == (2, False), answer
+    await eventually(lambda: message_count(rig.queue), until=lambda n: n == 2, what="both back")
+    gone = await db.fetchrow(
+        "SELECT state, redrive_count FROM webhooks.dead_letters WHERE letter_key = 'evt_gone'"
+    )
+    assert (gone["state"], gone["redrive_count"]) == ("dead", 0)
+    assert sent

@@ -471,21 +471,35 @@ async def _refund(
     refunded = max(int(row["amount_refunded"]), int(asked))
     left = int(row["amount_paid"]) - refunded
     amount = call.body.amount if call.body.amount is not None else left
-    if left <= 0 or amount > left:
-        raise invalid_field("amount", f"at most {max(left, 0)} {row['currency']} is left to refund")
     intent_id = row["stripe_payment_intent_id"]
-    refund = await _stripe(call).call(
-        "create refund",
-        lambda c: c.v1.refunds.create_async(
-            {
-                "payment_intent": intent_id,
-                "amount": amount,
-                "reason": "requested_by_customer",
-                "metadata": {"payment_id": row["id"], "requested_by": call.caller.user_id},
-            },
-            {"idempotency_key": call.stripe_key("refund")},
-        ),
-    )
+    request_key = call.stripe_key("refund")
+    if left <= 0 or amount > left:
+        # A retried request whose refund Stripe made (its answer lost) finds
+        # its own refund counted in what is left: it answers with that refund.
+        made = await _refund_made_by(call, intent_id, request_key)
+        if made is None:
+            raise invalid_field(
+                "amount", f"at most {max(left, 0)} {row['currency']} is left to refund"
+            )
+        refund, remaining = made, max(left, 0)
+    else:
+        refund = await _stripe(call).call(
+            "create refund",
+            lambda c: c.v1.refunds.create_async(
+                {
+                    "payment_intent": intent_id,
+                    "amount": amount,
+                    "reason": "requested_by_customer",
+                    "metadata": {
+                        "payment_id": row["id"],
+                        "requested_by": call.caller.user_id,
+                        "request_key": request_key,
+                    },
+                },
+                {"idempotency_key": request_key},
+            ),
+        )
+        remaining = left - refund.amount
     metrics.REFUNDS_REQUESTED.labels(target).inc()
 
     async def effect(conn: DbConnection) -> contract.RefundView:
@@ -517,10 +531,31 @@ async def _refund(
             amount=refund.amount,
             currency=refund.currency,
             status=refund.status or "pending",
-            remaining=left - refund.amount,
+            remaining=remaining,
         )
 
     return await call.commit(effect)
+
+
+async def _refund_made_by(
+    call: Call[contract.CreateRefund, Empty], intent_id: str, request_key: str
+) -> stripe.Refund | None:
+    """The refund an earlier run of this request made, if Stripe has one.
+
+    Only a request with an Idempotency-Key can be a retry of one whose answer
+    was lost; its refunds carry the key derived from it in their metadata.
+    """
+    if call.claim is None:
+        return None
+    listed = await _stripe(call).call(
+        "list refunds",
+        lambda c: c.v1.refunds.list_async({"payment_intent": intent_id, "limit": 100}),
+    )
+    for refund in listed.data:
+        mine = refund.metadata is not None and "request_key" in refund.metadata
+        if mine and refund.metadata["request_key"] == request_key:  # type: ignore[index]
+            return refund
+    return None
 
 
 async def refund_payment(call: Call[contract.CreateRefund, Empty]) -> contract.RefundView:

@@ -93,12 +93,21 @@ async def claim(
 
 
 async def abandon(pool: asyncpg.Pool[Any], payment_id: str) -> None:
-    """A payment Stripe never took (the create call was refused): release its bookings."""
+    """A payment Stripe never took (the create call was refused): release its bookings.
+
+    Given up after a transient failure, Stripe may have made the intent all
+    the same, and its ``payment_intent.created`` may arrive afterwards. Nobody
+    holds its client secret, so it can never be paid: the cancellation is
+    kept as the intent's version at this moment, and that older event (its
+    ``created`` is before now) is stale instead of taking the bookings back.
+    """
     async with db.transaction(pool) as conn:
         await conn.execute(
             "UPDATE payments SET status = 'canceled', intent_status = 'canceled',"
+            " version_created = now(), version_progress = $2, version_digest = '',"
             " updated_at = now() WHERE id = $1 AND status = 'pending'",
             payment_id,
+            [states.intent_progress("canceled")],
         )
         await conn.execute(
             "UPDATE payment_bookings SET live = false WHERE payment_id = $1", payment_id
@@ -121,6 +130,11 @@ async def refresh(conn: DbConnection, payment_id: str) -> tuple[str, asyncpg.Rec
     after = states.overall(
         row["intent_status"], row["amount_paid"], row["amount_refunded"], row["dispute_status"]
     )
+    if before == "failed" and after == "canceled":
+        # The declined intent canceled when its bookings are paid again (or
+        # its Checkout expires): the payment stays the failure it was, in the
+        # history and in the summary's failed count.
+        after = before
     if after == before:
         return before, row
     row = await conn.fetchrow(

@@ -12,6 +12,7 @@ import pytest
 import stripe
 from prometheus_client import REGISTRY
 
+from shared.stripe_calls import stripe_json
 from tests.subscriptions.payments.helpers import (
     MEMBER,
     OTHER,
@@ -21,8 +22,11 @@ from tests.subscriptions.payments.helpers import (
     item,
     until_events,
 )
+from tests.support import stripe_objects as so
+from tests.support.gateway_client import post_event
 from tests.support.sandbox_process import SandboxProcess
 from tests.support.stack import Stack, start_stack
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -438,3 +442,187 @@ async def test_a_refund_that_fails_gives_the_amount_back(
     # What is left to refund is the whole amount again.
     status, again = await api.refund(pid, None, key="fail-2")
     assert (status, again["amount"], again["remaining"]) == (201, 5000, 0), again
+
+
+async def test_a_full_refund_retried_after_stripe_answered_too_late_is_the_same_refund(
+    sandbox: SandboxProcess,
+    clean_state: None,
+    http: aiohttp.ClientSession,
+    stripe_client: stripe.StripeClient,
+) -> None:
+    # Stripe makes the refund (and sends charge.refunded) but its answer comes
+    # too late and the call policy's retry meets an outage: staff see a 503
+    # and send the same request again, with the same key.
+    patience = {"stripe_timeout_seconds": 1.0, "stripe_call_attempts": 2}
+    running = await start_stack(stripe_api_base=sandbox.url, subscriptions=patience)
+    try:
+        await sandbox.deliver_to(f"{running.gateway}/webhooks/stripe")
+        api = Api(http, running.gateway)
+        status, created = await api.pay([item("day_pass", 2, "desk-day:2026-12-19")])
+        assert status == 201, created
+        await confirm(stripe_client, created["payment_intent_id"])
+        pid = created["payment_id"]
+        await api.until_status(pid, "succeeded")
+        await sandbox.control(
+            "POST",
+            "/_sandbox/faults",
+            {"kind": "late_answer", "count": 1, "delay_ms": 2500, "path_prefix": "/v1/refunds"},
+        )
+        await sandbox.control(
+            "POST",
+            "/_sandbox/faults",
+            {"kind": "server_error", "count": 1, "path_prefix": "/v1/refunds"},
+        )
+
+        status, lost = await api.refund(pid, None, key="refund-all")
+        assert status == 503, lost
+        # Stripe did refund it all; the payment says so once charge.refunded is in.
+        await api.until_status(pid, "refunded")
+        [made] = (
+            await stripe_client.v1.refunds.list_async(
+                {"payment_intent": created["payment_intent_id"]}
+            )
+        ).data
+        await asyncio.sleep(3)  # the late answers are gone
+
+        status, again = await api.refund(pid, None, key="refund-all")
+
+        assert status == 201, again
+        assert (again["refund_id"], again["amount"], again["remaining"]) == (made.id, 7000, 0)
+        # The staff write is in the audit log, once.
+        status, audit = await api.call(
+            "GET", "/v1/admin/audit", user="admin_al", role="admin", params={"target": pid}
+        )
+        assert status == 200, audit
+        assert [e["action"] for e in audit["data"]] == ["payment.refund"]
+        assert audit["data"][0]["actor_id"] == STAFF
+        # Nothing more was refunded.
+        listed = await stripe_client.v1.refunds.list_async(
+            {"payment_intent": created["payment_intent_id"]}
+        )
+        assert [r.id for r in listed.data] == [made.id]
+    finally:
+        await running.stop()
+
+
+async def test_a_declined_payment_paid_again_stays_failed_in_the_history(
+    api: Api, stripe_client: stripe.StripeClient, db: asyncpg.Connection
+) -> None:
+    cart = [item("meeting_room_hour", 1, "room-1:2026-12-20T09")]
+    status, first = await api.pay(cart, key="decline-1")
+    assert status == 201, first
+    with pytest.raises(stripe.CardError):
+        await confirm(stripe_client, first["payment_intent_id"], "pm_card_chargeDeclined")
+    await api.until_status(first["payment_id"], "failed")
+    status, second = await api.pay(cart, key="decline-2")
+    assert status == 201, second
+    await confirm(stripe_client, second["payment_intent_id"])
+    await api.until_status(second["payment_id"], "succeeded")
+
+    # The declined payment's intent was canceled so it cannot be paid as
+    # well; once that event is in, the payment is still the decline it was.
+    async def old_intent() -> Any:
+        return await db.fetchval(
+            "SELECT intent_status FROM subscriptions.payments WHERE id = $1", first["payment_id"]
+        )
+
+    await eventually(old_intent, until=lambda s: s == "canceled", what="the cancel applied")
+    assert (await api.payment(first["payment_id"]))["status"] == "failed"
+    status, summary = await api.call("GET", "/v1/admin/payments/summary", user=STAFF, role="staff")
+    assert status == 200, summary
+    assert (summary["succeeded"]["count"], summary["failed"]["count"]) == (1, 1), summary
+    assert summary["success_rate"] == 0.5
+    status, failed = await api.call(
+        "GET", "/v1/admin/payments", user=STAFF, role="staff", params={"status": "failed"}
+    )
+    assert [p["id"] for p in failed["data"]] == [first["payment_id"]]
+
+
+async def test_a_failed_refund_gives_the_amount_back_when_events_leave_refunds_out(
+    api: Api,
+    stripe_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    http: aiohttp.ClientSession,
+) -> None:
+    # Current API versions leave a charge's refunds out of its events (the
+    # list is only there when expanded): Stripe's events are sent here as
+    # Stripe sends them, without it.
+    status, created = await api.pay([item("meeting_room_hour", 2, "room-7:2026-12-21T09")])
+    assert status == 201, created
+    await confirm(stripe_client, created["payment_intent_id"], "pm_card_refundFail")
+    pid = created["payment_id"]
+    charge_id = (await api.until_status(pid, "succeeded"))["charge_id"]
+    await sandbox.control("POST", "/_sandbox/delivery", {"paused": True})
+
+    async def deliver(event_type: str, obj: dict[str, Any]) -> None:
+        status, answer = await post_event(http, stripe_stack.gateway, so.event(event_type, obj))
+        assert status == 200, answer
+
+    status, refund = await api.refund(pid, 2000, key="unlisted-1")
+    assert status == 201, refund
+    charge = stripe_json(await stripe_client.v1.charges.retrieve_async(charge_id))
+    del charge["refunds"]
+    await deliver("charge.refunded", charge)
+    await api.until_status(pid, "partially_refunded")
+
+    # The card network gives the money back: the refund failed after looking succeeded.
+    await sandbox.control(
+        "POST", f"/_sandbox/refunds/{refund['refund_id']}/settle", {"outcome": "failed"}
+    )
+    failed = stripe_json(await stripe_client.v1.refunds.retrieve_async(refund["refund_id"]))
+    assert failed["status"] == "failed"
+    await deliver("charge.refund.updated", failed)
+
+    back = await api.until_status(pid, "succeeded")
+    assert back["amount_refunded"] == 0
+    status, again = await api.refund(pid, None, key="unlisted-2")
+    assert (status, again["amount"], again["remaining"]) == (201, 5000, 0), again
+
+
+async def test_a_payment_given_up_on_a_lost_answer_stays_released(
+    sandbox: SandboxProcess,
+    clean_state: None,
+    http: aiohttp.ClientSession,
+    db: asyncpg.Connection,
+) -> None:
+    # Without an Idempotency-Key a request that could not reach Stripe gives
+    # its payment up and frees the booking. Here Stripe did make the intent
+    # (its answer came too late, the retry met an outage), and its
+    # payment_intent.created arrives afterwards.
+    patience = {"stripe_timeout_seconds": 1.0, "stripe_call_attempts": 2}
+    running = await start_stack(stripe_api_base=sandbox.url, subscriptions=patience)
+    try:
+        await sandbox.deliver_to(f"{running.gateway}/webhooks/stripe")
+        api = Api(http, running.gateway)
+        for fault in (
+            {"kind": "late_answer", "count": 1, "delay_ms": 2500},
+            {"kind": "server_error", "count": 1},
+        ):
+            await sandbox.control(
+                "POST", "/_sandbox/faults", {**fault, "path_prefix": "/v1/payment_intents"}
+            )
+        cart = [item("day_pass", 1, "desk-day:2026-12-22")]
+        await sandbox.control("POST", "/_sandbox/delivery", {"paused": True})
+
+        status, lost = await api.pay(cart)
+        assert status == 503, lost
+        [given_up] = (await api.call("GET", "/v1/payments"))[1]["data"]
+        assert given_up["status"] == "canceled"
+        await sandbox.control("POST", "/_sandbox/delivery", {"paused": False})
+
+        async def intent_known() -> Any:
+            return await db.fetchval(
+                "SELECT stripe_payment_intent_id FROM subscriptions.payments WHERE id = $1",
+                given_up["id"],
+            )
+
+        await eventually(intent_known, until=lambda i: i is not None, what="the late intent")
+        await asyncio.sleep(3)  # the late answer is gone
+
+        # The intent nobody can confirm does not take the booking back.
+        assert (await api.payment(given_up["id"]))["status"] == "canceled"
+        status, again = await api.pay(cart)
+        assert status == 201, again
+    finally:
+        await running.stop()
