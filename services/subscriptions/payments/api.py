@@ -88,7 +88,7 @@ async def _release_failed(call: Call[Any, Any], stripe_calls: StripeCalls, refs:
     (an intent the browser could confirm again, a Checkout page the member
     could retry on) before paying them again: a booking is charged once."""
     rows = await call.pool.fetch(
-        "SELECT DISTINCT p.id, p.stripe_payment_intent_id, p.stripe_checkout_session_id"
+        "SELECT DISTINCT p.id, p.user_id, p.stripe_payment_intent_id, p.stripe_checkout_session_id"
         " FROM payments p JOIN payment_bookings b ON b.payment_id = p.id"
         " WHERE b.booking_ref = ANY($1::text[]) AND p.status = 'failed'",
         refs,
@@ -101,6 +101,9 @@ async def _release_failed(call: Call[Any, Any], stripe_calls: StripeCalls, refs:
             still_paying = await _cancel_intent(stripe_calls, row["stripe_payment_intent_id"])
         else:
             continue
+        if still_paying is not None and row["user_id"] != call.caller.user_id:
+            # Another member's payment: the slot is taken, its id is theirs.
+            raise conflict("booking_already_paid", "the booking is being paid")
         if still_paying is not None:
             raise conflict(
                 "booking_already_paid",

@@ -38,7 +38,8 @@ INSERT INTO payments (id, kind, flow, user_id, stripe_customer_id, status, amoun
 VALUES ($1, 'booking', $2, $3, $4, 'pending', $5, $6, $7, $8)
 """
 _HOLDER = """
-SELECT b.booking_ref, p.id, p.status FROM payment_bookings b JOIN payments p ON p.id = b.payment_id
+SELECT b.booking_ref, p.id, p.status, p.user_id
+FROM payment_bookings b JOIN payments p ON p.id = b.payment_id
 WHERE b.live AND b.booking_ref = ANY($1::text[]) ORDER BY b.booking_ref LIMIT 1
 """
 
@@ -80,12 +81,18 @@ async def claim(
                 )
         except asyncpg.UniqueViolationError:
             holder = await conn.fetchrow(_HOLDER, priced.booking_refs)
-            ref, held_by = (holder["booking_ref"], holder["id"]) if holder else ("?", "?")
+            ref = holder["booking_ref"] if holder else "?"
+            if holder is None or holder["user_id"] != user_id:
+                # A booking ref is a slot anyone may try to pay; the payment
+                # holding it is its member's own, never named to another.
+                raise conflict(
+                    "booking_already_paid", f"booking {ref} is already paid", booking_ref=ref
+                ) from None
             raise conflict(
                 "booking_already_paid",
-                f"booking {ref} already has payment {held_by}",
+                f"booking {ref} already has payment {holder['id']}",
                 booking_ref=ref,
-                payment_id=held_by,
+                payment_id=holder["id"],
             ) from None
         row = await conn.fetchrow("SELECT * FROM payments WHERE id = $1", payment_id)
         assert row is not None

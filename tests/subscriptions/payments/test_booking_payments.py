@@ -347,6 +347,27 @@ async def test_members_see_only_their_own_payments(
     assert status == 403, refused
 
 
+async def test_a_booking_held_by_another_member_does_not_name_their_payment(
+    api: Api, stripe_client: stripe.StripeClient
+) -> None:
+    # A booking ref names a slot (a room, a desk on a day): one payment holds
+    # it, whoever pays. The 409 tells a member the slot is taken, but another
+    # member's payment id is theirs alone, like every other read of it.
+    cart = [item("day_pass", 1, "desk-day:2026-12-14")]
+    status, theirs = await api.pay(cart, user=OTHER, key="held-1")
+    assert status == 201, theirs
+
+    status, refused = await api.pay(cart, key="held-2")
+    assert (status, refused["error"]["code"]) == (409, "booking_already_paid")
+    assert theirs["payment_id"] not in str(refused)
+    assert {"field": "booking_ref", "reason": "desk-day:2026-12-14"} in refused["error"]["details"]
+
+    # Their own second request still names the payment that holds it.
+    status, own = await api.pay(cart, user=OTHER, key="held-3")
+    assert status == 409
+    assert {"field": "payment_id", "reason": theirs["payment_id"]} in own["error"]["details"]
+
+
 async def test_the_processing_fee_setting(
     sandbox: SandboxProcess, clean_state: None, http: aiohttp.ClientSession
 ) -> None:
