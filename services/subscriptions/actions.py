@@ -11,12 +11,15 @@ import asyncpg
 
 from services.subscriptions import contract, plans, routing, stripe_catalog, views
 from services.subscriptions.state import history
+from services.subscriptions.state import subscriptions as subscription_rows
 from services.subscriptions.state.snapshots import ENDED
-from shared import audit
+from shared import audit, runtime
+from shared import billing_events as be
 from shared.api.service import Call
 from shared.clock import from_unix
 from shared.db import DbConnection
 from shared.http.errors import ApiError, conflict, invalid_field
+from shared.outbox import Outbox
 from shared.stripe_calls import StripeCalls
 
 
@@ -137,9 +140,32 @@ async def _after(  # noqa: PLR0917 - one call shape for every action
             "SELECT * FROM subscriptions WHERE stripe_subscription_id = $1", sub_id
         )
         assert fresh is not None
+        if updates.get("cancel_at_period_end") is True:
+            # Stripe's event about it finds the row already set to end and
+            # sees no change to announce: the fact is announced here.
+            await _announce_cancellation(call, conn, fresh)
         return (await views.subscriptions(conn, [fresh]))[0]
 
     return await call.commit(effect)
+
+
+async def _announce_cancellation(
+    call: Call[Any, Any], conn: DbConnection, row: asyncpg.Record
+) -> None:
+    customer = await conn.fetchrow(
+        "SELECT user_id, email FROM customers WHERE stripe_customer_id = $1",
+        row["stripe_customer_id"],
+    )
+    user_id = customer["user_id"] if customer else row["user_id"]
+    if not user_id:
+        return  # a customer this product did not create: nobody to tell
+    member = be.Member(
+        user_id=user_id,
+        customer_id=row["stripe_customer_id"],
+        email=customer["email"] if customer else None,
+    )
+    outbox = Outbox(conn, source=subscription_rows.SOURCE, clock=call.request.app[runtime.CLOCK])
+    await subscription_rows.cancellation_scheduled(outbox, row, member)
 
 
 async def _release_schedule(call: Call[Any, Any], schedule_id: str | None) -> None:

@@ -1,0 +1,60 @@
+"""What a member's own actions (cancel, resume, change) announce and leave
+behind, whichever of the API's answer and Stripe's event comes first."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import aiohttp
+import asyncpg
+
+from tests.subscriptions.conftest import Billing
+from tests.subscriptions.helpers import api, outbox, subscription_row, wait_outbox
+from tests.subscriptions.test_member_api import subscribe_with_elements
+from tests.support.waiting import eventually
+
+
+async def _pause_deliveries(billing: Billing, paused: bool) -> None:
+    await billing.sandbox.control("POST", "/_sandbox/delivery", {"paused": paused})
+
+
+async def test_a_cancellation_at_period_end_through_the_api_is_announced_once(
+    billing: Billing, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    user = "u_leaving"
+    sub_id = await subscribe_with_elements(http, billing, user)
+    await billing.sandbox.flush()
+    before = await subscription_row(db, sub_id)
+    assert before is not None
+
+    # The API's answer is committed before Stripe's event about it arrives.
+    await _pause_deliveries(billing, True)
+    try:
+        status, canceling = await api(
+            http,
+            billing.gateway,
+            "POST",
+            f"/v1/subscriptions/{sub_id}/cancel",
+            user,
+            body={"at_period_end": True},
+        )
+        assert status == 200 and canceling["cancel_at_period_end"] is True, canceling
+    finally:
+        await _pause_deliveries(billing, False)
+    await billing.sandbox.flush()
+    await eventually(
+        lambda: subscription_row(db, sub_id),
+        # The member's clock stands still: the event is told apart by its state.
+        until=lambda r: r["version_digest"] != before["version_digest"],
+        what="Stripe's event about the cancellation applied",
+    )
+
+    # The member is told their membership ends (notifications send the
+    # confirmation from this event), once.
+    [scheduled] = await wait_outbox(db, "subscription.cancellation_scheduled", timeout=10)
+    assert scheduled["data"]["subscription_id"] == sub_id
+    assert scheduled["data"]["member"]["user_id"] == user
+    assert scheduled["data"]["plan"] == {"plan": "dedicated_desk", "interval": "month"}
+    cancel_at = datetime.fromisoformat(scheduled["data"]["cancel_at"]).astimezone(UTC)
+    assert cancel_at == datetime.fromisoformat(canceling["current_period_end"]).astimezone(UTC)
+    assert len(await outbox(db, "subscription.cancellation_scheduled")) == 1
