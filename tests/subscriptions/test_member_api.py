@@ -307,3 +307,24 @@ async def test_the_billing_portal_and_idempotent_retries(
         idempotency_key="sub-1",
     )
     assert status == 201 and replay["id"] == answers[0][1]["id"]
+
+
+async def test_a_trial_entitles_to_the_trials_credits_not_the_plans(
+    billing: Billing, http: aiohttp.ClientSession
+) -> None:
+    status, created = await api(
+        http,
+        billing.gateway,
+        "POST",
+        "/v1/subscriptions",
+        "u_trying",
+        body={"plan": "hot_desk", "interval": "month"},
+    )
+    assert status == 201 and created["status"] == "trialing", created
+
+    access = await _active(http, billing, "u_trying")
+
+    # What subscription.activated granted for the trial (catalog.toml's
+    # trial_credits), not the paid plan's allotment of 10 hours.
+    assert access["status"] == "trialing"
+    assert access["credits"] == {"meeting_room_hours": 2, "guest_passes": 0, "printing_pages": 20}
