@@ -168,6 +168,12 @@ async def _announce_cancellation(
     await subscription_rows.cancellation_scheduled(outbox, row, member)
 
 
+def _schedule_of(sub: Any) -> str | None:
+    """The schedule managing ``sub`` in Stripe now, if any."""
+    schedule = sub.schedule
+    return schedule if isinstance(schedule, str) or schedule is None else schedule.id
+
+
 async def _release_schedule(call: Call[Any, Any], schedule_id: str | None) -> None:
     if schedule_id:
         await routing.stripe(call).call(
@@ -190,9 +196,7 @@ async def change(
     sub = await _stripe_subscription(call, sub_id)
     item = stripe_catalog.plan_item(sub)
     price = await stripe_catalog.price_id(stripe, target.lookup_key)
-    schedule = (
-        sub.schedule if isinstance(sub.schedule, str) or sub.schedule is None else sub.schedule.id
-    )
+    schedule = _schedule_of(sub)
     changes: dict[str, tuple[Any, Any]] = {
         "plan": (row["plan"], target.key),
         "interval": (row["interval"], target.interval),
@@ -289,8 +293,11 @@ async def cancel(
         raise conflict("subscription_ended", "the subscription has already ended")
     stripe = routing.stripe(call)
     sub_id = row["stripe_subscription_id"]
-    # A pending downgrade goes with the cancellation.
-    await _release_schedule(call, row["schedule_id"])
+    # A pending downgrade goes with the cancellation. Its schedule is the one
+    # Stripe names now: the row's may be one an upgrade already released, its
+    # event not here yet (releasing that again is refused).
+    current = await _stripe_subscription(call, sub_id)
+    await _release_schedule(call, _schedule_of(current))
     if at_period_end:
         updated = await stripe.call(
             "cancel at period end",

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 import asyncpg
+import stripe
 
 from tests.subscriptions.conftest import Billing
 from tests.subscriptions.helpers import api, outbox, subscription_row, wait_outbox
@@ -58,3 +59,40 @@ async def test_a_cancellation_at_period_end_through_the_api_is_announced_once(
     cancel_at = datetime.fromisoformat(scheduled["data"]["cancel_at"]).astimezone(UTC)
     assert cancel_at == datetime.fromisoformat(canceling["current_period_end"]).astimezone(UTC)
     assert len(await outbox(db, "subscription.cancellation_scheduled")) == 1
+
+
+async def test_cancelling_right_after_an_upgrade_that_dropped_a_pending_downgrade(
+    billing: Billing, http: aiohttp.ClientSession, stripe_client: stripe.StripeClient
+) -> None:
+    user = "u_changing"
+    sub_id = await subscribe_with_elements(http, billing, user)
+    path = f"/v1/subscriptions/{sub_id}"
+    status, downgraded = await api(
+        http, billing.gateway, "PATCH", path, user, body={"plan": "hot_desk", "interval": "month"}
+    )
+    assert status == 200 and downgraded["pending_change"]["plan"] == "hot_desk", downgraded
+    await billing.sandbox.flush()
+
+    # Stripe's events about the upgrade are late (they can be, by hours): the
+    # row still names the schedule the upgrade released.
+    await _pause_deliveries(billing, True)
+    try:
+        status, upgraded = await api(
+            http,
+            billing.gateway,
+            "PATCH",
+            path,
+            user,
+            body={"plan": "private_office", "interval": "month"},
+        )
+        assert status == 200 and upgraded["pending_change"] is None, upgraded
+        status, canceling = await api(
+            http, billing.gateway, "POST", f"{path}/cancel", user, body={"at_period_end": True}
+        )
+    finally:
+        await _pause_deliveries(billing, False)
+
+    assert status == 200, canceling
+    assert canceling["cancel_at_period_end"] is True
+    in_stripe = await stripe_client.v1.subscriptions.retrieve_async(sub_id)
+    assert in_stripe.cancel_at_period_end is True
