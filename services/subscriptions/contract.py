@@ -295,7 +295,9 @@ class Revenue(BaseModel):
 
 
 class ClockAdvance(_Body):
-    to: datetime
+    # With its offset: a naive time would be read in the server's own zone
+    # (and year 1 without one is past what a timestamp holds: a 500).
+    to: UtcDatetime
     reason: Reason
 
 

@@ -98,3 +98,17 @@ async def test_staff_list_lookup_and_audited_writes(
     assert all(e["request_id"] for e in entries)
     _, detail = await _staff(http, billing, "GET", "/v1/admin/customers/u_one")
     assert {"staff"} <= {h["actor_type"] for h in detail["history"]}
+
+
+async def test_a_test_clock_time_without_its_offset_is_a_422_naming_the_field(
+    billing: Billing, http: aiohttp.ClientSession
+) -> None:
+    # The member's customer, on its own test clock.
+    assert (await api(http, billing.gateway, "GET", "/v1/payment-methods", "u_clocked"))[0] == 200
+    path = "/v1/admin/test-clocks/u_clocked/advance"
+    for to in ("0001-01-01T00:00:00", "2031-01-01T00:00:00"):
+        status, refused = await _staff(
+            http, billing, "POST", path, body={"to": to, "reason": "a time without its zone"}
+        )
+        assert status == 422, (to, status, refused)
+        assert refused["error"]["details"][0]["field"] == "to"
