@@ -108,8 +108,11 @@ async def _after(  # noqa: PLR0917 - one call shape for every action
     action: str,
     changes: dict[str, tuple[Any, Any]],
     updates: dict[str, Any],
+    *,
+    shown: dict[str, Any] | None = None,
 ) -> contract.SubscriptionView:
-    """Record what was asked of Stripe (its events bring the rest) and answer."""
+    """Record what was asked of Stripe (its events bring the rest) and answer,
+    with ``shown`` (what Stripe answered) over the row where it is ahead of it."""
     sub_id = row["stripe_subscription_id"]
 
     async def effect(conn: DbConnection) -> contract.SubscriptionView:
@@ -144,7 +147,8 @@ async def _after(  # noqa: PLR0917 - one call shape for every action
             # Stripe's event about it finds the row already set to end and
             # sees no change to announce: the fact is announced here.
             await _announce_cancellation(call, conn, fresh)
-        return (await views.subscriptions(conn, [fresh]))[0]
+        view = (await views.subscriptions(conn, [fresh]))[0]
+        return view.model_copy(update=shown) if shown else view
 
     return await call.commit(effect)
 
@@ -336,6 +340,14 @@ async def cancel(
         "cancel",
         {"status": (row["status"], ended.status)},
         {"pending_change": None, "schedule_id": None},
+        # The status is left to Stripe's event, which announces
+        # subscription.canceled when it moves the row; the answer is Stripe's.
+        shown={
+            "status": ended.status,
+            "cancel_at_period_end": False,
+            "canceled_at": from_unix(ended.canceled_at) if ended.canceled_at else None,
+            "ended_at": from_unix(ended.ended_at) if ended.ended_at else None,
+        },
     )
 
 

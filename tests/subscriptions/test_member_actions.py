@@ -96,3 +96,29 @@ async def test_cancelling_right_after_an_upgrade_that_dropped_a_pending_downgrad
     assert canceling["cancel_at_period_end"] is True
     in_stripe = await stripe_client.v1.subscriptions.retrieve_async(sub_id)
     assert in_stripe.cancel_at_period_end is True
+
+
+async def test_cancelling_now_answers_with_the_ended_subscription(
+    billing: Billing, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    user = "u_gone_now"
+    sub_id = await subscribe_with_elements(http, billing, user)
+    await _pause_deliveries(billing, True)
+    try:
+        status, canceled = await api(
+            http,
+            billing.gateway,
+            "POST",
+            f"/v1/subscriptions/{sub_id}/cancel",
+            user,
+            body={"at_period_end": False},
+        )
+        assert status == 200, canceled
+        assert canceled["status"] == "canceled", canceled
+        assert canceled["ended_at"] is not None
+    finally:
+        await _pause_deliveries(billing, False)
+    # Stripe's event then moves the row, and announces the end.
+    await billing.sandbox.flush()
+    [ended] = await wait_outbox(db, "subscription.canceled")
+    assert ended["data"]["subscription_id"] == sub_id
