@@ -172,6 +172,18 @@ async def _announce_cancellation(
     await subscription_rows.cancellation_scheduled(outbox, row, member)
 
 
+def _current_phase(schedule: Any) -> Any:
+    """The phase running now. Not always the first: once an earlier downgrade
+    has taken effect its schedule runs its second phase until that ends, and
+    the phases before the current one can no longer be changed."""
+    current = schedule.current_phase
+    if current is not None:
+        for phase in schedule.phases:
+            if phase.start_date == current.start_date:
+                return phase
+    return schedule.phases[0]
+
+
 def _schedule_of(sub: Any) -> str | None:
     """The schedule managing ``sub`` in Stripe now, if any."""
     schedule = sub.schedule
@@ -239,7 +251,7 @@ async def change(
         existing = await stripe.call(
             "retrieve schedule", lambda c: c.v1.subscription_schedules.retrieve_async(schedule)
         )
-        phase = existing.phases[0]
+        phase = _current_phase(existing)
     # Metered (overage) items: kept in the current phase, and in the next one
     # as far as the new plan bills overage too (their usage is billed either way).
     current_items = [

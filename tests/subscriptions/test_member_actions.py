@@ -3,7 +3,7 @@ behind, whichever of the API's answer and Stripe's event comes first."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import asyncpg
@@ -11,6 +11,7 @@ import stripe
 
 from tests.subscriptions.conftest import Billing
 from tests.subscriptions.helpers import api, outbox, subscription_row, wait_outbox
+from tests.subscriptions.test_lifecycle import advance, mine
 from tests.subscriptions.test_member_api import subscribe_with_elements
 from tests.support.waiting import eventually
 
@@ -122,3 +123,36 @@ async def test_cancelling_now_answers_with_the_ended_subscription(
     await billing.sandbox.flush()
     [ended] = await wait_outbox(db, "subscription.canceled")
     assert ended["data"]["subscription_id"] == sub_id
+
+
+async def test_a_second_downgrade_after_the_first_took_effect_waits_for_the_period_end(
+    billing: Billing, http: aiohttp.ClientSession
+) -> None:
+    user = "u_stepping_down"
+    sub_id = await subscribe_with_elements(http, billing, user)
+    path = f"/v1/subscriptions/{sub_id}"
+    yearly = {"plan": "hot_desk", "interval": "year"}
+    status, first = await api(http, billing.gateway, "PATCH", path, user, body=yearly)
+    assert status == 200 and first["pending_change"]["interval"] == "year", first
+    end = datetime.fromisoformat(first["current_period_end"]).astimezone(UTC)
+    await advance(http, billing, user, end + timedelta(hours=2))
+    sub = await mine(
+        http,
+        billing,
+        user,
+        until=lambda s: (s["plan"], s["interval"]) == ("hot_desk", "year"),
+        what="the first downgrade in effect",
+    )
+
+    # The schedule of the first downgrade still runs its second phase: the
+    # next downgrade comes after it, at the end of the year paid for.
+    monthly = {"plan": "hot_desk", "interval": "month"}
+    status, second = await api(http, billing.gateway, "PATCH", path, user, body=monthly)
+
+    assert status == 200, second
+    assert second["pending_change"]["interval"] == "month"
+    assert second["pending_change"]["effective_at"] == sub["current_period_end"]
+    await billing.sandbox.flush()
+    now = await mine(http, billing, user)
+    assert (now["plan"], now["interval"]) == ("hot_desk", "year"), now
+    assert now["current_period_end"] == sub["current_period_end"]
