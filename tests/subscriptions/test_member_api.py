@@ -4,9 +4,11 @@ subscribing, checkout, invoices, entitlements, and the errors of each."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import aiohttp
 import asyncpg
+import stripe
 
 from tests.subscriptions.conftest import Billing
 from tests.subscriptions.helpers import api, confirm_in_browser, subscription_row, token
@@ -328,3 +330,37 @@ async def test_a_trial_entitles_to_the_trials_credits_not_the_plans(
     # trial_credits), not the paid plan's allotment of 10 hours.
     assert access["status"] == "trialing"
     assert access["credits"] == {"meeting_room_hours": 2, "guest_passes": 0, "printing_pages": 20}
+
+
+async def test_a_checkout_opened_in_another_tab_cannot_start_a_second_subscription(
+    billing: Billing, http: aiohttp.ClientSession, stripe_client: stripe.StripeClient
+) -> None:
+    body = {
+        "plan": "dedicated_desk",
+        "interval": "month",
+        "success_url": "http://localhost/ok",
+        "cancel_url": "http://localhost/no",
+    }
+    sessions = []
+    for _ in range(2):  # two tabs, before either is paid
+        status, session = await api(
+            http, billing.gateway, "POST", "/v1/checkout/sessions", "u_tabs", body=body
+        )
+        assert status == 201, session
+        sessions.append(session["session_id"])
+
+    for session_id in reversed(sessions):  # the member pays in both
+        with contextlib.suppress(aiohttp.ClientResponseError):
+            await billing.sandbox.control(
+                "POST",
+                f"/_sandbox/checkout/sessions/{session_id}/complete",
+                {"payment_method": "pm_card_visa"},
+            )
+
+    customer = (await stripe_client.v1.checkout.sessions.retrieve_async(sessions[1])).customer
+    subs = await stripe_client.v1.subscriptions.list_async(
+        {"customer": str(customer), "status": "all"}
+    )
+    assert len(subs.data) == 1, [s.id for s in subs.data]
+    first = await stripe_client.v1.checkout.sessions.retrieve_async(sessions[0])
+    assert first.status == "expired"
