@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import stripe as stripe_lib
 
 from services.subscriptions import contract, plans, routing, stripe_catalog, views
 from services.subscriptions.state import history
@@ -19,8 +20,11 @@ from shared.api.service import Call
 from shared.clock import from_unix
 from shared.db import DbConnection
 from shared.http.errors import ApiError, conflict, invalid_field
+from shared.logging import get_logger
 from shared.outbox import Outbox
 from shared.stripe_calls import StripeCalls
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -200,56 +204,34 @@ async def _release_schedule(call: Call[Any, Any], schedule_id: str | None) -> No
         )
 
 
-async def change(
-    call: Call[Any, Any], row: asyncpg.Record, plan: str, interval: str, actor: Actor
-) -> contract.SubscriptionView:
-    target = _target(row, plan, interval)
-    kind = _kind(row, target)
-    if kind == "same":
-        raise invalid_field("plan", "the subscription is already on this plan and interval")
+async def _schedule_downgrade(
+    call: Call[Any, Any],
+    sub: Any,
+    target: plans.PricedPlan,
+    schedule: str | None,
+    *,
+    purpose: str = "",
+) -> tuple[str, datetime]:
+    """Put ``target`` on ``sub`` from the end of the current phase (a schedule's
+    second phase); the schedule's id and when the change takes effect."""
     stripe = routing.stripe(call)
-    sub_id = row["stripe_subscription_id"]
-    sub = await _stripe_subscription(call, sub_id)
+    sub_id = sub.id
     item = stripe_catalog.plan_item(sub)
     price = await stripe_catalog.price_id(stripe, target.lookup_key)
-    schedule = _schedule_of(sub)
-    changes: dict[str, tuple[Any, Any]] = {
-        "plan": (row["plan"], target.key),
-        "interval": (row["interval"], target.interval),
-    }
-    if kind == "upgrade":
-        # At once, the difference prorated and charged now.
-        await _release_schedule(call, schedule)
-        items = await _upgraded_items(stripe, sub, target)
-        await stripe.call(
-            "upgrade subscription",
-            lambda c: c.v1.subscriptions.update_async(
-                sub_id,
-                {
-                    "items": items,
-                    "proration_behavior": "always_invoice",
-                    "payment_behavior": "error_if_incomplete",
-                    "metadata": {"plan": target.key, "interval": target.interval},
-                },  # type: ignore[arg-type]
-                {"idempotency_key": call.stripe_key("upgrade")},
-            ),
-        )
-        return await _after(call, row, actor, "upgrade", changes, {"pending_change": None})
-    # A downgrade waits for the period end: a schedule's second phase.
-    if sub.cancel_at_period_end:
-        raise conflict("cancellation_pending", "resume the subscription before changing it")
     if schedule is None:
         created = await stripe.call(
             "create schedule",
             lambda c: c.v1.subscription_schedules.create_async(
                 {"from_subscription": sub_id},
-                {"idempotency_key": call.stripe_key("schedule")},
+                {"idempotency_key": call.stripe_key(f"{purpose}schedule")},
             ),
         )
         schedule, phase = created.id, created.phases[0]
     else:
+        schedule_of_sub = schedule
         existing = await stripe.call(
-            "retrieve schedule", lambda c: c.v1.subscription_schedules.retrieve_async(schedule)
+            "retrieve schedule",
+            lambda c: c.v1.subscription_schedules.retrieve_async(schedule_of_sub),
         )
         phase = _current_phase(existing)
     # Metered (overage) items: kept in the current phase, and in the next one
@@ -282,10 +264,76 @@ async def change(
                 "end_behavior": "release",
                 "metadata": {"plan": target.key, "interval": target.interval},
             },  # type: ignore[arg-type]
-            {"idempotency_key": call.stripe_key("schedule-downgrade")},
+            {"idempotency_key": call.stripe_key(f"{purpose}schedule-downgrade")},
         ),
     )
-    effective = from_unix(phase.end_date)
+    return schedule_id, from_unix(phase.end_date)
+
+
+async def _restore_downgrade(call: Call[Any, Any], row: asyncpg.Record) -> None:
+    """Schedule the row's pending downgrade again, after an upgrade released its
+    schedule and then failed (a declined card): the member keeps what they were
+    shown, and the period ends on the lower plan as agreed."""
+    pending = row["pending_change"]
+    target = plans.chosen(pending["plan"], pending["interval"], row["tier"]) if pending else None
+    if target is None:
+        return
+    sub_id = row["stripe_subscription_id"]
+    try:
+        sub = await _stripe_subscription(call, sub_id)
+        await _schedule_downgrade(call, sub, target, _schedule_of(sub), purpose="restore-")
+    except stripe_lib.StripeError as exc:
+        # The downgrade is gone from Stripe: stop showing it.
+        log.error("downgrade_not_restored", subscription=sub_id, error=repr(exc))
+        await call.pool.execute(
+            "UPDATE subscriptions SET pending_change = NULL, updated_at = now()"
+            " WHERE stripe_subscription_id = $1",
+            sub_id,
+        )
+
+
+async def change(
+    call: Call[Any, Any], row: asyncpg.Record, plan: str, interval: str, actor: Actor
+) -> contract.SubscriptionView:
+    target = _target(row, plan, interval)
+    kind = _kind(row, target)
+    if kind == "same":
+        raise invalid_field("plan", "the subscription is already on this plan and interval")
+    stripe = routing.stripe(call)
+    sub_id = row["stripe_subscription_id"]
+    sub = await _stripe_subscription(call, sub_id)
+    schedule = _schedule_of(sub)
+    changes: dict[str, tuple[Any, Any]] = {
+        "plan": (row["plan"], target.key),
+        "interval": (row["interval"], target.interval),
+    }
+    if kind == "upgrade":
+        # At once, the difference prorated and charged now.
+        await _release_schedule(call, schedule)
+        items = await _upgraded_items(stripe, sub, target)
+        try:
+            await stripe.call(
+                "upgrade subscription",
+                lambda c: c.v1.subscriptions.update_async(
+                    sub_id,
+                    {
+                        "items": items,
+                        "proration_behavior": "always_invoice",
+                        "payment_behavior": "error_if_incomplete",
+                        "metadata": {"plan": target.key, "interval": target.interval},
+                    },  # type: ignore[arg-type]
+                    {"idempotency_key": call.stripe_key("upgrade")},
+                ),
+            )
+        except stripe_lib.StripeError:
+            if schedule is not None:
+                await _restore_downgrade(call, row)
+            raise
+        return await _after(call, row, actor, "upgrade", changes, {"pending_change": None})
+    # A downgrade waits for the period end: a schedule's second phase.
+    if sub.cancel_at_period_end:
+        raise conflict("cancellation_pending", "resume the subscription before changing it")
+    schedule_id, effective = await _schedule_downgrade(call, sub, target, schedule)
     pending = {
         "plan": target.key,
         "interval": target.interval,

@@ -156,3 +156,43 @@ async def test_a_second_downgrade_after_the_first_took_effect_waits_for_the_peri
     now = await mine(http, billing, user)
     assert (now["plan"], now["interval"]) == ("hot_desk", "year"), now
     assert now["current_period_end"] == sub["current_period_end"]
+
+
+async def test_a_declined_upgrade_leaves_the_pending_downgrade_scheduled(
+    billing: Billing, http: aiohttp.ClientSession, stripe_client: stripe.StripeClient
+) -> None:
+    user = "u_declined"
+    sub_id = await subscribe_with_elements(http, billing, user)
+    path = f"/v1/subscriptions/{sub_id}"
+    status, downgraded = await api(
+        http, billing.gateway, "PATCH", path, user, body={"plan": "hot_desk", "interval": "month"}
+    )
+    assert status == 200 and downgraded["pending_change"]["plan"] == "hot_desk", downgraded
+    _, methods = await api(http, billing.gateway, "GET", "/v1/payment-methods", user)
+    for method in methods["data"]:
+        await billing.sandbox.control(
+            "POST",
+            f"/_sandbox/payment_methods/{method['id']}/fail_next",
+            {"count": 5, "decline_code": "insufficient_funds"},
+        )
+
+    status, refused = await api(
+        http,
+        billing.gateway,
+        "PATCH",
+        path,
+        user,
+        body={"plan": "private_office", "interval": "month"},
+    )
+
+    assert status == 402, refused
+    await billing.sandbox.flush()
+    # The member is still shown the downgrade, and Stripe still has it: the
+    # schedule released to upgrade is back, ending on the lower plan.
+    _, shown = await api(http, billing.gateway, "GET", path, user)
+    assert shown["pending_change"]["plan"] == "hot_desk", shown
+    in_stripe = await stripe_client.v1.subscriptions.retrieve_async(sub_id)
+    assert in_stripe.schedule is not None, "the downgrade's schedule was released"
+    schedule = await stripe_client.v1.subscription_schedules.retrieve_async(str(in_stripe.schedule))
+    assert schedule.status == "active"
+    assert schedule.phases[-1]["items"][0]["price"] == billing.prices["hot_desk_monthly"]
