@@ -368,8 +368,21 @@ async def create_checkout_session(
     check_redirect(call, "success_url", str(body.success_url))
     check_redirect(call, "cancel_url", str(body.cancel_url))
     priced = plans.chosen_or_refuse(body.plan, body.interval, call.caller.tier)
-    await _refuse_a_second(call, user_id)
-    await _close_open_checkouts(call, user_id)
+    # One at a time per member, as a first subscribe: concurrent ones (a
+    # double click) would each open a checkout the others do not see, and
+    # each could be paid.
+    await _claim_start(call, user_id)
+    try:
+        await _close_open_checkouts(call, user_id)
+        return await _open_checkout(call, priced)
+    finally:
+        await _release_start(call, user_id)
+
+
+async def _open_checkout(
+    call: Call[contract.NewCheckoutSession, Empty], priced: plans.PricedPlan
+) -> contract.CheckoutSessionCreated:
+    body, user_id = call.body, call.caller.user_id
     stripe = routing.stripe(call)
     customer = await customer_of(call, user_id, call.caller.email)
     price = await stripe_catalog.price_id(stripe, priced.lookup_key)

@@ -364,3 +364,34 @@ async def test_a_checkout_opened_in_another_tab_cannot_start_a_second_subscripti
     assert len(subs.data) == 1, [s.id for s in subs.data]
     first = await stripe_client.v1.checkout.sessions.retrieve_async(sessions[0])
     assert first.status == "expired"
+
+
+async def test_a_double_click_opens_one_payable_checkout(
+    billing: Billing, http: aiohttp.ClientSession
+) -> None:
+    body = {
+        "plan": "dedicated_desk",
+        "interval": "month",
+        "success_url": "http://localhost/ok",
+        "cancel_url": "http://localhost/no",
+    }
+    answers = await asyncio.gather(
+        *(
+            api(http, billing.gateway, "POST", "/v1/checkout/sessions", "u_clicks", body=body)
+            for _ in range(3)
+        )
+    )
+    opened = [answer["session_id"] for status, answer in answers if status == 201]
+    assert opened, answers
+    assert all(status in (201, 409) for status, _ in answers), answers
+
+    paid = 0
+    for session_id in opened:
+        with contextlib.suppress(aiohttp.ClientResponseError):
+            await billing.sandbox.control(
+                "POST",
+                f"/_sandbox/checkout/sessions/{session_id}/complete",
+                {"payment_method": "pm_card_visa"},
+            )
+            paid += 1
+    assert paid == 1, f"{paid} of {len(opened)} checkouts could be paid"
