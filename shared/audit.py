@@ -30,7 +30,9 @@ INTERNAL_PATH = "/internal/audit"
 
 Reason = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=3, max_length=500),
+    # No U+0000: Postgres text cannot hold it, and the audit row is written
+    # after the write itself (in Stripe, say): refused here, before anything.
+    StringConstraints(strip_whitespace=True, min_length=3, max_length=500, pattern=r"^[^\x00]*$"),
     Field(description="Why: required on every staff write, kept in the audit log."),
 ]
 

@@ -8,16 +8,23 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import stripe as stripe_lib
 
 from services.subscriptions import contract, plans, routing, stripe_catalog, views
 from services.subscriptions.state import history
+from services.subscriptions.state import subscriptions as subscription_rows
 from services.subscriptions.state.snapshots import ENDED
-from shared import audit
+from shared import audit, runtime
+from shared import billing_events as be
 from shared.api.service import Call
 from shared.clock import from_unix
 from shared.db import DbConnection
 from shared.http.errors import ApiError, conflict, invalid_field
+from shared.logging import get_logger
+from shared.outbox import Outbox
 from shared.stripe_calls import StripeCalls
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -105,8 +112,11 @@ async def _after(  # noqa: PLR0917 - one call shape for every action
     action: str,
     changes: dict[str, tuple[Any, Any]],
     updates: dict[str, Any],
+    *,
+    shown: dict[str, Any] | None = None,
 ) -> contract.SubscriptionView:
-    """Record what was asked of Stripe (its events bring the rest) and answer."""
+    """Record what was asked of Stripe (its events bring the rest) and answer,
+    with ``shown`` (what Stripe answered) over the row where it is ahead of it."""
     sub_id = row["stripe_subscription_id"]
 
     async def effect(conn: DbConnection) -> contract.SubscriptionView:
@@ -137,9 +147,51 @@ async def _after(  # noqa: PLR0917 - one call shape for every action
             "SELECT * FROM subscriptions WHERE stripe_subscription_id = $1", sub_id
         )
         assert fresh is not None
-        return (await views.subscriptions(conn, [fresh]))[0]
+        if updates.get("cancel_at_period_end") is True:
+            # Stripe's event about it finds the row already set to end and
+            # sees no change to announce: the fact is announced here.
+            await _announce_cancellation(call, conn, fresh)
+        view = (await views.subscriptions(conn, [fresh]))[0]
+        return view.model_copy(update=shown) if shown else view
 
     return await call.commit(effect)
+
+
+async def _announce_cancellation(
+    call: Call[Any, Any], conn: DbConnection, row: asyncpg.Record
+) -> None:
+    customer = await conn.fetchrow(
+        "SELECT user_id, email FROM customers WHERE stripe_customer_id = $1",
+        row["stripe_customer_id"],
+    )
+    user_id = customer["user_id"] if customer else row["user_id"]
+    if not user_id:
+        return  # a customer this product did not create: nobody to tell
+    member = be.Member(
+        user_id=user_id,
+        customer_id=row["stripe_customer_id"],
+        email=customer["email"] if customer else None,
+    )
+    outbox = Outbox(conn, source=subscription_rows.SOURCE, clock=call.request.app[runtime.CLOCK])
+    await subscription_rows.cancellation_scheduled(outbox, row, member)
+
+
+def _current_phase(schedule: Any) -> Any:
+    """The phase running now. Not always the first: once an earlier downgrade
+    has taken effect its schedule runs its second phase until that ends, and
+    the phases before the current one can no longer be changed."""
+    current = schedule.current_phase
+    if current is not None:
+        for phase in schedule.phases:
+            if phase.start_date == current.start_date:
+                return phase
+    return schedule.phases[0]
+
+
+def _schedule_of(sub: Any) -> str | None:
+    """The schedule managing ``sub`` in Stripe now, if any."""
+    schedule = sub.schedule
+    return schedule if isinstance(schedule, str) or schedule is None else schedule.id
 
 
 async def _release_schedule(call: Call[Any, Any], schedule_id: str | None) -> None:
@@ -152,60 +204,36 @@ async def _release_schedule(call: Call[Any, Any], schedule_id: str | None) -> No
         )
 
 
-async def change(
-    call: Call[Any, Any], row: asyncpg.Record, plan: str, interval: str, actor: Actor
-) -> contract.SubscriptionView:
-    target = _target(row, plan, interval)
-    kind = _kind(row, target)
-    if kind == "same":
-        raise invalid_field("plan", "the subscription is already on this plan and interval")
+async def _schedule_downgrade(
+    call: Call[Any, Any],
+    sub: Any,
+    target: plans.PricedPlan,
+    schedule: str | None,
+    *,
+    purpose: str = "",
+) -> tuple[str, datetime]:
+    """Put ``target`` on ``sub`` from the end of the current phase (a schedule's
+    second phase); the schedule's id and when the change takes effect."""
     stripe = routing.stripe(call)
-    sub_id = row["stripe_subscription_id"]
-    sub = await _stripe_subscription(call, sub_id)
+    sub_id = sub.id
     item = stripe_catalog.plan_item(sub)
     price = await stripe_catalog.price_id(stripe, target.lookup_key)
-    schedule = (
-        sub.schedule if isinstance(sub.schedule, str) or sub.schedule is None else sub.schedule.id
-    )
-    changes: dict[str, tuple[Any, Any]] = {
-        "plan": (row["plan"], target.key),
-        "interval": (row["interval"], target.interval),
-    }
-    if kind == "upgrade":
-        # At once, the difference prorated and charged now.
-        await _release_schedule(call, schedule)
-        items = await _upgraded_items(stripe, sub, target)
-        await stripe.call(
-            "upgrade subscription",
-            lambda c: c.v1.subscriptions.update_async(
-                sub_id,
-                {
-                    "items": items,
-                    "proration_behavior": "always_invoice",
-                    "payment_behavior": "error_if_incomplete",
-                    "metadata": {"plan": target.key, "interval": target.interval},
-                },  # type: ignore[arg-type]
-                {"idempotency_key": call.stripe_key("upgrade")},
-            ),
-        )
-        return await _after(call, row, actor, "upgrade", changes, {"pending_change": None})
-    # A downgrade waits for the period end: a schedule's second phase.
-    if sub.cancel_at_period_end:
-        raise conflict("cancellation_pending", "resume the subscription before changing it")
     if schedule is None:
         created = await stripe.call(
             "create schedule",
             lambda c: c.v1.subscription_schedules.create_async(
                 {"from_subscription": sub_id},
-                {"idempotency_key": call.stripe_key("schedule")},
+                {"idempotency_key": call.stripe_key(f"{purpose}schedule")},
             ),
         )
         schedule, phase = created.id, created.phases[0]
     else:
+        schedule_of_sub = schedule
         existing = await stripe.call(
-            "retrieve schedule", lambda c: c.v1.subscription_schedules.retrieve_async(schedule)
+            "retrieve schedule",
+            lambda c: c.v1.subscription_schedules.retrieve_async(schedule_of_sub),
         )
-        phase = existing.phases[0]
+        phase = _current_phase(existing)
     # Metered (overage) items: kept in the current phase, and in the next one
     # as far as the new plan bills overage too (their usage is billed either way).
     current_items = [
@@ -236,10 +264,76 @@ async def change(
                 "end_behavior": "release",
                 "metadata": {"plan": target.key, "interval": target.interval},
             },  # type: ignore[arg-type]
-            {"idempotency_key": call.stripe_key("schedule-downgrade")},
+            {"idempotency_key": call.stripe_key(f"{purpose}schedule-downgrade")},
         ),
     )
-    effective = from_unix(phase.end_date)
+    return schedule_id, from_unix(phase.end_date)
+
+
+async def _restore_downgrade(call: Call[Any, Any], row: asyncpg.Record) -> None:
+    """Schedule the row's pending downgrade again, after an upgrade released its
+    schedule and then failed (a declined card): the member keeps what they were
+    shown, and the period ends on the lower plan as agreed."""
+    pending = row["pending_change"]
+    target = plans.chosen(pending["plan"], pending["interval"], row["tier"]) if pending else None
+    if target is None:
+        return
+    sub_id = row["stripe_subscription_id"]
+    try:
+        sub = await _stripe_subscription(call, sub_id)
+        await _schedule_downgrade(call, sub, target, _schedule_of(sub), purpose="restore-")
+    except stripe_lib.StripeError as exc:
+        # The downgrade is gone from Stripe: stop showing it.
+        log.error("downgrade_not_restored", subscription=sub_id, error=repr(exc))
+        await call.pool.execute(
+            "UPDATE subscriptions SET pending_change = NULL, updated_at = now()"
+            " WHERE stripe_subscription_id = $1",
+            sub_id,
+        )
+
+
+async def change(
+    call: Call[Any, Any], row: asyncpg.Record, plan: str, interval: str, actor: Actor
+) -> contract.SubscriptionView:
+    target = _target(row, plan, interval)
+    kind = _kind(row, target)
+    if kind == "same":
+        raise invalid_field("plan", "the subscription is already on this plan and interval")
+    stripe = routing.stripe(call)
+    sub_id = row["stripe_subscription_id"]
+    sub = await _stripe_subscription(call, sub_id)
+    schedule = _schedule_of(sub)
+    changes: dict[str, tuple[Any, Any]] = {
+        "plan": (row["plan"], target.key),
+        "interval": (row["interval"], target.interval),
+    }
+    if kind == "upgrade":
+        # At once, the difference prorated and charged now.
+        await _release_schedule(call, schedule)
+        items = await _upgraded_items(stripe, sub, target)
+        try:
+            await stripe.call(
+                "upgrade subscription",
+                lambda c: c.v1.subscriptions.update_async(
+                    sub_id,
+                    {
+                        "items": items,
+                        "proration_behavior": "always_invoice",
+                        "payment_behavior": "error_if_incomplete",
+                        "metadata": {"plan": target.key, "interval": target.interval},
+                    },  # type: ignore[arg-type]
+                    {"idempotency_key": call.stripe_key("upgrade")},
+                ),
+            )
+        except stripe_lib.StripeError:
+            if schedule is not None:
+                await _restore_downgrade(call, row)
+            raise
+        return await _after(call, row, actor, "upgrade", changes, {"pending_change": None})
+    # A downgrade waits for the period end: a schedule's second phase.
+    if sub.cancel_at_period_end:
+        raise conflict("cancellation_pending", "resume the subscription before changing it")
+    schedule_id, effective = await _schedule_downgrade(call, sub, target, schedule)
     pending = {
         "plan": target.key,
         "interval": target.interval,
@@ -263,8 +357,11 @@ async def cancel(
         raise conflict("subscription_ended", "the subscription has already ended")
     stripe = routing.stripe(call)
     sub_id = row["stripe_subscription_id"]
-    # A pending downgrade goes with the cancellation.
-    await _release_schedule(call, row["schedule_id"])
+    # A pending downgrade goes with the cancellation. Its schedule is the one
+    # Stripe names now: the row's may be one an upgrade already released, its
+    # event not here yet (releasing that again is refused).
+    current = await _stripe_subscription(call, sub_id)
+    await _release_schedule(call, _schedule_of(current))
     if at_period_end:
         updated = await stripe.call(
             "cancel at period end",
@@ -303,6 +400,14 @@ async def cancel(
         "cancel",
         {"status": (row["status"], ended.status)},
         {"pending_change": None, "schedule_id": None},
+        # The status is left to Stripe's event, which announces
+        # subscription.canceled when it moves the row; the answer is Stripe's.
+        shown={
+            "status": ended.status,
+            "cancel_at_period_end": False,
+            "canceled_at": from_unix(ended.canceled_at) if ended.canceled_at else None,
+            "ended_at": from_unix(ended.ended_at) if ended.ended_at else None,
+        },
     )
 
 

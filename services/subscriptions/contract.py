@@ -228,14 +228,18 @@ class Entitlements(BaseModel):
 # --- staff ------------------------------------------------------------------------
 
 
+# Filters compared in SQL: Postgres text cannot hold U+0000 (a 500 otherwise).
+_NO_NUL = r"^[^\x00]*$"
+
+
 class AdminSubscriptionQuery(PageQuery):
-    status: str | None = Field(default=None, max_length=32)
-    plan: str | None = Field(default=None, max_length=64)
+    status: str | None = Field(default=None, max_length=32, pattern=_NO_NUL)
+    plan: str | None = Field(default=None, max_length=64, pattern=_NO_NUL)
 
 
 class CustomerQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    email: str = Field(min_length=3, max_length=320)
+    email: str = Field(min_length=3, max_length=320, pattern=_NO_NUL)
 
 
 class HistoryEntry(BaseModel):
@@ -295,7 +299,9 @@ class Revenue(BaseModel):
 
 
 class ClockAdvance(_Body):
-    to: datetime
+    # With its offset: a naive time would be read in the server's own zone
+    # (and year 1 without one is past what a timestamp holds: a 500).
+    to: UtcDatetime
     reason: Reason
 
 

@@ -22,6 +22,7 @@ from shared.api.service import Call, Empty
 from shared.clock import from_unix
 from shared.db import DbConnection
 from shared.http.errors import conflict, invalid_field, not_found
+from shared.stripe_calls import StripeCalls
 
 # --- plans ---------------------------------------------------------------------------
 
@@ -193,6 +194,43 @@ async def _release_start(call: Call[Any, Any], user_id: str) -> None:
     await call.pool.execute("DELETE FROM subscription_starts WHERE user_id = $1", user_id)
 
 
+async def _checkout_state(stripe: StripeCalls, session_id: str, *, expire: bool) -> Any:
+    if expire:
+        try:
+            return await stripe.call(
+                "expire checkout session",
+                lambda c: c.v1.checkout.sessions.expire_async(session_id),
+            )
+        except stripe_lib.InvalidRequestError:
+            pass  # no longer open: paid or expired meanwhile, as Stripe now says
+    return await stripe.call(
+        "retrieve checkout session", lambda c: c.v1.checkout.sessions.retrieve_async(session_id)
+    )
+
+
+async def _close_open_checkouts(call: Call[Any, Any], user_id: str) -> None:
+    """The member's checkouts still open (another tab, an abandoned page) are
+    expired before a new way to subscribe is opened: paying one of those later
+    would start a second subscription, a second charge every period. One that
+    was paid already is a subscription on its way: 409, as for a live one."""
+    stripe = routing.stripe(call)
+    rows = await call.pool.fetch(
+        "SELECT stripe_session_id FROM checkout_sessions WHERE user_id = $1 AND status = 'open'",
+        user_id,
+    )
+    for row in rows:
+        session_id = row["stripe_session_id"]
+        session = await _checkout_state(stripe, session_id, expire=True)
+        if session.status == "complete":
+            sub = session.subscription
+            sub_id = sub if isinstance(sub, str) or sub is None else sub.id
+            raise conflict(
+                "subscription_exists",
+                "the member already has a subscription; change or cancel it",
+                **({"subscription_id": sub_id} if sub_id else {}),
+            )
+
+
 def _had_trial(rows: int) -> bool:
     return rows > 0
 
@@ -215,6 +253,7 @@ async def create_subscription(
     stripe = routing.stripe(call)
     await _claim_start(call, user_id)
     try:
+        await _close_open_checkouts(call, user_id)
         customer = await customer_of(call, user_id, call.caller.email)
         price = await stripe_catalog.price_id(stripe, priced.lookup_key)
         metered = await stripe_catalog.metered_price_ids(stripe, priced)
@@ -329,7 +368,21 @@ async def create_checkout_session(
     check_redirect(call, "success_url", str(body.success_url))
     check_redirect(call, "cancel_url", str(body.cancel_url))
     priced = plans.chosen_or_refuse(body.plan, body.interval, call.caller.tier)
-    await _refuse_a_second(call, user_id)
+    # One at a time per member, as a first subscribe: concurrent ones (a
+    # double click) would each open a checkout the others do not see, and
+    # each could be paid.
+    await _claim_start(call, user_id)
+    try:
+        await _close_open_checkouts(call, user_id)
+        return await _open_checkout(call, priced)
+    finally:
+        await _release_start(call, user_id)
+
+
+async def _open_checkout(
+    call: Call[contract.NewCheckoutSession, Empty], priced: plans.PricedPlan
+) -> contract.CheckoutSessionCreated:
+    body, user_id = call.body, call.caller.user_id
     stripe = routing.stripe(call)
     customer = await customer_of(call, user_id, call.caller.email)
     price = await stripe_catalog.price_id(stripe, priced.lookup_key)

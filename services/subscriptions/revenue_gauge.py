@@ -22,10 +22,17 @@ from shared.logging import get_logger
 log = get_logger(__name__)
 
 
+# Currencies this process has exported: one whose last subscription ended
+# drops out of the figures, and its gauge must fall to 0, not keep the last value.
+_exported: set[str] = set()
+
+
 async def refresh(app: web.Application) -> None:
     figures = await revenue.compute(app[runtime.POOL], app[runtime.CLOCK].now())
-    for currency in figures.by_currency:
-        MRR.labels(currency.currency).set(currency.mrr)
+    current = {c.currency: c.mrr for c in figures.by_currency}
+    _exported.update(current)
+    for currency in _exported:
+        MRR.labels(currency).set(current.get(currency, 0))
     ACCESS_GRANTING.labels("active").set(figures.active)
     ACCESS_GRANTING.labels("trialing").set(figures.trialing)
 

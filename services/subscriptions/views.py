@@ -148,7 +148,8 @@ def entitlements(
         plan=row["plan"],
         interval=row["interval"],
         features=list(plan.features) if plan and active else [],
-        credits=plans.allotments(row["plan"]) if active else {},
+        # A trial grants its own allotment (subscription.activated says so).
+        credits=plans.allotments(row["plan"], trial=status == "trialing") if active else {},
         status=status,
         access_until=until,
         subscription_id=row["stripe_subscription_id"],

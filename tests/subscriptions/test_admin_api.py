@@ -5,6 +5,7 @@ audit entry."""
 from __future__ import annotations
 
 import aiohttp
+import stripe
 
 from tests.subscriptions.conftest import Billing
 from tests.subscriptions.helpers import api
@@ -98,3 +99,46 @@ async def test_staff_list_lookup_and_audited_writes(
     assert all(e["request_id"] for e in entries)
     _, detail = await _staff(http, billing, "GET", "/v1/admin/customers/u_one")
     assert {"staff"} <= {h["actor_type"] for h in detail["history"]}
+
+
+async def test_a_test_clock_time_without_its_offset_is_a_422_naming_the_field(
+    billing: Billing, http: aiohttp.ClientSession
+) -> None:
+    # The member's customer, on its own test clock.
+    assert (await api(http, billing.gateway, "GET", "/v1/payment-methods", "u_clocked"))[0] == 200
+    path = "/v1/admin/test-clocks/u_clocked/advance"
+    for to in ("0001-01-01T00:00:00", "2031-01-01T00:00:00"):
+        status, refused = await _staff(
+            http, billing, "POST", path, body={"to": to, "reason": "a time without its zone"}
+        )
+        assert status == 422, (to, status, refused)
+        assert refused["error"]["details"][0]["field"] == "to"
+
+
+async def test_a_nul_character_is_a_422_not_an_unaudited_write(
+    billing: Billing, http: aiohttp.ClientSession, stripe_client: stripe.StripeClient
+) -> None:
+    sub_id = await subscribe_with_elements(http, billing, "u_nul")
+
+    # Postgres text cannot hold U+0000: refused before anything is done in Stripe.
+    status, refused = await _staff(
+        http,
+        billing,
+        "POST",
+        f"/v1/admin/subscriptions/{sub_id}/cancel",
+        body={"at_period_end": True, "reason": "asked\x00 by phone"},
+    )
+    assert status == 422, refused
+    assert refused["error"]["details"][0]["field"] == "reason"
+    assert (
+        await stripe_client.v1.subscriptions.retrieve_async(sub_id)
+    ).cancel_at_period_end is False
+
+    for path, params in (
+        ("/v1/admin/subscriptions", {"status": "active\x00"}),
+        ("/v1/admin/subscriptions", {"plan": "hot\x00desk"}),
+        ("/v1/admin/customers", {"email": "u_nul\x00@example.com"}),
+    ):
+        status, refused = await _staff(http, billing, "GET", path, params=params)
+        assert status == 422, (path, params, refused)
+        assert refused["error"]["details"][0]["field"] == next(iter(params))

@@ -4,9 +4,11 @@ subscribing, checkout, invoices, entitlements, and the errors of each."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import aiohttp
 import asyncpg
+import stripe
 
 from tests.subscriptions.conftest import Billing
 from tests.subscriptions.helpers import api, confirm_in_browser, subscription_row, token
@@ -307,3 +309,89 @@ async def test_the_billing_portal_and_idempotent_retries(
         idempotency_key="sub-1",
     )
     assert status == 201 and replay["id"] == answers[0][1]["id"]
+
+
+async def test_a_trial_entitles_to_the_trials_credits_not_the_plans(
+    billing: Billing, http: aiohttp.ClientSession
+) -> None:
+    status, created = await api(
+        http,
+        billing.gateway,
+        "POST",
+        "/v1/subscriptions",
+        "u_trying",
+        body={"plan": "hot_desk", "interval": "month"},
+    )
+    assert status == 201 and created["status"] == "trialing", created
+
+    access = await _active(http, billing, "u_trying")
+
+    # What subscription.activated granted for the trial (catalog.toml's
+    # trial_credits), not the paid plan's allotment of 10 hours.
+    assert access["status"] == "trialing"
+    assert access["credits"] == {"meeting_room_hours": 2, "guest_passes": 0, "printing_pages": 20}
+
+
+async def test_a_checkout_opened_in_another_tab_cannot_start_a_second_subscription(
+    billing: Billing, http: aiohttp.ClientSession, stripe_client: stripe.StripeClient
+) -> None:
+    body = {
+        "plan": "dedicated_desk",
+        "interval": "month",
+        "success_url": "http://localhost/ok",
+        "cancel_url": "http://localhost/no",
+    }
+    sessions = []
+    for _ in range(2):  # two tabs, before either is paid
+        status, session = await api(
+            http, billing.gateway, "POST", "/v1/checkout/sessions", "u_tabs", body=body
+        )
+        assert status == 201, session
+        sessions.append(session["session_id"])
+
+    for session_id in reversed(sessions):  # the member pays in both
+        with contextlib.suppress(aiohttp.ClientResponseError):
+            await billing.sandbox.control(
+                "POST",
+                f"/_sandbox/checkout/sessions/{session_id}/complete",
+                {"payment_method": "pm_card_visa"},
+            )
+
+    customer = (await stripe_client.v1.checkout.sessions.retrieve_async(sessions[1])).customer
+    subs = await stripe_client.v1.subscriptions.list_async(
+        {"customer": str(customer), "status": "all"}
+    )
+    assert len(subs.data) == 1, [s.id for s in subs.data]
+    first = await stripe_client.v1.checkout.sessions.retrieve_async(sessions[0])
+    assert first.status == "expired"
+
+
+async def test_a_double_click_opens_one_payable_checkout(
+    billing: Billing, http: aiohttp.ClientSession
+) -> None:
+    body = {
+        "plan": "dedicated_desk",
+        "interval": "month",
+        "success_url": "http://localhost/ok",
+        "cancel_url": "http://localhost/no",
+    }
+    answers = await asyncio.gather(
+        *(
+            api(http, billing.gateway, "POST", "/v1/checkout/sessions", "u_clicks", body=body)
+            for _ in range(3)
+        )
+    )
+    opened = [answer["session_id"] for status, answer in answers if status == 201]
+    assert opened, answers
+    assert all(status in (201, 409) for status, _ in answers), answers
+
+    paid = 0
+    for session_id in opened:
+        with contextlib.suppress(aiohttp.ClientResponseError):
+            await billing.sandbox.control(
+                "POST",
+                f"/_sandbox/checkout/sessions/{session_id}/complete",
+                {"payment_method": "pm_card_visa"},
+            )
+            paid += 1
+    assert paid == 1, f"{paid} of {len(opened)} checkouts could be paid"

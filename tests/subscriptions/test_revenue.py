@@ -149,3 +149,34 @@ async def test_revenue_matches_a_portfolio_computed_by_hand(
     for currency, mrr in (("usd", 199858), ("eur", 10000)):
         labels = {"currency": currency}
         assert await metric(http, subscriptions, "subscriptions_mrr_minor_units", labels) == mrr
+
+
+async def test_the_gauge_drops_to_zero_when_a_currencys_last_subscription_ends(
+    stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    now = int(time.time())
+    franc = _sub("active", "desk_chf", 12000, currency="chf")
+    ended = {**franc, "status": "canceled", "canceled_at": now, "ended_at": now}
+    subscriptions = stack.apps["subscriptions"].url
+    labels = {"currency": "chf"}
+
+    for n, (evt_type, obj) in enumerate(
+        (("customer.subscription.created", franc), ("customer.subscription.deleted", ended))
+    ):
+        evt = so.event(evt_type, obj, created=now - 100 + n)
+        assert (await post_event(http, stack.gateway, evt))[0] == 200
+        await eventually(
+            lambda evt=evt: db.fetchval(
+                "SELECT count(*) FROM subscriptions.inbox WHERE event_id = $1", evt["id"]
+            ),
+            until=lambda found: found == 1,
+            what=f"{evt_type} applied",
+        )
+        await revenue_gauge.refresh(stack.app("subscriptions"))
+        if n == 0:
+            assert (
+                await metric(http, subscriptions, "subscriptions_mrr_minor_units", labels) == 12000
+            )
+
+    # No franc subscription is left: the dashboard must not keep showing the last figure.
+    assert await metric(http, subscriptions, "subscriptions_mrr_minor_units", labels) == 0

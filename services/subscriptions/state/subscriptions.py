@@ -17,6 +17,7 @@ from shared.broker.handlers import Context
 from shared.clock import from_unix
 from shared.counting import count
 from shared.logging import get_logger
+from shared.outbox import Outbox
 
 log = get_logger(__name__)
 
@@ -306,16 +307,7 @@ async def _announce(
         )
         wrote = True
     if after["cancel_at_period_end"] and not (before and before["cancel_at_period_end"]):
-        cancel_at = after["cancel_at"] or after["current_period_end"]
-        if cancel_at is not None and plan is not None and status not in ENDED:
-            await ctx.outbox.emit(
-                "subscription.cancellation_scheduled",
-                be.SubscriptionCancellationScheduled(
-                    member=member, subscription_id=sub_id, plan=plan, cancel_at=cancel_at
-                ),
-                version=be.SCHEMA_VERSION,
-                key=f"{sub_id}:{int(cancel_at.timestamp())}",
-            )
+        await cancellation_scheduled(ctx.outbox, after, member)
     if status == "canceled" and was != "canceled":
         await ctx.outbox.emit(
             "subscription.canceled",
@@ -334,6 +326,27 @@ async def _announce(
     refreshed = await current(ctx, sub_id)
     assert refreshed is not None
     return refreshed
+
+
+async def cancellation_scheduled(outbox: Outbox, row: asyncpg.Record, member: be.Member) -> None:
+    """Announce that ``row`` is set to end at its period end. The API calls
+    this too when it sets it (its own write of the row hides the change from
+    the event that follows); the key makes the second announcement a no-op."""
+    cancel_at = row["cancel_at"] or row["current_period_end"]
+    plan = plan_of(row)
+    if not row["cancel_at_period_end"] or cancel_at is None or plan is None:
+        return
+    if row["status"] in ENDED:
+        return
+    sub_id = row["stripe_subscription_id"]
+    await outbox.emit(
+        "subscription.cancellation_scheduled",
+        be.SubscriptionCancellationScheduled(
+            member=member, subscription_id=sub_id, plan=plan, cancel_at=cancel_at
+        ),
+        version=be.SCHEMA_VERSION,
+        key=f"{sub_id}:{int(cancel_at.timestamp())}",
+    )
 
 
 async def trial_ending(ctx: Context, snapshot: SubscriptionSnapshot) -> None:
