@@ -10,6 +10,7 @@ tests/shared/test_idempotency_keys.py until a member route charges a card.
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 
 import aiohttp
@@ -147,6 +148,21 @@ async def test_422_a_cursor_an_owner_refuses_is_the_clients_error_not_a_503(
     # The merged audit log asks every owner; an owner's refusal is passed on.
     status, answer, _ = await admin(
         http, module_stack.gateway, "GET", "/audit", params={"cursor": "0" * 100}
+    )
+    assert_error(status, answer, 422, "validation_failed")
+    assert answer["error"]["details"][0]["field"] == "cursor"
+
+
+async def test_422_a_cursor_whose_id_is_beyond_bigint_is_refused_not_a_503(
+    module_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    # A well-formed cursor whose id no bigint column can hold: each owner's
+    # query would fail on the parameter, and the gateway would see a 500.
+    cursor = base64.urlsafe_b64encode(
+        orjson.dumps(["2026-01-01T00:00:00+00:00", "credits", 2**64 - 1])
+    ).decode()
+    status, answer, _ = await admin(
+        http, module_stack.gateway, "GET", "/audit", params={"cursor": cursor.rstrip("=")}
     )
     assert_error(status, answer, 422, "validation_failed")
     assert answer["error"]["details"][0]["field"] == "cursor"
