@@ -166,3 +166,30 @@ async def test_422_a_cursor_whose_id_is_beyond_bigint_is_refused_not_a_503(
     )
     assert_error(status, answer, 422, "validation_failed")
     assert answer["error"]["details"][0]["field"] == "cursor"
+
+
+async def test_422_a_query_parameter_holding_a_nul(
+    module_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    # Postgres text cannot hold a NUL: passed on, every owner's query fails.
+    status, answer, _ = await admin(
+        http, module_stack.gateway, "GET", "/audit", params={"target": "evt_\x00x"}
+    )
+    assert_error(status, answer, 422, "validation_failed")
+    assert [d["field"] for d in answer["error"]["details"]] == ["target"]
+
+
+async def test_422_not_500_for_a_body_nested_deeper_than_pythons_recursion_limit(
+    module_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    # JSON nests up to 1024 levels before the parser refuses it; every check
+    # of the body must walk that far without a RecursionError.
+    deep = b"[" * 1000 + b"]" * 1000
+    status, answer, _ = await admin(
+        http,
+        module_stack.gateway,
+        "POST",
+        "/events/evt_test_deep/replay",
+        data=b'{"reason": "operator check", "nested": ' + deep + b"}",
+    )
+    assert_error(status, answer, 422, "validation_failed")
