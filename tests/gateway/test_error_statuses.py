@@ -16,10 +16,12 @@ from datetime import timedelta
 import aiohttp
 import orjson
 
+from services.gateway.settings import UPSTREAMS
 from services.webhooks.contract import ReplayRequest
 from shared.db import create_pool
 from shared.http import idempotency
-from tests.gateway.helpers import admin, api, assert_error
+from tests.gateway.conftest import StartGateway
+from tests.gateway.helpers import admin, api, assert_error, bearer, token
 from tests.support import env
 from tests.support.stack import Stack
 
@@ -193,3 +195,30 @@ async def test_422_not_500_for_a_body_nested_deeper_than_pythons_recursion_limit
         data=b'{"reason": "operator check", "nested": ' + deep + b"}",
     )
     assert_error(status, answer, 422, "validation_failed")
+
+
+async def test_503_when_an_owner_refuses_the_gateways_service_token(
+    module_stack: Stack, extra_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    # A token rotated on one side only (docs/runbook.md, "Service tokens"): the
+    # gateway cannot reach the owner, which is no fault of the client's token.
+    gateway = await extra_gateway(
+        **{f"{name}_url": module_stack.apps[name].url for name in UPSTREAMS},
+        credits_service_token="not-the-token-credits-accepts-0123456789",
+    )
+    status, answer, headers = await api(
+        http,
+        "GET",
+        f"{gateway}/v1/credits/me",
+        headers=bearer(token("member", sub="user_token_rotation")),
+    )
+    assert_error(status, answer, 503, "upstream_unavailable")
+    assert int(headers["Retry-After"]) > 0
+    # The merged audit log asks every owner the same way.
+    status, answer, headers = await api(
+        http,
+        "GET",
+        f"{gateway}/v1/admin/audit",
+        headers=bearer(token("admin", sub="user_token_rotation_admin")),
+    )
+    assert_error(status, answer, 503, "upstream_unavailable")
