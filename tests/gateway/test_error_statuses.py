@@ -222,3 +222,31 @@ async def test_503_when_an_owner_refuses_the_gateways_service_token(
         headers=bearer(token("admin", sub="user_token_rotation_admin")),
     )
     assert_error(status, answer, 503, "upstream_unavailable")
+
+
+async def test_a_400_any_forwarded_operation_can_answer_is_in_the_document(
+    module_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    # A GET without path ids still answers 400 to a body (unexpected_body) or
+    # a malformed Idempotency-Key: a client built from the document must know.
+    status, answer, _ = await api(
+        http,
+        "GET",
+        f"{module_stack.gateway}/v1/credits/me",
+        headers=bearer(token("member", sub="user_get_with_body")),
+        data=b"{}",
+    )
+    assert_error(status, answer, 400, "unexpected_body")
+    status, answer, _ = await api(
+        http,
+        "GET",
+        f"{module_stack.gateway}/v1/credits/me",
+        headers={
+            **bearer(token("member", sub="user_get_with_body")),
+            "Idempotency-Key": "has spaces",
+        },
+    )
+    assert_error(status, answer, 400, "invalid_idempotency_key")
+    async with http.get(f"{module_stack.gateway}/v1/openapi.json") as response:
+        document = await response.json()
+    assert "400" in document["paths"]["/v1/credits/me"]["get"]["responses"]
