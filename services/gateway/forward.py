@@ -4,9 +4,10 @@ The gateway holds no business state: it checks who is calling and what the
 path looks like, then relays to the owning service's ``/internal`` API with
 the service token, the caller's identity (the owner checks ownership itself),
 the request id and any ``Idempotency-Key``. The owner's JSON answer goes back
-as it is. No answer, a slow answer, or something that is not the owner's JSON
-becomes a 503 with ``Retry-After``: the client may retry, and a retry with
-the same ``Idempotency-Key`` is safe.
+as it is. No answer, a slow answer, something that is not the owner's JSON,
+or the owner refusing the gateway's own credentials (a 401: the client's
+token was already checked here) becomes a 503 with ``Retry-After``: the
+client may retry, and a retry with the same ``Idempotency-Key`` is safe.
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ class Upstream:
             async with session.get(
                 f"{self._base_url}{path}", params=params, headers=self.headers(None)
             ) as response:
-                if 400 <= response.status < 500 and response.content_type == "application/json":
+                if (
+                    400 <= response.status < 500
+                    and response.status != 401  # the gateway's token, not the client's
+                    and response.content_type == "application/json"
+                ):
                     # The owner refused what the client asked (a cursor it did
                     # not issue...): the client's error, passed on as it is.
                     raise _refusal(response.status, await response.json())
@@ -93,6 +98,11 @@ class Upstream:
             )
         if status != 204 and content_type != "application/json":
             raise self._unavailable(f"answered {status} {content_type}")
+        if status == 401:
+            # The client's token was checked here; an owner's 401 refuses the
+            # gateway (its service token, mid-rotation or misconfigured). Passed
+            # on, a client would take its own valid token for the culprit.
+            raise self._unavailable("refused the gateway's service token")
         return web.Response(
             body=payload if status != 204 else None,
             status=status,

@@ -32,7 +32,13 @@ from shared.api.endpoint import Access, Endpoint
 from shared.api.pagination import encode_cursor
 from shared.audit import INTERNAL_PATH as AUDIT_PATH
 from shared.audit import AuditEntry, AuditQuery
-from shared.http.errors import ApiError, ErrorDetail, from_validation_error, json_response
+from shared.http.errors import (
+    ApiError,
+    ErrorDetail,
+    from_validation_error,
+    json_response,
+    refuse_nul,
+)
 
 CONTRACTS: tuple[ModuleType, ...] = (
     gateway_contract,
@@ -130,8 +136,10 @@ async def merged_audit(request: web.Request, upstreams: Mapping[str, Upstream]) 
     the merged page is the newest ``limit`` of those, and its last entry's
     ``(at, service, id)`` is the next cursor, which every service understands.
     """
+    raw = dict(request.query)
+    refuse_nul(raw)
     try:
-        query = AuditQuery.model_validate(dict(request.query))
+        query = AuditQuery.model_validate(raw)
     except pydantic.ValidationError as exc:
         raise from_validation_error(exc) from exc
     params = {k: str(v) for k, v in query.model_dump(exclude_none=True).items()}

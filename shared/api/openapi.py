@@ -23,7 +23,8 @@ from shared.http.errors import ErrorResponse
 _REF = "#/components/schemas/{model}"
 
 _ERROR_TEXT = {
-    400: "Malformed request: JSON that does not parse, a malformed header or id.",
+    400: "Malformed request: JSON that does not parse, a body where the operation takes "
+    "none, a malformed header or id.",
     401: "Missing, malformed, expired or badly signed token.",
     402: "The card was declined; `decline_code` says why.",
     403: "The caller's role may not do this.",
@@ -47,7 +48,10 @@ def error_statuses(endpoint: Endpoint) -> list[int]:
         statuses.add(403)
     if endpoint.path_params:
         statuses |= {400, 404}
-    if endpoint.body is not None:
+    if endpoint.body is not None or endpoint.owner != "gateway":
+        # An owning service reads every request's body and Idempotency-Key,
+        # even a GET's: a body where none is taken or a malformed key is a
+        # 400, and the gateway refuses a body over its limit (413) first.
         statuses |= {400, 413}
     if endpoint.changes_state:
         statuses |= {400, 409}

@@ -69,15 +69,22 @@ def decode_cursor(cursor: str, *kinds: type) -> tuple[Any, ...]:
     return tuple(values)
 
 
+# Every int a cursor holds is a bigint key; every str goes into a text column.
 _BIGINT = range(-(2**63), 2**63)
 
 
 def _is(value: Any, kind: type) -> bool:
-    # bool is an int to Python, never to a cursor; an int is a bigint key,
-    # and a larger one (JSON allows it) would only fail in the query.
-    if isinstance(value, bool) or not isinstance(value, kind):
+    # bool is an int to Python, never to a cursor.
+    if not isinstance(value, kind) or isinstance(value, bool):
         return False
-    return not isinstance(value, int) or value in _BIGINT
+    # What Postgres cannot take as a parameter would fail the list's query
+    # (a 500): an int beyond bigint, a string holding a NUL, which text
+    # cannot store. No cursor this API issued holds either.
+    if isinstance(value, int):
+        return value in _BIGINT
+    if isinstance(value, str):
+        return "\x00" not in value
+    return True
 
 
 def page_of(

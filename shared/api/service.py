@@ -38,6 +38,7 @@ from shared.http.errors import (
     bad_request,
     from_validation_error,
     json_response,
+    refuse_nul,
 )
 from shared.logging import current_context
 from shared.stripe_calls import api_error_for
@@ -157,8 +158,10 @@ def _path_params(endpoint: Endpoint, request: web.Request) -> dict[str, str]:
 
 def _query(endpoint: Endpoint, request: web.Request) -> BaseModel:
     model = endpoint.query or Empty
+    query = dict(request.query)
+    refuse_nul(query)
     try:
-        return model.model_validate(dict(request.query))
+        return model.model_validate(query)
     except pydantic.ValidationError as exc:
         raise from_validation_error(exc) from exc
 
@@ -176,6 +179,7 @@ async def _body(endpoint: Endpoint, request: web.Request) -> tuple[BaseModel, by
         raise bad_request("invalid_json", f"body is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise bad_request("invalid_json", "body must be a JSON object")
+    refuse_nul(data)
     try:
         body = endpoint.body.model_validate(data)
     except pydantic.ValidationError as exc:

@@ -162,3 +162,26 @@ def from_validation_error(exc: pydantic.ValidationError, *, prefix: str = "") ->
         details.append(ErrorDetail(field=field, reason=error["msg"]))
     first = details[0] if details else ErrorDetail(field="body", reason="invalid")
     return ApiError(422, "validation_failed", f"{first.field}: {first.reason}", details=details)
+
+
+def refuse_nul(data: Any) -> None:
+    """422 naming the first field whose text holds a NUL character.
+
+    Postgres cannot store one in ``text`` or ``jsonb``: let through, the
+    request would fail at its first write or query as a 500, perhaps after
+    an effect outside the database (a publish, a Stripe call) went ahead.
+    ``data`` is a decoded JSON body or a query's parameters. Walked with a
+    stack, not recursion: JSON may nest deeper than Python's recursion limit.
+    """
+    pending: list[tuple[str, Any]] = [("", data)]
+    while pending:
+        field, value = pending.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise invalid_field(field or "body", "must not contain a NUL character")
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                name = f"{field}.{key}" if field else str(key)
+                pending += [(name, item), (name, key)]
+        elif isinstance(value, list):
+            pending += [(f"{field}.{i}" if field else str(i), v) for i, v in enumerate(value)]

@@ -165,3 +165,25 @@ async def test_subscriptions_service_down_is_503(stack: Stack, http: aiohttp.Cli
     await stack.stop("subscriptions")
     status, answer, _ = await admin(http, stack.gateway, "GET", "/subscriptions/sub_test_x")
     assert_error(status, answer, 503, "upstream_unavailable", "subscriptions")
+
+
+async def test_a_reason_holding_a_nul_is_422_and_nothing_is_replayed(
+    stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    # Postgres text cannot store a NUL: accepted, the audit row would fail
+    # after the event went out again, an unaudited replay answered with a 500.
+    evt = a_valid_event()
+    await deliver(http, stack.gateway, evt)
+    await wait_in_ledger(db, evt["id"])
+
+    status, answer, _ = await admin(
+        http,
+        stack.gateway,
+        "POST",
+        f"/events/{evt['id']}/replay",
+        data=b'{"reason": "operator\\u0000check"}',
+    )
+
+    assert_error(status, answer, 422, "validation_failed")
+    assert [d["field"] for d in answer["error"]["details"]] == ["reason"]
+    assert await replay_count(http, stack, evt["id"]) == 0

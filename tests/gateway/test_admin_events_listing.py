@@ -206,6 +206,8 @@ def _cursor(value: Any) -> str:
         ("cursor", _cursor(["2026-01-01T00:00:00", "evt_x"])),
         ("cursor", _cursor(["2026-01-01T00:00:00+00:00", None])),
         ("cursor", _cursor(["9999-12-31T23:59:59-23:00", "evt_x"])),
+        # Postgres text cannot hold a NUL: the query would fail, a 500.
+        ("cursor", _cursor(["2026-01-01T00:00:00+00:00", "evt_\u0000x"])),
         ("created_gte", "yesterday"),
         ("created_gte", "2026-13-01T00:00:00Z"),
         ("created_gte", "2026-01-01T00:00:00"),
