@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
+import asyncpg
+
 from services.credits import ledger
 from services.credits import metrics as m
 from shared import catalog as catalog_module
@@ -89,6 +91,7 @@ def build_handlers(catalog: Catalog | None = None) -> Handlers:
             source="trial" if trial else "plan",
             invoice_id=data.invoice_id,
             priority=the_catalog().plan_grant_priority,
+            trial=trial,
         )
 
     @handlers.on("subscription.renewed", model=DomainEvent[SubscriptionRenewed])
@@ -116,6 +119,10 @@ def build_handlers(catalog: Catalog | None = None) -> Handlers:
             # renewal carries the new allotments.
             log.info("credits_change_deferred", subscription_id=data.subscription_id)
             return
+        # The event carries the new plan's paid allotments and no status: a
+        # change while trialing (an upgrade, or monthly to yearly) keeps the
+        # period a trial, topped up to the new plan's trial credits only.
+        plan = the_catalog().plans.get(data.current.plan)
         await _period_grants(
             ctx,
             user_id=data.member.user_id,
@@ -128,6 +135,7 @@ def build_handlers(catalog: Catalog | None = None) -> Handlers:
             source="upgrade",
             invoice_id=None,
             priority=the_catalog().plan_grant_priority,
+            trial_allotments=plan.allotments(trial=True) if plan is not None else None,
         )
 
     @handlers.on("subscription.canceled", model=DomainEvent[SubscriptionCanceled])
@@ -228,14 +236,18 @@ async def _subscription_seen(
     start: datetime,
     end: datetime,
     now: datetime,
-) -> datetime | None:
-    """Remember the newest period seen; the subscription's end, if it ended."""
-    ended_at: datetime | None = await conn.fetchval(
+    trial: bool = False,
+) -> asyncpg.Record:
+    """Remember the newest period seen (and the trial's, for a trial); the
+    subscription's ``ended_at`` if it ended, and its ``trial_period_start``."""
+    row: asyncpg.Record | None = await conn.fetchrow(
         """
         INSERT INTO subscriptions (subscription_id, user_id, plan, period_start, period_end,
-                                   updated_at, customer_id)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+                                   updated_at, customer_id, trial_period_start)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $8 THEN $4::timestamptz END)
         ON CONFLICT (subscription_id) DO UPDATE SET
+            trial_period_start = COALESCE(subscriptions.trial_period_start,
+                                          EXCLUDED.trial_period_start),
             customer_id = EXCLUDED.customer_id,
             plan = CASE WHEN subscriptions.period_start IS NULL
                           OR EXCLUDED.period_start >= subscriptions.period_start
@@ -245,7 +257,7 @@ async def _subscription_seen(
                                 OR EXCLUDED.period_start >= subscriptions.period_start
                               THEN EXCLUDED.period_end ELSE subscriptions.period_end END,
             updated_at = EXCLUDED.updated_at
-        RETURNING ended_at
+        RETURNING ended_at, trial_period_start
         """,
         subscription_id,
         user_id,
@@ -254,8 +266,10 @@ async def _subscription_seen(
         end,
         now,
         customer_id,
+        trial,
     )
-    return ended_at
+    assert row is not None  # an upsert with RETURNING always returns its row
+    return row
 
 
 async def _period_grants(
@@ -271,9 +285,13 @@ async def _period_grants(
     source: str,
     invoice_id: str | None,
     priority: int,
+    trial: bool = False,
+    trial_allotments: Mapping[str, int] | None = None,
 ) -> None:
+    """Top the period up to ``allotments``; to ``trial_allotments`` instead
+    (where given) when the period is the subscription's trial."""
     now = ctx.clock.now()
-    ended_at = await _subscription_seen(
+    seen = await _subscription_seen(
         ctx.conn,
         subscription_id=subscription_id,
         user_id=user_id,
@@ -282,10 +300,14 @@ async def _period_grants(
         start=start,
         end=end,
         now=now,
+        trial=trial,
     )
+    ended_at = seen["ended_at"]
     if ended_at is not None and start >= ended_at:
         log.info("credits_not_granted_after_cancel", subscription_id=subscription_id)
         return
+    if trial_allotments is not None and seen["trial_period_start"] == start:
+        allotments = trial_allotments
     for credit_type, level in sorted(allotments.items()):
         if level <= 0:
             continue
