@@ -357,6 +357,17 @@ async def _period_grants(
         )
         if made is not None:
             count(m.GRANTED.labels(credit_type, source), top_up)
+    if invoice_id is None:
+        # An upgrade names no invoice; the period's grants name the one that
+        # paid for it, whose refund takes the period's upgrades back too. One
+        # already applied takes this top-up back now, as it would have had
+        # the upgrade arrived first.
+        invoice_id = await ctx.conn.fetchval(
+            "SELECT invoice_id FROM grants WHERE subscription_id = $1 AND period_start = $2"
+            " AND invoice_id IS NOT NULL AND source <> 'rollover' ORDER BY id LIMIT 1",
+            subscription_id,
+            start,
+        )
     if invoice_id is not None:
         await _claw_back_late(ctx, invoice_id=invoice_id, payment_intent_id=None)
 

@@ -248,3 +248,24 @@ async def test_a_refund_arriving_before_the_grant_it_refunds_still_takes_it_back
     )
     assert [tuple(r) for r in causes] == [("dispute:dp_1", 10), ("refund:re_1", 10)]
     await credits.consistent("u1")
+
+
+async def test_an_upgrade_applied_after_its_periods_refund_is_taken_back_too(
+    credits: Credits,
+) -> None:
+    # The refund of the period's invoice is applied before the upgrade's event
+    # (which waited in a retry queue): in the other order the refund takes
+    # back the upgrade's credits with the period's, and so it must here.
+    await credits.activate("u1", "sub_1", allotments={"meeting_room_hours": 10}, invoice="in_7")
+    await credits.refund("u1", invoice="in_7")
+    await credits.change(
+        "u1",
+        "sub_1",
+        previous={"meeting_room_hours": 10},
+        current={"meeting_room_hours": 25},
+        effective_at=START + timedelta(days=3),
+    )
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 0
+    taken = await credits.db.fetchval("SELECT sum(taken) FROM credits.clawbacks")
+    assert taken == 25
+    await credits.consistent("u1")
