@@ -215,7 +215,10 @@ def build_handlers(catalog: Catalog | None = None) -> Handlers:
     async def refunded(event: DomainEvent[PaymentRefunded], ctx: Context) -> None:
         data = event.data
         cause = f"refund:{data.refund_id or event.id}"
-        await _claw_back(ctx, data.payment.invoice_id, data.payment.payment_intent_id, cause)
+        # A partial refund takes back its share: all the payment's refunds so
+        # far over what was paid (ledger.clawback).
+        share = None if data.full else (data.total_refunded, data.amount)
+        await _claw_back(ctx, data.payment.invoice_id, data.payment.payment_intent_id, cause, share)
 
     @handlers.on("payment.disputed", model=DomainEvent[PaymentDisputed])
     async def disputed(event: DomainEvent[PaymentDisputed], ctx: Context) -> None:
@@ -373,20 +376,26 @@ async def _period_grants(
 
 
 async def _claw_back(
-    ctx: Context, invoice_id: str | None, payment_intent_id: str | None, cause: str
+    ctx: Context,
+    invoice_id: str | None,
+    payment_intent_id: str | None,
+    cause: str,
+    share: tuple[int, int] | None = None,
 ) -> None:
     """A refunded or disputed payment takes back the unspent credits it paid
     for: a subscription invoice's period grants (with that period's upgrades),
-    or a credit pack's."""
+    or a credit pack's; a partial refund only its ``share`` (refunded, paid)."""
     # Kept, so that a grant for this payment applied later (its event was
     # overtaken) is taken back as it is made: :func:`_claw_back_late`.
     await ctx.conn.execute(
-        "INSERT INTO clawback_causes (cause, invoice_id, payment_intent_id, at)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        "INSERT INTO clawback_causes (cause, invoice_id, payment_intent_id, at, refunded, paid)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         cause,
         invoice_id,
         payment_intent_id,
         ctx.clock.now(),
+        share[0] if share is not None else None,
+        share[1] if share is not None else None,
     )
     if invoice_id is not None:
         ids = await ctx.conn.fetch(
@@ -413,6 +422,7 @@ async def _claw_back(
         cause=cause,
         note=f"taken back: {cause}",
         now=ctx.clock.now(),
+        share=share,
     )
     for item in done:
         if item.taken:
@@ -433,7 +443,7 @@ async def _claw_back_late(
     """Apply the refunds and disputes already seen for the payment a grant
     just made came from: their events arrived before the grant's."""
     causes = await ctx.conn.fetch(
-        "SELECT cause, invoice_id, payment_intent_id FROM clawback_causes"
+        "SELECT cause, invoice_id, payment_intent_id, refunded, paid FROM clawback_causes"
         " WHERE invoice_id = $1 OR (invoice_id IS NULL AND payment_intent_id = $2)"
         " ORDER BY at, cause",
         invoice_id,
@@ -441,4 +451,5 @@ async def _claw_back_late(
     )
     for row in causes:
         # Once per grant and cause: what was already taken is not taken again.
-        await _claw_back(ctx, row["invoice_id"], row["payment_intent_id"], row["cause"])
+        share = (int(row["refunded"]), int(row["paid"])) if row["paid"] is not None else None
+        await _claw_back(ctx, row["invoice_id"], row["payment_intent_id"], row["cause"], share)
