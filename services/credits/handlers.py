@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
+import asyncpg
+
 from services.credits import ledger
 from services.credits import metrics as m
 from shared import catalog as catalog_module
@@ -89,6 +91,7 @@ def build_handlers(catalog: Catalog | None = None) -> Handlers:
             source="trial" if trial else "plan",
             invoice_id=data.invoice_id,
             priority=the_catalog().plan_grant_priority,
+            trial=trial,
         )
 
     @handlers.on("subscription.renewed", model=DomainEvent[SubscriptionRenewed])
@@ -116,6 +119,10 @@ def build_handlers(catalog: Catalog | None = None) -> Handlers:
             # renewal carries the new allotments.
             log.info("credits_change_deferred", subscription_id=data.subscription_id)
             return
+        # The event carries the new plan's paid allotments and no status: a
+        # change while trialing (an upgrade, or monthly to yearly) keeps the
+        # period a trial, topped up to the new plan's trial credits only.
+        plan = the_catalog().plans.get(data.current.plan)
         await _period_grants(
             ctx,
             user_id=data.member.user_id,
@@ -128,6 +135,7 @@ def build_handlers(catalog: Catalog | None = None) -> Handlers:
             source="upgrade",
             invoice_id=None,
             priority=the_catalog().plan_grant_priority,
+            trial_allotments=plan.allotments(trial=True) if plan is not None else None,
         )
 
     @handlers.on("subscription.canceled", model=DomainEvent[SubscriptionCanceled])
@@ -207,7 +215,10 @@ def build_handlers(catalog: Catalog | None = None) -> Handlers:
     async def refunded(event: DomainEvent[PaymentRefunded], ctx: Context) -> None:
         data = event.data
         cause = f"refund:{data.refund_id or event.id}"
-        await _claw_back(ctx, data.payment.invoice_id, data.payment.payment_intent_id, cause)
+        # A partial refund takes back its share: all the payment's refunds so
+        # far over what was paid (ledger.clawback).
+        share = None if data.full else (data.total_refunded, data.amount)
+        await _claw_back(ctx, data.payment.invoice_id, data.payment.payment_intent_id, cause, share)
 
     @handlers.on("payment.disputed", model=DomainEvent[PaymentDisputed])
     async def disputed(event: DomainEvent[PaymentDisputed], ctx: Context) -> None:
@@ -228,14 +239,18 @@ async def _subscription_seen(
     start: datetime,
     end: datetime,
     now: datetime,
-) -> datetime | None:
-    """Remember the newest period seen; the subscription's end, if it ended."""
-    ended_at: datetime | None = await conn.fetchval(
+    trial: bool = False,
+) -> asyncpg.Record:
+    """Remember the newest period seen (and the trial's, for a trial); the
+    subscription's ``ended_at`` if it ended, and its ``trial_period_start``."""
+    row: asyncpg.Record | None = await conn.fetchrow(
         """
         INSERT INTO subscriptions (subscription_id, user_id, plan, period_start, period_end,
-                                   updated_at, customer_id)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+                                   updated_at, customer_id, trial_period_start)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $8 THEN $4::timestamptz END)
         ON CONFLICT (subscription_id) DO UPDATE SET
+            trial_period_start = COALESCE(subscriptions.trial_period_start,
+                                          EXCLUDED.trial_period_start),
             customer_id = EXCLUDED.customer_id,
             plan = CASE WHEN subscriptions.period_start IS NULL
                           OR EXCLUDED.period_start >= subscriptions.period_start
@@ -245,7 +260,7 @@ async def _subscription_seen(
                                 OR EXCLUDED.period_start >= subscriptions.period_start
                               THEN EXCLUDED.period_end ELSE subscriptions.period_end END,
             updated_at = EXCLUDED.updated_at
-        RETURNING ended_at
+        RETURNING ended_at, trial_period_start
         """,
         subscription_id,
         user_id,
@@ -254,8 +269,10 @@ async def _subscription_seen(
         end,
         now,
         customer_id,
+        trial,
     )
-    return ended_at
+    assert row is not None  # an upsert with RETURNING always returns its row
+    return row
 
 
 async def _period_grants(
@@ -271,9 +288,13 @@ async def _period_grants(
     source: str,
     invoice_id: str | None,
     priority: int,
+    trial: bool = False,
+    trial_allotments: Mapping[str, int] | None = None,
 ) -> None:
+    """Top the period up to ``allotments``; to ``trial_allotments`` instead
+    (where given) when the period is the subscription's trial."""
     now = ctx.clock.now()
-    ended_at = await _subscription_seen(
+    seen = await _subscription_seen(
         ctx.conn,
         subscription_id=subscription_id,
         user_id=user_id,
@@ -282,10 +303,14 @@ async def _period_grants(
         start=start,
         end=end,
         now=now,
+        trial=trial,
     )
+    ended_at = seen["ended_at"]
     if ended_at is not None and start >= ended_at:
         log.info("credits_not_granted_after_cancel", subscription_id=subscription_id)
         return
+    if trial_allotments is not None and seen["trial_period_start"] == start:
+        allotments = trial_allotments
     for credit_type, level in sorted(allotments.items()):
         if level <= 0:
             continue
@@ -335,25 +360,42 @@ async def _period_grants(
         )
         if made is not None:
             count(m.GRANTED.labels(credit_type, source), top_up)
+    if invoice_id is None:
+        # An upgrade names no invoice; the period's grants name the one that
+        # paid for it, whose refund takes the period's upgrades back too. One
+        # already applied takes this top-up back now, as it would have had
+        # the upgrade arrived first.
+        invoice_id = await ctx.conn.fetchval(
+            "SELECT invoice_id FROM grants WHERE subscription_id = $1 AND period_start = $2"
+            " AND invoice_id IS NOT NULL AND source <> 'rollover' ORDER BY id LIMIT 1",
+            subscription_id,
+            start,
+        )
     if invoice_id is not None:
         await _claw_back_late(ctx, invoice_id=invoice_id, payment_intent_id=None)
 
 
 async def _claw_back(
-    ctx: Context, invoice_id: str | None, payment_intent_id: str | None, cause: str
+    ctx: Context,
+    invoice_id: str | None,
+    payment_intent_id: str | None,
+    cause: str,
+    share: tuple[int, int] | None = None,
 ) -> None:
     """A refunded or disputed payment takes back the unspent credits it paid
     for: a subscription invoice's period grants (with that period's upgrades),
-    or a credit pack's."""
+    or a credit pack's; a partial refund only its ``share`` (refunded, paid)."""
     # Kept, so that a grant for this payment applied later (its event was
     # overtaken) is taken back as it is made: :func:`_claw_back_late`.
     await ctx.conn.execute(
-        "INSERT INTO clawback_causes (cause, invoice_id, payment_intent_id, at)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        "INSERT INTO clawback_causes (cause, invoice_id, payment_intent_id, at, refunded, paid)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         cause,
         invoice_id,
         payment_intent_id,
         ctx.clock.now(),
+        share[0] if share is not None else None,
+        share[1] if share is not None else None,
     )
     if invoice_id is not None:
         ids = await ctx.conn.fetch(
@@ -380,6 +422,7 @@ async def _claw_back(
         cause=cause,
         note=f"taken back: {cause}",
         now=ctx.clock.now(),
+        share=share,
     )
     for item in done:
         if item.taken:
@@ -400,7 +443,7 @@ async def _claw_back_late(
     """Apply the refunds and disputes already seen for the payment a grant
     just made came from: their events arrived before the grant's."""
     causes = await ctx.conn.fetch(
-        "SELECT cause, invoice_id, payment_intent_id FROM clawback_causes"
+        "SELECT cause, invoice_id, payment_intent_id, refunded, paid FROM clawback_causes"
         " WHERE invoice_id = $1 OR (invoice_id IS NULL AND payment_intent_id = $2)"
         " ORDER BY at, cause",
         invoice_id,
@@ -408,4 +451,5 @@ async def _claw_back_late(
     )
     for row in causes:
         # Once per grant and cause: what was already taken is not taken again.
-        await _claw_back(ctx, row["invoice_id"], row["payment_intent_id"], row["cause"])
+        share = (int(row["refunded"]), int(row["paid"])) if row["paid"] is not None else None
+        await _claw_back(ctx, row["invoice_id"], row["payment_intent_id"], row["cause"], share)

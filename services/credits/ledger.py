@@ -357,15 +357,32 @@ async def reverse(
     parts = await conn.fetch(
         """
         SELECT e.grant_id, -e.amount AS amount,
-               g.closed_at IS NULL AND (g.expires_at IS NULL OR g.expires_at > $2) AS open
+               g.closed_at IS NULL AND (g.expires_at IS NULL OR g.expires_at > $2) AS open,
+               owed.cause, GREATEST(owed.target - COALESCE((
+                   SELECT sum(c.taken) FROM clawbacks c WHERE c.grant_id = g.id), 0), 0) AS owed
         FROM entries e JOIN grants g ON g.id = e.grant_id
+        -- A partial refund's share of the grant it could not take (spent).
+        LEFT JOIN LATERAL (
+            SELECT c.cause, g.amount * cc.refunded / cc.paid AS target
+            FROM clawbacks c JOIN clawback_causes cc ON cc.cause = c.cause
+            WHERE c.grant_id = g.id AND cc.paid > 0 AND cc.refunded < cc.paid
+            ORDER BY target DESC, c.cause LIMIT 1
+        ) owed ON true
         WHERE e.spend_id = $1 AND e.kind = 'spend' ORDER BY e.id
         """,
         spend_id,
         now,
     )
     back = [(int(p["grant_id"]), int(p["amount"])) for p in parts if p["open"]]
-    returned = sum(a for _, a in back)
+    # What a partial refund could not take back because it was spent, it
+    # takes from the credits returned to that grant: the refunded share
+    # never comes back.
+    owed = [
+        (int(p["grant_id"]), min(int(p["amount"]), int(p["owed"])), str(p["cause"]))
+        for p in parts
+        if p["open"] and p["cause"] is not None and p["owed"]
+    ]
+    returned = sum(a for _, a in back) - sum(a for _, a, _ in owed)
     forfeited = sum(int(p["amount"]) for p in parts) - returned
     if back:
         await conn.execute(
@@ -385,6 +402,28 @@ async def reverse(
             now,
             spend_id,
         )
+        for grant_id, taken, cause in owed:
+            await conn.execute(
+                "INSERT INTO entries (user_id, credit_type, grant_id, kind, amount, at, note)"
+                " VALUES ($1, $2, $3, 'clawback', $4, $5, $6)",
+                user_id,
+                credit_type,
+                grant_id,
+                -taken,
+                now,
+                f"taken back: {cause}",
+            )
+            await conn.execute(
+                "UPDATE grants SET remaining = remaining - $2 WHERE id = $1", grant_id, taken
+            )
+            await conn.execute(
+                "UPDATE clawbacks SET taken = taken + $3,"
+                " already_spent = GREATEST(already_spent - $3, 0)"
+                " WHERE grant_id = $1 AND cause = $2",
+                grant_id,
+                cause,
+                taken,
+            )
         await _move_balance(conn, user_id, credit_type, returned)
     await conn.execute(
         "UPDATE spends SET reversed_at = $2, returned = $3, forfeited = $4 WHERE id = $1",
@@ -587,8 +626,16 @@ async def clawback(
     cause: str,
     note: str,
     now: datetime,
+    share: tuple[int, int] | None = None,
 ) -> list[Clawback]:
     """Take back what is unspent of ``grant_ids``; report what was already spent.
+
+    ``share``: (refunded, paid) of a partial refund, cumulative over the
+    payment's refunds so far. Each grant then gives back up to that share of
+    its amount (rounded down), less what the payment's earlier claw-backs
+    took, so partial refunds adding up to the whole take all that a full one
+    would; the grant stays spendable for the rest. None: the whole payment,
+    everything unspent, and the grant is closed.
 
     Once per grant and cause. Never drives anything negative: what was spent
     stays spent and is reported.
@@ -607,14 +654,20 @@ async def clawback(
         SELECT g.*, COALESCE((
             SELECT -sum(e.amount) FROM entries e
             WHERE e.grant_id = g.id AND e.kind IN ('spend', 'reversal')
-        ), 0) AS spent
+        ), 0) AS spent,
+        COALESCE((SELECT sum(c.taken) FROM clawbacks c WHERE c.grant_id = g.id), 0) AS taken
         FROM grants g WHERE g.id = ANY($1::bigint[]) ORDER BY g.id
         """,
         list(grant_ids),
     )
     done: list[Clawback] = []
     for row in rows:
-        taken = int(row["remaining"])
+        taken, whole = int(row["remaining"]), True
+        if share is not None and share[0] < share[1]:
+            refunded, paid = share
+            whole = False
+            target = int(row["amount"]) * max(refunded, 0) // paid
+            taken = min(taken, max(target - int(row["taken"]), 0))
         recorded = await conn.fetchval(
             "INSERT INTO clawbacks (grant_id, cause, taken, already_spent, at)"
             " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true",
@@ -639,9 +692,13 @@ async def clawback(
             )
             await _move_balance(conn, row["user_id"], row["credit_type"], -taken)
         await conn.execute(
-            "UPDATE grants SET remaining = 0, closed_at = COALESCE(closed_at, $2) WHERE id = $1",
+            "UPDATE grants SET remaining = remaining - $3,"
+            " closed_at = CASE WHEN $4 THEN COALESCE(closed_at, $2) ELSE closed_at END"
+            " WHERE id = $1",
             row["id"],
             now,
+            taken,
+            whole,
         )
         done.append(
             Clawback(

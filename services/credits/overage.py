@@ -47,14 +47,17 @@ async def billed_to(
     """The Stripe customer and overage terms of the member's current plan for
     ``credit_type``, or None when its spends beyond the balance are refused."""
     row = await conn.fetchrow(
-        "SELECT plan, customer_id FROM subscriptions"
+        "SELECT plan, customer_id, period_start = trial_period_start AS trialing"
+        " FROM subscriptions"
         " WHERE user_id = $1 AND customer_id IS NOT NULL AND plan IS NOT NULL"
         "   AND (ended_at IS NULL OR ended_at > $2) AND period_end > $2"
         " ORDER BY period_start DESC LIMIT 1",
         user_id,
         now,
     )
-    if row is None:
+    if row is None or row["trialing"]:
+        # Stripe bills no usage during a trial (a trial upgraded to an overage
+        # plan is still one): beyond the balance would be free, so refused.
         return None
     plan = catalog.plans.get(row["plan"])
     terms = plan.overage.get(credit_type) if plan is not None else None

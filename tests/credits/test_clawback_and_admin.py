@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from shared.billing_events import Member, PaymentDisputed, PaymentRef
+from shared.billing_events import Member, PaymentDisputed, PaymentRef, PaymentRefunded
 from tests.credits.conftest import MONTH, START, Credits
 
 
@@ -247,4 +247,118 @@ async def test_a_refund_arriving_before_the_grant_it_refunds_still_takes_it_back
         "SELECT c.cause, c.taken FROM credits.clawbacks c ORDER BY c.cause"
     )
     assert [tuple(r) for r in causes] == [("dispute:dp_1", 10), ("refund:re_1", 10)]
+    await credits.consistent("u1")
+
+
+async def test_an_upgrade_applied_after_its_periods_refund_is_taken_back_too(
+    credits: Credits,
+) -> None:
+    # The refund of the period's invoice is applied before the upgrade's event
+    # (which waited in a retry queue): in the other order the refund takes
+    # back the upgrade's credits with the period's, and so it must here.
+    await credits.activate("u1", "sub_1", allotments={"meeting_room_hours": 10}, invoice="in_7")
+    await credits.refund("u1", invoice="in_7")
+    await credits.change(
+        "u1",
+        "sub_1",
+        previous={"meeting_room_hours": 10},
+        current={"meeting_room_hours": 25},
+        effective_at=START + timedelta(days=3),
+    )
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 0
+    taken = await credits.db.fetchval("SELECT sum(taken) FROM credits.clawbacks")
+    assert taken == 25
+    await credits.consistent("u1")
+
+
+async def _refund(
+    credits: Credits,
+    *,
+    refund_id: str,
+    this: int,
+    total: int,
+    paid: int = 20000,
+    invoice: str | None = None,
+    intent: str | None = None,
+) -> None:
+    await credits.send(
+        "payment.refunded",
+        PaymentRefunded(
+            member=Member(user_id="u1", customer_id="cus_u1"),
+            payment=PaymentRef(payment_id=None, payment_intent_id=intent, invoice_id=invoice),
+            amount_refunded=this,
+            total_refunded=total,
+            amount=paid,
+            currency="usd",
+            full=total >= paid,
+            refund_id=refund_id,
+        ),
+    )
+
+
+async def _taken(credits: Credits) -> list[tuple[str, str, int]]:
+    rows = await credits.db.fetch(
+        "SELECT c.cause, g.credit_type, c.taken FROM credits.clawbacks c"
+        " JOIN credits.grants g ON g.id = c.grant_id ORDER BY c.cause, g.credit_type"
+    )
+    return [(r["cause"], r["credit_type"], r["taken"]) for r in rows]
+
+
+async def test_partial_refunds_of_an_invoice_take_back_the_refunded_share(
+    credits: Credits,
+) -> None:
+    await credits.activate("u1", "sub_1", invoice="in_7")  # 10 hours, 2 passes
+    assert (await credits.spend("u1", 1))[0] == 201
+    # Half the invoice paid back (goodwill): half the period's credits go.
+    for _ in range(2):  # a replay takes nothing more
+        await _refund(credits, refund_id="re_1", this=10000, total=10000, invoice="in_7")
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 4
+    assert (await credits.balances("u1"))["guest_passes"] == 1
+    # The rest of it: everything unspent goes, never more than was granted.
+    await _refund(credits, refund_id="re_2", this=10000, total=20000, invoice="in_7")
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 0
+    assert (await credits.balances("u1"))["guest_passes"] == 0
+    assert await _taken(credits) == [
+        ("refund:re_1", "guest_passes", 1),
+        ("refund:re_1", "meeting_room_hours", 5),
+        ("refund:re_2", "guest_passes", 1),
+        ("refund:re_2", "meeting_room_hours", 4),
+    ]
+    await credits.consistent("u1")
+
+
+async def test_a_partial_refund_of_a_cart_takes_back_its_share_of_the_pack(
+    credits: Credits,
+) -> None:
+    # A 20000 cart with a 10-hour pack in it; one booking of 5000 is refunded.
+    await credits.pay("u1", {"meeting_room_hours_pack_10": 1, "day_pass": 1}, intent="pi_cart")
+    await _refund(credits, refund_id="re_1", this=5000, total=5000, intent="pi_cart")
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 8  # 2.5 rounds down
+    # A partial refund applied before its grant (overtaken) takes its share too.
+    await _refund(credits, refund_id="re_9", this=10000, total=10000, invoice="in_9")
+    await credits.activate("u1", "sub_9", invoice="in_9")
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 8 + 5
+    await credits.consistent("u1")
+
+
+async def test_a_spend_reversed_after_a_partial_refund_gives_back_the_refunded_share(
+    credits: Credits,
+) -> None:
+    await credits.activate("u1", "sub_1", allotments={"meeting_room_hours": 10}, invoice="in_7")
+    status, spent = await credits.spend("u1", 10)
+    assert status == 201
+    # Half the invoice paid back while all its hours were spent: nothing to take.
+    await _refund(credits, refund_id="re_1", this=10000, total=10000, invoice="in_7")
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 0
+    # The booking is cancelled: only the half still paid for comes back.
+    status, reversal = await credits.request(
+        "POST", f"/v1/credits/spends/{spent['id']}/reverse", "u1", json={}
+    )
+    assert status == 200, reversal
+    assert (reversal["returned"], reversal["forfeited"]) == (5, 5)
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 5
+    assert await _taken(credits) == [("refund:re_1", "meeting_room_hours", 5)]
+    # The rest of the refund takes what is left, as a full one would.
+    await _refund(credits, refund_id="re_2", this=10000, total=20000, invoice="in_7")
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 0
     await credits.consistent("u1")

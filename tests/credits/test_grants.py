@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from tests.credits.conftest import MONTH, START, Credits
+from shared.billing_events import Period, Plan, SubscriptionChanged
+from tests.credits.conftest import MONTH, START, Credits, member
 
 
 async def _grants(credits: Credits, user: str) -> list[tuple[str, str, int, object]]:
@@ -144,3 +145,45 @@ async def test_a_credit_pack_payment_grants_its_credits_with_its_own_expiry_and_
     assert row["priority"] == 50
     assert row["expires_at"] == credits.clock.now() + timedelta(days=365)
     assert (await credits.balances("u1"))["meeting_room_hours"] == 20
+
+
+async def test_a_change_during_a_trial_grants_the_new_plans_trial_credits(
+    credits: Credits,
+) -> None:
+    # hot_desk's trial grants 2 hours, 0 passes, 20 pages of its 10 / 2 / 100.
+    await credits.activate("u1", "sub_1", trial=True)
+    # Still trialing, the member switches to yearly billing: the event carries
+    # the plan's full allotments, but the trial is still a trial.
+    await credits.send(
+        "subscription.changed",
+        SubscriptionChanged(
+            member=member("u1"),
+            subscription_id="sub_1",
+            previous=Plan(plan="hot_desk", interval="month"),
+            current=Plan(plan="hot_desk", interval="year"),
+            previous_allotments={"meeting_room_hours": 10, "guest_passes": 2},
+            current_allotments={"meeting_room_hours": 10, "guest_passes": 2},
+            effective_at=START + timedelta(days=3),
+            period=Period(start=START, end=START + MONTH),
+        ),
+    )
+    assert await credits.balances("u1") == {
+        "meeting_room_hours": 2,
+        "guest_passes": 0,
+        "printing_pages": 20,
+    }
+    # An upgrade during the trial tops it up to the new plan's trial level
+    # (dedicated_desk has no trial_credits: its trial is the full allotment).
+    await credits.change(
+        "u1",
+        "sub_1",
+        previous={"meeting_room_hours": 10},
+        current={"meeting_room_hours": 25},
+        effective_at=START + timedelta(days=4),
+    )
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 25
+    # The trial converts: the paid period has the plan's full allotments.
+    await credits.renew("u1", "sub_1", start=START + MONTH, allotments={"guest_passes": 4})
+    hours = [g for g in await _grants(credits, "u1") if g[0] == "guest_passes"]
+    assert [(g[1], g[2]) for g in hours] == [("upgrade", 4), ("plan", 4)]
+    await credits.consistent("u1")

@@ -137,3 +137,30 @@ async def test_overage_stripe_did_not_take_is_reported_later_once(
     assert await overage.report_due(app[runtime.POOL], app[runtime.STRIPE], billed.clock) == 1
     assert await overage.report_due(app[runtime.POOL], app[runtime.STRIPE], billed.clock) == 0
     assert await _usage(stripe_client, meter.id, customer.id) == 2
+
+
+async def test_a_trial_refuses_the_overage_it_would_not_bill(credits: Credits) -> None:
+    # A hot_desk trial (2 hours) upgraded to dedicated_desk stays a trial:
+    # its trial grants 25 hours, and usage during a trial is not billed.
+    await credits.activate("u1", "sub_1", trial=True)
+    await credits.change(
+        "u1",
+        "sub_1",
+        previous={"meeting_room_hours": 10},
+        current={"meeting_room_hours": 25},
+        effective_at=START + timedelta(days=3),
+    )
+    status, body = await credits.spend("u1", 30)
+    assert (status, body["error"]["code"]) == (422, "insufficient_credits"), body
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 25
+    # Once the trial converts, the paid period bills what goes beyond.
+    await credits.renew(
+        "u1",
+        "sub_1",
+        start=START + MONTH,
+        plan="dedicated_desk",
+        allotments={"meeting_room_hours": 25},
+    )
+    credits.clock.set(START + MONTH + timedelta(hours=1))
+    status, body = await credits.spend("u1", 30)
+    assert (status, body["overage"]) == (201, 5), body
