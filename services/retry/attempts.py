@@ -179,11 +179,15 @@ class Attempts:
     async def _stripe_failed(
         self, claimed: cases.Claimed, exc: stripe.StripeError, doing: str
     ) -> str:
-        if is_transient(exc) or isinstance(exc, stripe.AuthenticationError):
+        misconfigured = isinstance(exc, stripe.AuthenticationError | stripe.PermissionError)
+        if is_transient(exc) or misconfigured:
             # Nothing is known to have happened: the same attempt, with the
             # same key, is repeated later (Stripe replays it if it did charge).
-            log.warning(
-                "dunning_stripe_unavailable",
+            # A key Stripe refuses (401) or that lacks a permission (403) is our
+            # configuration, not the member's card: no attempt is spent and the
+            # member is not told a payment failed, but an operator must act.
+            (log.error if misconfigured else log.warning)(
+                "dunning_stripe_misconfigured" if misconfigured else "dunning_stripe_unavailable",
                 invoice=claimed.case.invoice_id,
                 doing=doing,
                 error=repr(exc),

@@ -438,3 +438,36 @@ async def test_stripe_rate_limits_are_retried_within_the_attempt(
     # One key for the three: the policy's retries are the same attempt.
     assert {r["idempotency_key"] for r in requests} == {f"dunning-{invoice_id}-attempt-1"}
     assert requests[2]["at"] - requests[1]["at"] >= 0.9  # Retry-After honoured
+
+
+@pytest.mark.usefixtures("one_attempt_on_demand")
+async def test_a_key_without_stripe_permission_spends_no_attempt(
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+    http: aiohttp.ClientSession,
+) -> None:
+    member = await new_member(stripe_client)
+    invoice_id = await fail_renewal(stripe_client, sandbox, member, declines=1)
+    await case_in(db, invoice_id, "open")
+    # A restricted key lacking a permission: Stripe answers 403 to the payment.
+    # It is our configuration, not the member's card: the only attempt is not
+    # spent, the member is not told it failed, the membership is not ended.
+    await sandbox.control(
+        "POST",
+        "/_sandbox/faults",
+        {"kind": "permission", "count": 1, "path_prefix": f"/v1/invoices/{invoice_id}/pay"},
+    )
+    await _retry_now(http, dunning_stack, invoice_id)
+
+    case = await case_in(db, invoice_id, "recovered", "exhausted")
+    assert case["state"] == "recovered", case
+    attempts = await attempts_of(db, invoice_id)
+    assert [(a["number"], a["outcome"]) for a in attempts] == [(1, "succeeded")]
+    requests = await sandbox.requests(f"/v1/invoices/{invoice_id}/pay", method="POST")
+    assert [r["fault"] for r in requests if r["idempotency_key"]] == ["permission", None]
+    failed = await outbox_events(db, "dunning.attempt_failed")
+    assert [e["data"]["attempt"] for e in failed] == [0]
+    sub = await stripe_client.v1.subscriptions.retrieve_async(member.subscription_id)
+    assert sub.status != "canceled"
