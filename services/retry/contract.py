@@ -100,7 +100,8 @@ RETRY_NOW = _admin(
     errors=(404, 409),
     description=(
         "404 when no open or paused case matches; 409 when the case is closed, or an"
-        " attempt of it is under way."
+        " attempt of it is under way, or (several_open_cases) a subscription id matches"
+        " more than one open case: the error names their invoices."
     ),
 )
 STOP = _admin(
@@ -114,7 +115,8 @@ STOP = _admin(
     errors=(404, 409),
     description=(
         "404 when no case matches; 409 when the case is closed, or an attempt of it is"
-        " under way (its charge cannot be stopped: try again once it has ended)."
+        " under way (its charge cannot be stopped: try again once it has ended), or"
+        " (several_open_cases) a subscription id matches more than one open case."
     ),
 )
 
