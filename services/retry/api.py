@@ -113,8 +113,8 @@ async def retry_now(call: Call[contract.StaffAction, Empty]) -> contract.CaseVie
             # replica attempt it at the same time.
             raise conflict("attempt_in_progress", "an attempt of this case is under way")
         updated = await conn.fetchrow(
-            "UPDATE cases SET state = 'open', next_attempt_at = $2, updated_at = $2"
-            " WHERE invoice_id = $1 RETURNING *",
+            "UPDATE cases SET state = 'open', next_attempt_at = $2, updated_at = $2,"
+            " retry_requested_at = $2 WHERE invoice_id = $1 RETURNING *",
             row["invoice_id"],
             now,
         )

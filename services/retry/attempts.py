@@ -47,8 +47,13 @@ log = get_logger(__name__)
 
 SOURCE = "retry"
 # The invoice's subscription, expanded so the attempt reads its status without
-# a request of its own.
-_INVOICE_EXPAND = ["parent.subscription_details.subscription"]
+# a request of its own; its payments (with their PaymentIntents) and customer,
+# so it sees a hard decline the card it would charge already met.
+_INVOICE_EXPAND = [
+    "parent.subscription_details.subscription",
+    "payments.data.payment.payment_intent",
+    "customer",
+]
 # Stripe's codes for paying an invoice that is no longer open.
 _NOT_OPEN = frozenset({"invoice_already_paid", "invoice_not_open"})
 _NO_PAYMENT_METHOD = frozenset(
@@ -101,6 +106,16 @@ class Attempts:
                 claimed, "already_settled", close=("canceled", "subscription_canceled")
             )
             return "already_settled"
+        hard = invoice.hard_decline_of_next_payment
+        if hard is not None and case.retry_requested_at is None:
+            # The renewal's own charge (or an earlier attempt) met a hard decline
+            # on the very card /pay would use: charging it again can only be
+            # declined again, and looks like card testing to the issuer. The case
+            # waits for a new payment method, as after a hard decline of ours.
+            # An operator's retry-now still charges: the member may have had
+            # the bank lift the block.
+            await self._failed(claimed, "skipped", hard)
+            return "skipped"
         try:
             paid = await self._request(
                 "pay invoice",

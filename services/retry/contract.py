@@ -33,7 +33,8 @@ class AttemptView(BaseModel):
     finished_at: datetime | None
     outcome: str = Field(
         description=(
-            "pending, succeeded, failed, already_settled, unavailable, error, observed, superseded"
+            "pending, succeeded, failed, already_settled, unavailable, error, observed,"
+            " superseded, skipped (no charge: the card to be charged had met a hard decline)"
         )
     )
     decline_code: str | None
