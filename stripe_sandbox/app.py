@@ -86,6 +86,16 @@ def _fault_error(fault: Fault) -> StripeError:
             code="rate_limit",
             headers={"Retry-After": str(fault.retry_after), "Stripe-Should-Retry": "true"},
         )
+    if fault.kind == "permission":
+        # Stripe's answer to a restricted key without the permission (no retry
+        # helps: Stripe-Should-Retry is false).
+        return StripeError(
+            403,
+            "invalid_request_error",
+            "The provided key 'rk_test_****' does not have the required permissions "
+            "for this endpoint on account 'acct_sandbox'.",
+            headers={"Stripe-Should-Retry": "false"},
+        )
     return StripeError(
         500,
         "api_error",

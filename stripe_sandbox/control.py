@@ -14,7 +14,7 @@ POST /_sandbox/settings  {"smart_retries": bool, "retry_tries": 1-8,
                           "retry_window_days": 7|14|21|30|60,
                           "after_retries": "canceled"|"unpaid"|"past_due"}   partial update
 POST /_sandbox/tick                                      run what is due on the wall clock now
-POST /_sandbox/faults    {"kind": "rate_limit"|"server_error"|"slow"|"late_answer",
+POST /_sandbox/faults    {"kind": "rate_limit"|"server_error"|"slow"|"late_answer"|"permission",
                           "count", "delay_ms", "path_prefix", "retry_after"}
                           (late_answer: the request runs, its answer is held delay_ms)
 GET|DELETE /_sandbox/faults

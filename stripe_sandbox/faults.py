@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 # "slow" holds a request before it runs; "late_answer" runs it (its events go
 # out) and holds the answer, as when the network is slow on the way back.
-KINDS = ("rate_limit", "server_error", "slow", "late_answer")
+# "permission" is the 403 of a restricted key that lacks the endpoint's
+# permission: the account's configuration, not the request, is at fault.
+KINDS = ("rate_limit", "server_error", "slow", "late_answer", "permission")
 
 
 @dataclass

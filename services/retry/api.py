@@ -68,13 +68,31 @@ async def list_cases(call: Call[Empty, contract.CasesQuery]) -> Page[contract.Ca
 
 
 async def _case_for(conn: DbConnection, target: str) -> Any:
-    """The case of an invoice, or the open (else latest) case of a subscription, locked."""
+    """The case of an invoice, or the open (else latest) case of a subscription, locked.
+
+    A subscription with several open cases (a renewal failed while an earlier
+    one was still chased) is a 409 naming their invoices: acting on one of them
+    would leave the other charging (or stopped) without the operator knowing.
+    """
     if target.startswith("sub_"):
-        row = await conn.fetchrow(
-            "SELECT * FROM cases WHERE subscription_id = $1"
-            " ORDER BY state IN ('open', 'paused') DESC, opened_at DESC LIMIT 1 FOR UPDATE",
+        active = await conn.fetch(
+            "SELECT * FROM cases WHERE subscription_id = $1 AND state IN ('open', 'paused')"
+            " ORDER BY opened_at, invoice_id FOR UPDATE",
             target,
         )
+        if len(active) > 1:
+            raise conflict(
+                "several_open_cases",
+                "the subscription has several open cases: name the invoice",
+                invoices=", ".join(r["invoice_id"] for r in active),
+            )
+        row = active[0] if active else None
+        if row is None:
+            row = await conn.fetchrow(
+                "SELECT * FROM cases WHERE subscription_id = $1"
+                " ORDER BY opened_at DESC LIMIT 1 FOR UPDATE",
+                target,
+            )
     else:
         row = await conn.fetchrow("SELECT * FROM cases WHERE invoice_id = $1 FOR UPDATE", target)
     if row is None:
@@ -95,8 +113,8 @@ async def retry_now(call: Call[contract.StaffAction, Empty]) -> contract.CaseVie
             # replica attempt it at the same time.
             raise conflict("attempt_in_progress", "an attempt of this case is under way")
         updated = await conn.fetchrow(
-            "UPDATE cases SET state = 'open', next_attempt_at = $2, updated_at = $2"
-            " WHERE invoice_id = $1 RETURNING *",
+            "UPDATE cases SET state = 'open', next_attempt_at = $2, updated_at = $2,"
+            " retry_requested_at = $2 WHERE invoice_id = $1 RETURNING *",
             row["invoice_id"],
             now,
         )

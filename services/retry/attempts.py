@@ -47,8 +47,13 @@ log = get_logger(__name__)
 
 SOURCE = "retry"
 # The invoice's subscription, expanded so the attempt reads its status without
-# a request of its own.
-_INVOICE_EXPAND = ["parent.subscription_details.subscription"]
+# a request of its own; its payments (with their PaymentIntents) and customer,
+# so it sees a hard decline the card it would charge already met.
+_INVOICE_EXPAND = [
+    "parent.subscription_details.subscription",
+    "payments.data.payment.payment_intent",
+    "customer",
+]
 # Stripe's codes for paying an invoice that is no longer open.
 _NOT_OPEN = frozenset({"invoice_already_paid", "invoice_not_open"})
 _NO_PAYMENT_METHOD = frozenset(
@@ -101,6 +106,16 @@ class Attempts:
                 claimed, "already_settled", close=("canceled", "subscription_canceled")
             )
             return "already_settled"
+        hard = invoice.hard_decline_of_next_payment
+        if hard is not None and case.retry_requested_at is None:
+            # The renewal's own charge (or an earlier attempt) met a hard decline
+            # on the very card /pay would use: charging it again can only be
+            # declined again, and looks like card testing to the issuer. The case
+            # waits for a new payment method, as after a hard decline of ours.
+            # An operator's retry-now still charges: the member may have had
+            # the bank lift the block.
+            await self._failed(claimed, "skipped", hard)
+            return "skipped"
         try:
             paid = await self._request(
                 "pay invoice",
@@ -179,11 +194,15 @@ class Attempts:
     async def _stripe_failed(
         self, claimed: cases.Claimed, exc: stripe.StripeError, doing: str
     ) -> str:
-        if is_transient(exc) or isinstance(exc, stripe.AuthenticationError):
+        misconfigured = isinstance(exc, stripe.AuthenticationError | stripe.PermissionError)
+        if is_transient(exc) or misconfigured:
             # Nothing is known to have happened: the same attempt, with the
             # same key, is repeated later (Stripe replays it if it did charge).
-            log.warning(
-                "dunning_stripe_unavailable",
+            # A key Stripe refuses (401) or that lacks a permission (403) is our
+            # configuration, not the member's card: no attempt is spent and the
+            # member is not told a payment failed, but an operator must act.
+            (log.error if misconfigured else log.warning)(
+                "dunning_stripe_misconfigured" if misconfigured else "dunning_stripe_unavailable",
                 invoice=claimed.case.invoice_id,
                 doing=doing,
                 error=repr(exc),

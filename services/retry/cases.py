@@ -64,6 +64,9 @@ class Case:
     next_attempt_at: datetime | None
     lease_owner: str | None
     end_action: str | None
+    # An operator asked for this attempt (retry-now): it charges whatever the
+    # last decline was.
+    retry_requested_at: datetime | None
 
     @classmethod
     def of(cls, row: asyncpg.Record) -> Case:
@@ -435,6 +438,7 @@ async def reschedule(
     await conn.execute(
         "UPDATE cases SET state = $2, next_attempt_at = $3, lease_owner = NULL,"
         " pending_attempt = CASE WHEN $4 THEN NULL ELSE pending_attempt END,"
+        " retry_requested_at = CASE WHEN $4 THEN NULL ELSE retry_requested_at END,"
         " last_decline_code = coalesce($5, last_decline_code), updated_at = $6"
         " WHERE invoice_id = $1",
         invoice_id,

@@ -33,7 +33,8 @@ class AttemptView(BaseModel):
     finished_at: datetime | None
     outcome: str = Field(
         description=(
-            "pending, succeeded, failed, already_settled, unavailable, error, observed, superseded"
+            "pending, succeeded, failed, already_settled, unavailable, error, observed,"
+            " superseded, skipped (no charge: the card to be charged had met a hard decline)"
         )
     )
     decline_code: str | None
@@ -100,7 +101,8 @@ RETRY_NOW = _admin(
     errors=(404, 409),
     description=(
         "404 when no open or paused case matches; 409 when the case is closed, or an"
-        " attempt of it is under way."
+        " attempt of it is under way, or (several_open_cases) a subscription id matches"
+        " more than one open case: the error names their invoices."
     ),
 )
 STOP = _admin(
@@ -114,7 +116,8 @@ STOP = _admin(
     errors=(404, 409),
     description=(
         "404 when no case matches; 409 when the case is closed, or an attempt of it is"
-        " under way (its charge cannot be stopped: try again once it has ended)."
+        " under way (its charge cannot be stopped: try again once it has ended), or"
+        " (several_open_cases) a subscription id matches more than one open case."
     ),
 )
 

@@ -50,8 +50,9 @@ class _Loose(BaseModel):
 
 class _SubscriptionDetails(_Loose):
     subscription: str | None = None
-    # Only when the subscription came expanded: its status then.
+    # Only when the subscription came expanded: its status and payment method then.
     subscription_status: str | None = None
+    subscription_default_payment_method: str | None = None
     metadata: dict[str, str] | None = None
 
     @model_validator(mode="before")
@@ -60,7 +61,13 @@ class _SubscriptionDetails(_Loose):
         if isinstance(data, dict):
             expanded = data.get("subscription")
             if isinstance(expanded, dict):
-                data = {**data, "subscription_status": expanded.get("status")}
+                data = {
+                    **data,
+                    "subscription_status": expanded.get("status"),
+                    "subscription_default_payment_method": _id_of(
+                        expanded.get("default_payment_method")
+                    ),
+                }
         return data
 
     @field_validator("subscription", mode="before")
@@ -73,9 +80,47 @@ class _Parent(_Loose):
     subscription_details: _SubscriptionDetails | None = None
 
 
+class _PaymentError(_Loose):
+    decline_code: str | None = None
+    payment_method: str | None = None
+
+    @field_validator("payment_method", mode="before")
+    @classmethod
+    def _ids(cls, value: Any) -> Any:
+        return _id_of(value)
+
+
+class _PaymentIntent(_Loose):
+    last_payment_error: _PaymentError | None = None
+
+
+class _Payment(_Loose):
+    # Only an expanded PaymentIntent says how it failed; an id alone says nothing.
+    payment_intent: _PaymentIntent | None = None
+
+    @field_validator("payment_intent", mode="before")
+    @classmethod
+    def _expanded_only(cls, value: Any) -> Any:
+        return value if isinstance(value, dict) else None
+
+
+class _InvoicePayment(_Loose):
+    created: int = 0
+    payment: _Payment | None = None
+
+
+class _InvoicePayments(_Loose):
+    data: list[_InvoicePayment] = []
+
+
 class Invoice(_Loose):
     id: str = Field(pattern=r"^in_")
     customer: str
+    # Only when the customer came expanded: its default payment method for invoices.
+    customer_default_payment_method: str | None = None
+    default_payment_method: str | None = None
+    # Only when asked for (``expand[]=payments...``): the invoice's payments.
+    payments: _InvoicePayments | None = None
     status: str | None = None
     amount_due: int = 0
     amount_paid: int = 0
@@ -91,10 +136,48 @@ class Invoice(_Loose):
     # Older API versions.
     subscription: str | None = None
 
-    @field_validator("customer", "subscription", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _expanded_customer(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("customer"), dict):
+            settings = data["customer"].get("invoice_settings") or {}
+            data = {
+                **data,
+                "customer_default_payment_method": _id_of(settings.get("default_payment_method")),
+            }
+        return data
+
+    @field_validator("customer", "subscription", "default_payment_method", mode="before")
     @classmethod
     def _ids(cls, value: Any) -> Any:
         return _id_of(value)
+
+    @property
+    def hard_decline_of_next_payment(self) -> str | None:
+        """The hard decline the invoice's last payment met, when paying it now would
+        use that same payment method again (so it would be declined again); None
+        otherwise, or when the answer did not carry the payments and the customer.
+
+        The method Stripe charges is the invoice's, else the subscription's, else
+        the customer's default for invoices, as ``/pay`` chooses it.
+        """
+        if self.payments is None:
+            return None
+        details = self.parent.subscription_details if self.parent else None
+        method = (
+            self.default_payment_method
+            or (details.subscription_default_payment_method if details else None)
+            or self.customer_default_payment_method
+        )
+        intents = [
+            p.payment.payment_intent
+            for p in sorted(self.payments.data, key=lambda p: p.created)
+            if p.payment is not None and p.payment.payment_intent is not None
+        ]
+        error = intents[-1].last_payment_error if intents else None
+        if method is None or error is None or error.payment_method != method:
+            return None
+        return error.decline_code if error.decline_code in HARD_DECLINES else None
 
     @property
     def subscription_id(self) -> str | None:

@@ -12,6 +12,8 @@ import stripe
 
 from tests.gateway.helpers import admin, api, bearer, token
 from tests.retry.helpers import case_in, fail_renewal, new_member, succeeded_charges
+from tests.support import stripe_objects as so
+from tests.support.gateway_client import post_event
 from tests.support.sandbox_process import SandboxProcess
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
@@ -211,3 +213,61 @@ async def test_a_stopped_case_leaves_no_attempt_pending(
     # Closed, the case will never finish that attempt: it is not shown as under way.
     assert [(a["number"], a["outcome"]) for a in body["attempts"]] == [(1, "superseded")]
     assert body["attempts_made"] == 1
+
+
+def _failed_renewal(subscription_id: str) -> dict[str, Any]:
+    invoice = so.fixture("invoice")
+    invoice.update(
+        id=so.new_id("in"),
+        customer="cus_test_member",
+        status="open",
+        billing_reason="subscription_cycle",
+        amount_due=19900,
+        amount_paid=0,
+        amount_remaining=19900,
+        currency="usd",
+        attempt_count=1,
+        customer_email="ada@example.com",
+        parent={
+            "type": "subscription_details",
+            "quote_details": None,
+            "subscription_details": {
+                "subscription": subscription_id,
+                "metadata": {"user_id": "user_7"},
+            },
+        },
+    )
+    return invoice
+
+
+@pytest.mark.parametrize("action", ["retry-now", "stop"])
+async def test_a_subscription_with_two_open_cases_names_them_instead_of_picking_one(
+    action: str, stack: Stack, db: asyncpg.Connection, http: aiohttp.ClientSession
+) -> None:
+    # Two renewals of one subscription failed, the first still chased.
+    sub_id = so.new_id("sub")
+    invoices = [_failed_renewal(sub_id), _failed_renewal(sub_id)]
+    for invoice in invoices:
+        status, body = await post_event(
+            http, stack.gateway, so.event("invoice.payment_failed", invoice)
+        )
+        assert status == 200, body
+    before = [await case_in(db, invoice["id"], "open") for invoice in invoices]
+
+    status, body, _ = await admin(
+        http, stack.gateway, "POST", f"/dunning/{sub_id}/{action}", data=_reason()
+    )
+    assert status == 409, body
+    assert body["error"]["code"] == "several_open_cases"
+    named = " ".join(d["reason"] for d in body["error"]["details"])
+    assert all(invoice["id"] in named for invoice in invoices)
+    # Neither case moved, and no staff write is on record.
+    after = [await case_in(db, invoice["id"], "open") for invoice in invoices]
+    assert [c["next_attempt_at"] for c in after] == [c["next_attempt_at"] for c in before]
+    assert await db.fetchval("SELECT count(*) FROM retry.audit_log") == 0
+
+    # Named by its invoice, each case can be acted on.
+    status, body, _ = await admin(
+        http, stack.gateway, "POST", f"/dunning/{invoices[0]['id']}/{action}", data=_reason()
+    )
+    assert status == 200, body

@@ -263,8 +263,10 @@ async def test_a_hard_decline_pauses_until_a_new_card_then_resumes_at_once(
 
     case = await case_in(db, invoice_id, "recovered")
     attempts = await attempts_of(db, invoice_id)
+    # The first attempt saw the renewal's hard decline on the same card and
+    # made no charge; the second, on the new card, recovers.
     assert [(a["outcome"], a["decline_code"]) for a in attempts] == [
-        ("failed", "stolen_card"),
+        ("skipped", "stolen_card"),
         ("succeeded", None),
     ]
     assert len(await charges_of(stripe_client, member.customer_id)) == charges_before + 1
@@ -438,3 +440,88 @@ async def test_stripe_rate_limits_are_retried_within_the_attempt(
     # One key for the three: the policy's retries are the same attempt.
     assert {r["idempotency_key"] for r in requests} == {f"dunning-{invoice_id}-attempt-1"}
     assert requests[2]["at"] - requests[1]["at"] >= 0.9  # Retry-After honoured
+
+
+@pytest.mark.usefixtures("one_attempt_on_demand")
+async def test_a_key_without_stripe_permission_spends_no_attempt(
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+    http: aiohttp.ClientSession,
+) -> None:
+    member = await new_member(stripe_client)
+    invoice_id = await fail_renewal(stripe_client, sandbox, member, declines=1)
+    await case_in(db, invoice_id, "open")
+    # A restricted key lacking a permission: Stripe answers 403 to the payment.
+    # It is our configuration, not the member's card: the only attempt is not
+    # spent, the member is not told it failed, the membership is not ended.
+    await sandbox.control(
+        "POST",
+        "/_sandbox/faults",
+        {"kind": "permission", "count": 1, "path_prefix": f"/v1/invoices/{invoice_id}/pay"},
+    )
+    await _retry_now(http, dunning_stack, invoice_id)
+
+    case = await case_in(db, invoice_id, "recovered", "exhausted")
+    assert case["state"] == "recovered", case
+    attempts = await attempts_of(db, invoice_id)
+    assert [(a["number"], a["outcome"]) for a in attempts] == [(1, "succeeded")]
+    requests = await sandbox.requests(f"/v1/invoices/{invoice_id}/pay", method="POST")
+    assert [r["fault"] for r in requests if r["idempotency_key"]] == ["permission", None]
+    failed = await outbox_events(db, "dunning.attempt_failed")
+    assert [e["data"]["attempt"] for e in failed] == [0]
+    sub = await stripe_client.v1.subscriptions.retrieve_async(member.subscription_id)
+    assert sub.status != "canceled"
+
+
+async def test_a_renewal_hard_declined_is_not_charged_again_on_the_same_card(
+    *,
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+    retry_settings: dict[str, Any],
+    http: aiohttp.ClientSession,
+) -> None:
+    member = await new_member(stripe_client)
+    # The renewal's own charge meets a hard decline: the card is reported stolen.
+    invoice_id = await fail_renewal(
+        stripe_client, sandbox, member, declines=10, decline_code="stolen_card"
+    )
+    charges_before = len(await charges_of(stripe_client, member.customer_id))
+
+    case = await case_in(db, invoice_id, "paused")
+    assert case["last_decline_code"] == "stolen_card"
+    await _quiet(retry_settings)
+    # Stripe's record of the renewal already said so: the stolen card is never
+    # charged by us, the case waits for a new card.
+    assert (await case_in(db, invoice_id, "paused"))["attempts"] == 1
+    pays = await sandbox.requests(f"/v1/invoices/{invoice_id}/pay", method="POST")
+    assert [r for r in pays if (r["idempotency_key"] or "").startswith("dunning-")] == []
+    assert len(await charges_of(stripe_client, member.customer_id)) == charges_before
+    attempts = await attempts_of(db, invoice_id)
+    assert [(a["outcome"], a["decline_code"]) for a in attempts] == [("skipped", "stolen_card")]
+    paused = [e for e in await outbox_events(db, "dunning.attempt_failed") if e["data"]["paused"]]
+    assert len(paused) == 1 and paused[0]["data"]["decline_code"] == "stolen_card"
+
+    # An operator's retry-now overrides it (the member says the bank lifted a
+    # block): that attempt charges the card, declined here once more.
+    await _retry_now(http, dunning_stack, invoice_id)
+    await eventually(
+        lambda: attempts_of(db, invoice_id),
+        until=lambda found: len(found) == 2 and found[1]["outcome"] != "pending",
+        what="the operator's attempt",
+    )
+    attempts = await attempts_of(db, invoice_id)
+    assert [(a["outcome"], a["decline_code"]) for a in attempts] == [
+        ("skipped", "stolen_card"),
+        ("failed", "stolen_card"),
+    ]
+    pays = await sandbox.requests(f"/v1/invoices/{invoice_id}/pay", method="POST")
+    assert [r["idempotency_key"] for r in pays if r["idempotency_key"]] == [
+        f"dunning-{invoice_id}-attempt-2"
+    ]
+    # Paused again; the override was for that one attempt.
+    case = await case_in(db, invoice_id, "paused")
+    assert case["retry_requested_at"] is None
