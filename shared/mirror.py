@@ -35,6 +35,7 @@ import orjson
 
 from shared.broker.handlers import Context, Refetch
 from shared.clock import from_unix
+from shared.db import DbConnection
 
 _TABLE = re.compile(r"[a-z_][a-z0-9_]*")
 
@@ -118,3 +119,22 @@ async def decide(
     if ctx.fetched is not None:
         return Verdict.APPLY
     raise Refetch(kind, stripe_id)
+
+
+async def supersede(
+    conn: DbConnection, *, table: str, row_id: str, progress: tuple[int, ...], id_column: str = "id"
+) -> None:
+    """Hold this moment as the version of a row whose state the service
+    decided itself, without an event (a payment given up before Stripe's
+    answer came): every event about the object from before now is then
+    ``STALE`` to :func:`decide`, and a later one still applies. The digest is
+    empty, so a tie with an event is settled from Stripe, as any other.
+    """
+    if not (_TABLE.fullmatch(table) and _TABLE.fullmatch(id_column)):
+        raise ValueError(f"not a table and column name: {table!r}, {id_column!r}")
+    await conn.execute(
+        f"UPDATE {table} SET version_created = now(), version_progress = $2,"  # noqa: S608
+        f" version_digest = '' WHERE {id_column} = $1",
+        row_id,
+        list(progress),
+    )

@@ -11,7 +11,7 @@ from services.subscriptions.payments import metrics, states
 from services.subscriptions.payments.contract import Dispute, Line, PaymentView
 from services.subscriptions.payments.pricing import Priced
 from shared import billing_events as be
-from shared import db
+from shared import db, mirror
 from shared.counting import count
 from shared.db import DbConnection
 from shared.http.errors import conflict
@@ -109,13 +109,18 @@ async def abandon(pool: asyncpg.Pool[Any], payment_id: str) -> None:
     ``created`` is before now) is stale instead of taking the bookings back.
     """
     async with db.transaction(pool) as conn:
-        await conn.execute(
+        given_up = await conn.fetchval(
             "UPDATE payments SET status = 'canceled', intent_status = 'canceled',"
-            " version_created = now(), version_progress = $2, version_digest = '',"
-            " updated_at = now() WHERE id = $1 AND status = 'pending'",
+            " updated_at = now() WHERE id = $1 AND status = 'pending' RETURNING id",
             payment_id,
-            [states.intent_progress("canceled")],
         )
+        if given_up is not None:
+            await mirror.supersede(
+                conn,
+                table="payments",
+                row_id=payment_id,
+                progress=(states.intent_progress("canceled"),),
+            )
         await conn.execute(
             "UPDATE payment_bookings SET live = false WHERE payment_id = $1", payment_id
         )
