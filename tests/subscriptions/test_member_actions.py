@@ -191,8 +191,16 @@ async def test_a_declined_upgrade_leaves_the_pending_downgrade_scheduled(
     # schedule released to upgrade is back, ending on the lower plan.
     _, shown = await api(http, billing.gateway, "GET", path, user)
     assert shown["pending_change"]["plan"] == "hot_desk", shown
+    # The declined upgrade changed nothing: the member keeps the plan they had,
+    # here and in Stripe, until the downgrade.
+    assert shown["plan"] == "dedicated_desk", shown
     in_stripe = await stripe_client.v1.subscriptions.retrieve_async(sub_id)
+    kept = billing.prices["dedicated_desk_monthly"]
+    prices = [item.price.id for item in in_stripe["items"].data]
+    assert kept in prices and billing.prices["private_office_monthly"] not in prices, prices
+    assert in_stripe.status == "active"
     assert in_stripe.schedule is not None, "the downgrade's schedule was released"
     schedule = await stripe_client.v1.subscription_schedules.retrieve_async(str(in_stripe.schedule))
     assert schedule.status == "active"
+    assert kept in [item["price"] for item in schedule.phases[0]["items"]]
     assert schedule.phases[-1]["items"][0]["price"] == billing.prices["hot_desk_monthly"]
