@@ -18,7 +18,8 @@ updates in the same second, e.g. ``active`` then ``past_due``). If the two
 snapshots agree (``digest``), there is nothing to do. If they differ, the
 handler raises :class:`~shared.broker.handlers.Refetch`: the consumer reads
 the object from Stripe outside the transaction and the handler applies that,
-because Stripe's current object is newer than either event. The event id,
+because Stripe's current object is newer than either event. Only a read of
+that same object settles the tie, never another one a handler read. The event id,
 which Stripe makes random, never decides.
 """
 
@@ -116,8 +117,11 @@ async def decide(
         return Verdict.STALE
     if row["version_digest"] == state_digest:
         return Verdict.SAME
-    if ctx.fetched is not None:
+    if ctx.fetched is not None and ctx.fetched.get("id") == stripe_id:
         return Verdict.APPLY
+    # Only this object as Stripe holds it settles the tie. A handler may have
+    # read another one (the customer, to learn whose the object is; the
+    # subscription of an invoice): that says nothing about which state is newer.
     raise Refetch(kind, stripe_id)
 
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import collection, discounts, invoicing
+from . import collection, discounts, invoicing, methods
 from .clock import from_ts, next_period_end
 from .errors import StripeError, invalid
+from .events import changed
 from .fixtures import template
 from .ids import new_id
 from .items import (
@@ -338,3 +339,90 @@ def collect_update_invoice(sb: Sandbox, invoice: Obj, now: int) -> StripeError |
         collection.mark_paid(sb, invoice, now)
         return None
     return collection.attempt(sb, invoice, now, automatic=True, off_session=True)
+
+
+def _owner(ii: Obj) -> str | None:
+    parent = ii.get("parent") or {}
+    owner = (parent.get("subscription_details") or {}).get("subscription")
+    return str(owner) if owner else None
+
+
+def settle_update(
+    sb: Sandbox,
+    sub: Obj,
+    before: Obj,
+    invoice: Obj | None,
+    *,
+    known_items: set[str],
+    now: int,
+    error_if_incomplete: bool,
+) -> None:
+    """Announce an update made to ``sub`` (``before`` is how it was) and collect the
+    invoice it made, if any.
+
+    With ``payment_behavior=error_if_incomplete`` Stripe does not update the
+    subscription when that invoice cannot be paid: it answers 402 and the
+    subscription stays as it was (no new items or price, no past_due), so the
+    update is only announced once paid, and a refused one is undone."""
+    diff = changed(before, sub)
+    refusable = error_if_incomplete and invoice is not None
+    if diff and not refusable:
+        sb.events.emit("customer.subscription.updated", sub, diff)
+    if invoice is None:
+        return
+    if not refusable:
+        collect_update_invoice(sb, invoice, now)
+        return
+    invoicing.finalize(sb, invoice, now)
+    error = _refusal(sb, invoice)
+    if error is None and invoice["amount_due"] > 0:
+        error = collection.attempt(sb, invoice, now, automatic=True, off_session=True)
+    elif error is None:
+        collection.mark_paid(sb, invoice, now)
+    if error is not None:
+        _refuse(sb, sub, before, invoice, known_items=known_items, now=now)
+        raise error
+    diff = changed(before, sub)
+    if diff:
+        sb.events.emit("customer.subscription.updated", sub, diff)
+
+
+def _refusal(sb: Sandbox, invoice: Obj) -> StripeError | None:
+    """The card error an update's invoice would meet, checked before charging (as a
+    subscription created with ``error_if_incomplete`` is), so that a refused update
+    never moves the subscription to past_due on the way."""
+    if invoice["amount_due"] == 0:
+        return None
+    pm_id = collection.default_payment_method(sb, invoice)
+    if pm_id is None:
+        return None  # the attempt itself answers that there is nothing to charge
+    card = methods.card_of(sb, pm_id)
+    if card is not None and card.three_d_secure:
+        return methods.card_error("authentication_required")
+    if methods.next_decline(sb, pm_id, consume=False) is None:
+        return None
+    decline = methods.next_decline(sb, pm_id)
+    assert decline is not None
+    return methods.card_error(decline)
+
+
+def _refuse(
+    sb: Sandbox, sub: Obj, before: Obj, invoice: Obj, *, known_items: set[str], now: int
+) -> None:
+    """Undo an update whose invoice could not be paid: the subscription as it was,
+    the prorations (and usage) the update made deleted, the pending items it swept
+    onto its invoice left pending again for the next renewal, the invoice voided."""
+    sub.clear()
+    sub.update(before)
+    for ii in list(sb.store.objects["invoiceitem"].values()):
+        if _owner(ii) != sub["id"]:
+            continue
+        if ii["id"] not in known_items:
+            sb.store.remove("invoiceitem", ii["id"])
+            sb.events.emit("invoiceitem.deleted", {**ii, "deleted": True})
+        elif ii["invoice"] == invoice["id"]:
+            ii["invoice"] = None
+    if invoice["status"] == "open":
+        # After the subscription is restored: the voided invoice is no longer its
+        # latest, so voiding it does not touch the subscription's status.
+        collection.void(sb, invoice, now)

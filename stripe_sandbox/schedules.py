@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import collection, items, lifecycle, prorations
+from . import collection, discounts, items, lifecycle, prorations
 from .clock import add_interval
 from .errors import invalid
 from .fixtures import template
@@ -40,6 +40,7 @@ def _phase(
     currency: str,
     proration_behavior: str,
     metadata: dict[str, str] | None = None,
+    phase_discounts: list[Obj] | None = None,
 ) -> Obj:
     return {
         "add_invoice_items": [],
@@ -51,7 +52,7 @@ def _phase(
         "default_payment_method": None,
         "default_tax_rates": [],
         "description": None,
-        "discounts": [],
+        "discounts": phase_discounts or [],
         "end_date": end,
         "invoice_settings": None,
         "items": phase_items,
@@ -165,7 +166,13 @@ def from_subscription(sb: Sandbox, sub: Obj, now: int) -> Obj:
     ]
     schedule["phases"] = [
         _phase(
-            current, start, end, currency=sub["currency"], proration_behavior="create_prorations"
+            current,
+            start,
+            end,
+            currency=sub["currency"],
+            proration_behavior="create_prorations",
+            # The phase the subscription is in keeps its discounts.
+            phase_discounts=[_phase_discount(discount=d) for d in sub["discounts"]],
         )
     ]
     schedule.update({"status": "active", "subscription": sub["id"]})
@@ -175,6 +182,39 @@ def from_subscription(sb: Sandbox, sub: Obj, now: int) -> Obj:
     sub["schedule"] = schedule["id"]
     sb.events.emit("customer.subscription.updated", sub, {"schedule": None})
     return schedule
+
+
+def _phase_discount(
+    *, coupon: str | None = None, discount: str | None = None, promotion_code: str | None = None
+) -> Obj:
+    return {
+        "coupon": coupon,
+        "discount": discount,
+        "discount_end": None,
+        "promotion_code": promotion_code,
+    }
+
+
+def _phase_discounts(sb: Sandbox, entry: dict[str, Any], param: str, *, now: int) -> list[Obj]:
+    """A phase's ``discounts``: coupons, promotion codes or existing discounts to
+    reuse. Not given (or ``""``), a phase has none of its own: it inherits only the
+    customer's discount, never the subscription's (Stripe's API reference)."""
+    raw = entry.get("discounts")
+    if isinstance(raw, dict):
+        raw = list(raw.values())
+    if not raw:
+        return []
+    entries = [e if isinstance(e, dict) else {} for e in raw]
+    # Validated as a subscription's discounts are; kept as given.
+    discounts.resolve(sb, entries, param=f"{param}[discounts]", now=now, customer_id=None)
+    return [
+        _phase_discount(
+            coupon=e.get("coupon") or None,
+            discount=e.get("discount") or None,
+            promotion_code=e.get("promotion_code") or None,
+        )
+        for e in entries
+    ]
 
 
 def _phase_items(sb: Sandbox, entry: dict[str, Any], param: str) -> tuple[list[Obj], list[Obj]]:
@@ -196,7 +236,7 @@ def _phase_items(sb: Sandbox, entry: dict[str, Any], param: str) -> tuple[list[O
 
 
 def _parse_phases(
-    sb: Sandbox, raw: list[Any], first_start: int, default_proration: str
+    sb: Sandbox, raw: list[Any], first_start: int, default_proration: str, *, now: int
 ) -> list[Obj]:
     """Phases as Stripe reads them: each starts where the previous ended; an end comes
     from ``end_date`` or ``duration``, and the last phase defaults to one interval."""
@@ -229,6 +269,7 @@ def _parse_phases(
                 currency=prices[0]["currency"],
                 proration_behavior=proration,
                 metadata=item.get("metadata"),
+                phase_discounts=_phase_discounts(sb, item, param, now=now),
             )
         )
         start = end
@@ -287,7 +328,11 @@ def update(
             else schedule["phases"][0]["start_date"]
         )
         schedule["phases"] = _parse_phases(
-            sb, phases, first_start, proration_behavior or "create_prorations"
+            sb,
+            phases,
+            first_start,
+            proration_behavior or "create_prorations",
+            now=sb.time_of(schedule),
         )
         if schedule["status"] == "active":
             _set_current(schedule, 0)
@@ -315,6 +360,7 @@ def _apply_phase(sb: Sandbox, schedule: Obj, index: int, at: int) -> None:
             price = sb.store.get("price", wanted["price"])
             spec = ItemSpec(price, wanted.get("quantity"), wanted["metadata"])
             new_items.append(items.new_item(sub["id"], spec, start, end))
+    _apply_phase_discounts(sb, sub, phase, at)
     current = [(i["price"]["id"], i.get("quantity")) for i in sub["items"]["data"]]
     if current == [(i["price"]["id"], i.get("quantity")) for i in new_items]:
         return
@@ -330,6 +376,25 @@ def _apply_phase(sb: Sandbox, schedule: Obj, index: int, at: int) -> None:
     sb.events.emit("customer.subscription.updated", sub, {"items": before})
     if invoice is not None:
         prorations.collect_update_invoice(sb, invoice, at)
+
+
+def _apply_phase_discounts(sb: Sandbox, sub: Obj, phase: Obj, at: int) -> None:
+    """The subscription's discounts become the phase's: those it names are kept (or
+    redeemed), the others end."""
+    # A discount reused by id stays only while the subscription still has it: one
+    # that has ended (a used ``once`` coupon) is not redeemed again.
+    entries = [
+        {key: d[key] for key in ("coupon", "discount", "promotion_code") if d[key]}
+        for d in phase["discounts"]
+        if d["discount"] is None or d["discount"] in sub["discounts"]
+    ]
+    redemptions = discounts.resolve(
+        sb, entries, param="discounts", now=at, customer_id=sub["customer"]
+    )
+    before = list(sub["discounts"])
+    lifecycle.replace_discounts(sb, sub, redemptions, at)
+    if sub["discounts"] != before:
+        sb.events.emit("customer.subscription.updated", sub, {"discounts": before})
 
 
 def phase_ends(sb: Sandbox, schedule: Obj, at: int) -> None:

@@ -204,6 +204,10 @@ async def _release_schedule(call: Call[Any, Any], schedule_id: str | None) -> No
         )
 
 
+def _discount_id(discount: Any) -> str:
+    return discount if isinstance(discount, str) else str(discount.id)
+
+
 async def _schedule_downgrade(
     call: Call[Any, Any],
     sub: Any,
@@ -244,6 +248,9 @@ async def _schedule_downgrade(
         {"price": price, "quantity": 1},
         *({"price": m} for m in await stripe_catalog.metered_price_ids(stripe, target)),
     ]
+    # A phase without discounts inherits only the customer's: the subscription's
+    # own (a promotion code redeemed on subscribing) would end with the phase.
+    discounts = [{"discount": _discount_id(d)} for d in sub.discounts or []]
     schedule_id = schedule
     await stripe.call(
         "schedule downgrade",
@@ -255,10 +262,12 @@ async def _schedule_downgrade(
                         "items": current_items,
                         "start_date": phase.start_date,
                         "end_date": phase.end_date,
+                        "discounts": discounts,
                     },
                     {
                         "items": next_items,
                         "duration": {"interval": target.interval},
+                        "discounts": discounts,
                     },
                 ],
                 "end_behavior": "release",

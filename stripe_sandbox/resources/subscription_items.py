@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from .. import lifecycle, prorations
 from ..api import LIST_PARAMS, Call, Route, paginate
-from ..errors import StripeError, invalid, missing, required
-from ..events import changed
+from ..errors import invalid, missing, required
 from ..items import interval_of
 from ..sandbox import Sandbox
 from ..store import Obj, snapshot
@@ -80,6 +79,7 @@ def create(sb: Sandbox, call: Call) -> Obj:
     change = {"price": price["id"], "quantity": p.raw("quantity"), "metadata": p.raw("metadata")}
     planned = prorations.planned_items(sb, sub, [change])
     added = planned[-1]
+    known_items = set(sb.store.objects["invoiceitem"])
     invoice = prorations.change_items(
         sb,
         sub,
@@ -88,14 +88,15 @@ def create(sb: Sandbox, call: Call) -> Obj:
         proration_date=p.int("proration_date"),
         now=now,
     )
-    diff = changed(before, sub)
-    if diff:
-        sb.events.emit("customer.subscription.updated", sub, diff)
-    error: StripeError | None = None
-    if invoice is not None:
-        error = prorations.collect_update_invoice(sb, invoice, now)
-    if error is not None and p.str("payment_behavior") == "error_if_incomplete":
-        raise error
+    prorations.settle_update(
+        sb,
+        sub,
+        before,
+        invoice,
+        known_items=known_items,
+        now=now,
+        error_if_incomplete=p.str("payment_behavior") == "error_if_incomplete",
+    )
     return added
 
 

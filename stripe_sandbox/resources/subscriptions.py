@@ -8,8 +8,7 @@ from typing import Any
 from .. import discounts, lifecycle, methods, prorations
 from ..api import LIST_PARAMS, Call, Route, paginate
 from ..clock import DAY
-from ..errors import StripeError, invalid, required
-from ..events import changed
+from ..errors import invalid, required
 from ..items import ItemSpec, item_quantity
 from ..lifecycle import NewSubscription
 from ..params import Params, merge_metadata, parse_bool, parse_int
@@ -269,6 +268,7 @@ def update(sb: Sandbox, call: Call) -> Obj:
             sb, p.list("discounts"), param="discounts", now=now, customer_id=customer["id"]
         )
         lifecycle.replace_discounts(sb, sub, redemptions, now)
+    known_items = set(sb.store.objects["invoiceitem"])
     invoice = _item_changes(sb, sub, p, behavior, now)
     _simple_fields(sb, sub, customer, p, now)
     _schedule_cancel(sub, p, now)
@@ -277,16 +277,17 @@ def update(sb: Sandbox, call: Call) -> Obj:
         sub["trial_end"] = _trial_end(p, now)
         for item in sub["items"]["data"]:
             item["current_period_end"] = sub["trial_end"]
-    diff = changed(before, sub)
-    if diff:
-        sb.events.emit("customer.subscription.updated", sub, diff)
-    error: StripeError | None = None
-    if invoice is not None:
-        error = prorations.collect_update_invoice(sb, invoice, now)
+    prorations.settle_update(
+        sb,
+        sub,
+        before,
+        invoice,
+        known_items=known_items,
+        now=now,
+        error_if_incomplete=p.str("payment_behavior") == "error_if_incomplete",
+    )
     if trial_end_now:
         lifecycle.end_trial_now(sb, sub, now)
-    if error is not None and p.str("payment_behavior") == "error_if_incomplete":
-        raise error
     return sub
 
 

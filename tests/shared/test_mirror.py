@@ -154,6 +154,26 @@ async def test_a_tie_settled_by_stripes_object_is_applied(conn: asyncpg.Connecti
     assert verdict is mirror.Verdict.APPLY
 
 
+@pytest.mark.parametrize(
+    "fetched",
+    [
+        {"id": "cus_1", "object": "customer", "metadata": {}},
+        {"id": "sub_2", "object": "subscription", "status": "past_due"},
+    ],
+    ids=["its-customer", "another-subscription"],
+)
+async def test_a_tie_is_not_settled_by_another_object_read_from_stripe(
+    conn: asyncpg.Connection, fetched: dict[str, Any]
+) -> None:
+    # A handler that read another object (the customer, to learn whose it is)
+    # runs again with that object fetched: it says nothing about which of the
+    # two states of sub_1 is newer, so the held one must not be overwritten.
+    await _hold(conn, "past_due", mirror.Version.of(T, 5))
+    with pytest.raises(Refetch) as raised:
+        await _decide(conn, "active", mirror.Version.of(T, 5), fetched=fetched)
+    assert (raised.value.kind, raised.value.object_id) == ("subscription", "sub_1")
+
+
 async def test_decide_locks_the_row_for_the_upsert(conn: asyncpg.Connection) -> None:
     await _hold(conn, "active", mirror.Version.of(T, 5))
     other = await asyncpg.connect(env.DATABASE_URL)

@@ -242,3 +242,76 @@ def test_switching_to_yearly_starts_a_new_period_billed_at_once(
     new_item = updated["items"].data[0]
     assert new_item.current_period_start == when
     assert new_item.current_period_end == when + 365 * DAY  # 2026 is no leap year
+
+
+def _downgrade_phases(
+    sub: stripe.Subscription, schedule: stripe.SubscriptionSchedule, price: str, **extra: Any
+) -> list[dict[str, Any]]:
+    current = schedule.phases[0]
+    return [
+        {
+            "items": [{"price": sub["items"].data[0].price.id, "quantity": 1}],
+            "start_date": current.start_date,
+            "end_date": current.end_date,
+            **extra,
+        },
+        {"items": [{"price": price, "quantity": 1}], "duration": {"interval": "month"}, **extra},
+    ]
+
+
+def test_a_phase_keeps_the_subscriptions_discount_only_when_it_names_it(
+    client: stripe.StripeClient, catalog: dict[str, Any]
+) -> None:
+    """Stripe: a phase's ``discounts``, when not given, inherit only the customer's
+    discount; the subscription's own discount goes unless the phase names it."""
+    clock_id = new_clock(client)
+    customer, _ = new_customer(client, clock=clock_id)
+    off = client.v1.coupons.create(params={"percent_off": 20, "duration": "forever"})
+    sub = client.v1.subscriptions.create(
+        params={
+            "customer": customer.id,
+            "items": [{"price": catalog["office"].id}],
+            "discounts": [{"coupon": off.id}],
+        }
+    )
+    assert len(sub.discounts) == 1
+    discount_id = str(sub.discounts[0])
+    schedule = client.v1.subscription_schedules.create(params={"from_subscription": sub.id})
+    # A schedule made from the subscription carries its discount.
+    assert [d.discount for d in schedule.phases[0].discounts] == [discount_id]
+
+    kept = client.v1.subscription_schedules.update(
+        schedule.id,
+        params={
+            "phases": _downgrade_phases(
+                sub, schedule, catalog["hot_desk"].id, discounts=[{"discount": discount_id}]
+            )
+        },  # type: ignore[typeddict-item]
+    )
+    assert [d.discount for d in kept.phases[1].discounts] == [discount_id]
+    advance(client, clock_id, START + 32 * DAY)
+    renewed = client.v1.subscriptions.retrieve(sub.id)
+    assert renewed["items"].data[0].price.id == catalog["hot_desk"].id
+    assert [str(d) for d in renewed.discounts] == [discount_id]
+    invoice = client.v1.invoices.retrieve(str(renewed.latest_invoice))
+    assert invoice.amount_paid == 19900 - 19900 * 20 // 100
+
+    # Phases that do not name it: the subscription's discount goes with them.
+    clock_id = new_clock(client)
+    customer, _ = new_customer(client, clock=clock_id)
+    sub = client.v1.subscriptions.create(
+        params={
+            "customer": customer.id,
+            "items": [{"price": catalog["office"].id}],
+            "discounts": [{"coupon": off.id}],
+        }
+    )
+    schedule = client.v1.subscription_schedules.create(params={"from_subscription": sub.id})
+    client.v1.subscription_schedules.update(
+        schedule.id,
+        params={"phases": _downgrade_phases(sub, schedule, catalog["hot_desk"].id)},  # type: ignore[typeddict-item]
+    )
+    assert client.v1.subscriptions.retrieve(sub.id).discounts == []
+    advance(client, clock_id, START + 32 * DAY)
+    renewed = client.v1.subscriptions.retrieve(sub.id)
+    assert client.v1.invoices.retrieve(str(renewed.latest_invoice)).amount_paid == 19900

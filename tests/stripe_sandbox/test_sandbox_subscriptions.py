@@ -307,3 +307,72 @@ def test_trial_without_payment_method_pauses_and_resumes(
     client.v1.subscriptions.update(sub.id, params={"default_payment_method": pm.id})
     resumed = client.v1.subscriptions.resume(sub.id)
     assert resumed.status == "active"
+
+
+def test_a_declined_error_if_incomplete_update_leaves_the_subscription_unchanged(
+    sandbox: Sandbox, client: stripe.StripeClient, catalog: dict[str, Any]
+) -> None:
+    """Stripe: with ``error_if_incomplete`` an update whose invoice cannot be paid
+    answers 402 and does not update the subscription."""
+    clock_id = clock(client)
+    customer, pm = new_customer(client, clock=clock_id)
+    sub = client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"price": catalog["hot_desk"].id}]}
+    )
+    item = sub["items"].data[0]
+    advance(client, clock_id, START + 10 * DAY)
+    # A proration still pending from an earlier change, billed at the next renewal.
+    client.v1.subscriptions.update(
+        sub.id, params={"items": [{"id": item.id, "quantity": 2}], "metadata": {"n": "2"}}
+    )
+    pending_before = client.v1.invoice_items.list(params={"customer": customer.id, "pending": True})
+    before = client.v1.subscriptions.retrieve(sub.id)
+    assert pm is not None
+    sandbox.control(
+        "POST",
+        f"/_sandbox/payment_methods/{pm}/fail_next",
+        {"count": 1, "decline_code": "insufficient_funds"},
+    )
+    updated_events = len(
+        client.v1.events.list(params={"type": "customer.subscription.updated", "limit": 100}).data
+    )
+
+    with pytest.raises(stripe.CardError) as err:
+        client.v1.subscriptions.update(
+            sub.id,
+            params={
+                "items": [{"id": item.id, "price": catalog["office"].id, "quantity": 1}],
+                "proration_behavior": "always_invoice",
+                "payment_behavior": "error_if_incomplete",
+                "metadata": {"plan": "office"},
+            },
+        )
+    assert err.value.code == "card_declined"
+
+    after = client.v1.subscriptions.retrieve(sub.id)
+    assert after["items"].data[0].price.id == catalog["hot_desk"].id
+    assert after["items"].data[0].quantity == 2
+    assert after.metadata.to_dict() == {"n": "2"}
+    assert after.latest_invoice == before.latest_invoice
+    assert after.status == "active"
+    announced = client.v1.events.list(
+        params={"type": "customer.subscription.updated", "limit": 100}
+    ).data
+    assert len(announced) == updated_events, [  # an update not made is not announced
+        e.data.to_dict().get("previous_attributes") for e in announced
+    ]
+    # The invoice it tried is voided, and nothing of the refused change waits to be
+    # billed; the earlier change's proration still does.
+    attempted = [i for i in invoices(client, sub.id) if i.billing_reason == "subscription_update"]
+    assert [i.status for i in attempted] == ["void"]
+    pending_after = client.v1.invoice_items.list(params={"customer": customer.id, "pending": True})
+    assert sorted(ii.id for ii in pending_after.data) == sorted(ii.id for ii in pending_before.data)
+    assert pending_before.data
+
+    # The next renewal bills the plan it kept, with the earlier proration.
+    advance(client, clock_id, START + 32 * DAY)
+    renewal = client.v1.invoices.retrieve(
+        str(client.v1.subscriptions.retrieve(sub.id).latest_invoice)
+    )
+    assert renewal.status == "paid"
+    assert renewal.amount_paid == 2 * 19900 + sum(ii.amount for ii in pending_before.data)

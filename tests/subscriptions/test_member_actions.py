@@ -10,7 +10,13 @@ import asyncpg
 import stripe
 
 from tests.subscriptions.conftest import Billing
-from tests.subscriptions.helpers import api, outbox, subscription_row, wait_outbox
+from tests.subscriptions.helpers import (
+    api,
+    confirm_in_browser,
+    outbox,
+    subscription_row,
+    wait_outbox,
+)
 from tests.subscriptions.test_lifecycle import advance, mine
 from tests.subscriptions.test_member_api import subscribe_with_elements
 from tests.support.waiting import eventually
@@ -191,8 +197,59 @@ async def test_a_declined_upgrade_leaves_the_pending_downgrade_scheduled(
     # schedule released to upgrade is back, ending on the lower plan.
     _, shown = await api(http, billing.gateway, "GET", path, user)
     assert shown["pending_change"]["plan"] == "hot_desk", shown
+    # The declined upgrade changed nothing: the member keeps the plan they had,
+    # here and in Stripe, until the downgrade.
+    assert shown["plan"] == "dedicated_desk", shown
     in_stripe = await stripe_client.v1.subscriptions.retrieve_async(sub_id)
+    kept = billing.prices["dedicated_desk_monthly"]
+    prices = [item.price.id for item in in_stripe["items"].data]
+    assert kept in prices and billing.prices["private_office_monthly"] not in prices, prices
+    assert in_stripe.status == "active"
     assert in_stripe.schedule is not None, "the downgrade's schedule was released"
     schedule = await stripe_client.v1.subscription_schedules.retrieve_async(str(in_stripe.schedule))
     assert schedule.status == "active"
+    assert kept in [item["price"] for item in schedule.phases[0]["items"]]
     assert schedule.phases[-1]["items"][0]["price"] == billing.prices["hot_desk_monthly"]
+
+
+async def test_a_downgrade_keeps_the_members_discount(
+    billing: Billing, http: aiohttp.ClientSession, stripe_client: stripe.StripeClient
+) -> None:
+    # A schedule's phase without discounts inherits only the customer's: the
+    # subscription's own coupon would end with the phase the downgrade writes.
+    user = "u_discounted_downgrade"
+    coupon = await stripe_client.v1.coupons.create_async({"percent_off": 20, "duration": "forever"})
+    await stripe_client.v1.promotion_codes.create_async(
+        {"promotion": {"type": "coupon", "coupon": coupon.id}, "code": "STAY20"}  # type: ignore[typeddict-item]
+    )
+    status, created = await api(
+        http,
+        billing.gateway,
+        "POST",
+        "/v1/subscriptions",
+        user,
+        body={"plan": "dedicated_desk", "interval": "month", "promotion_code": "STAY20"},
+        email=f"{user}@example.com",
+    )
+    assert status == 201, created
+    confirmed, _ = await confirm_in_browser(http, billing.sandbox.url, created["client_secret"])
+    assert confirmed == 200
+    sub = await mine(http, billing, user, until=lambda s: s["status"] == "active")
+    discount = (await stripe_client.v1.subscriptions.retrieve_async(sub["id"])).discounts
+    assert len(discount) == 1
+
+    path = f"/v1/subscriptions/{sub['id']}"
+    body = {"plan": "hot_desk", "interval": "month"}
+    status, downgraded = await api(http, billing.gateway, "PATCH", path, user, body=body)
+    assert status == 200 and downgraded["pending_change"]["plan"] == "hot_desk", downgraded
+    in_stripe = await stripe_client.v1.subscriptions.retrieve_async(sub["id"])
+    assert in_stripe.discounts == discount, "the downgrade ended the member's discount"
+
+    end = datetime.fromisoformat(sub["current_period_end"]).astimezone(UTC)
+    await advance(http, billing, user, end + timedelta(hours=2))
+    await mine(http, billing, user, until=lambda s: s["plan"] == "hot_desk", what="downgraded")
+    renewed = await stripe_client.v1.subscriptions.retrieve_async(sub["id"])
+    assert renewed.discounts == discount
+    invoice = await stripe_client.v1.invoices.retrieve_async(str(renewed.latest_invoice))
+    assert invoice.billing_reason == "subscription_cycle"
+    assert invoice.total_discount_amounts, "the renewal on the lower plan was not discounted"
