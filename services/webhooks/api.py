@@ -20,7 +20,7 @@ from shared.broker.errors import PublishFailed
 from shared.broker.topology import STRIPE_EVENTS
 from shared.counting import count
 from shared.db import DbConnection
-from shared.http.errors import conflict, invalid_field, not_found, unavailable
+from shared.http.errors import ApiError, conflict, invalid_field, not_found, unavailable
 from shared.runtime import PUBLISHER
 
 SETTINGS = web.AppKey("settings", WebhooksSettings)
@@ -304,16 +304,14 @@ async def refetch_object(call: Call[contract.RefetchRequest, Empty]) -> contract
     owners = call.request.app[STATE_RECONCILER].owners
     try:
         owned = await owners.owner_of(stripe_id)
-        if owned is None:
-            raise not_found(f"a mirrored kind for {stripe_id}")
-        # The owner reads Stripe and applies the object through its event path.
-        answer = await owners.refetch(owned, stripe_id)
     except (OwnerUnavailable, drift.DriftFailed) as exc:
         raise unavailable("mirror services") from exc
-    result = contract.RefetchResult(service=owned.service, **answer)
-
-    async def effect(conn: DbConnection) -> contract.RefetchResult:
-        await audit.record(
+    if owned is None:
+        raise not_found(f"a mirrored kind for {stripe_id}")
+    # Audited before the owner applies anything, in a transaction of its own
+    # (the write happens in another service): no repair without its entry.
+    async with db.transaction(call.pool) as conn:
+        entry = await audit.record(
             conn,
             caller=call.caller,
             action="object.refetch",
@@ -321,8 +319,24 @@ async def refetch_object(call: Call[contract.RefetchRequest, Empty]) -> contract
             target_id=stripe_id,
             reason=call.body.reason,
             request_id=call.request_id,
-            details={"service": owned.service, "outcome": result.outcome},
+            details={"service": owned.service, **audit.PENDING},
         )
+    try:
+        # The owner reads Stripe and applies the object through its event path.
+        answer = await owners.refetch(owned, stripe_id)
+    except ApiError as exc:
+        # The owner refused it (Stripe has no such object, say): nothing
+        # applied. A 5xx may have come after the write: left pending.
+        if exc.status < 500:
+            await audit.settle(call.pool, entry, {"outcome": "failed"})
+        raise
+    except (OwnerUnavailable, drift.DriftFailed) as exc:
+        # Unknown whether the owner applied it: the entry stays pending.
+        raise unavailable("mirror services") from exc
+    result = contract.RefetchResult(service=owned.service, **answer)
+
+    async def effect(conn: DbConnection) -> contract.RefetchResult:
+        await audit.settle(conn, entry, {"outcome": result.outcome})
         return result
 
     return await call.commit(effect)
