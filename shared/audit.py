@@ -3,7 +3,12 @@ record, why, in which request, when.
 
 Every service keeps its own ``audit_log`` table (DDL in ``shared/sql``) and
 writes the entry in the same transaction as the write it records, so an
-action and its entry exist together or not at all. Staff requests carry a
+action and its entry exist together or not at all. A write whose effect is
+outside the database (a message published) cannot share its transaction:
+its entry is committed first, with ``details.outcome`` ``pending``, and
+settled (:func:`settle`) once the effect is done or refused. An entry left
+``pending`` is one whose effect may have happened before the process or the
+database failed: no such write ever goes unrecorded. Staff requests carry a
 required ``reason`` (:data:`Reason`). Each service serves its entries on
 ``/internal/audit``; the gateway's ``GET /v1/admin/audit`` merges them, newest
 first, with one cursor over all services (its sort key ``(at, service, id)``
@@ -67,10 +72,11 @@ async def record(
     reason: str,
     request_id: str | None,
     details: Mapping[str, Any] | None = None,
-) -> None:
-    await conn.execute(
+) -> int:
+    """Write one entry; returns its id."""
+    entry_id: int = await conn.fetchval(
         "INSERT INTO audit_log (actor_id, actor_role, action, target_type, target_id,"
-        " reason, request_id, details) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        " reason, request_id, details) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
         caller.user_id,
         caller.role.value,
         action,
@@ -79,6 +85,20 @@ async def record(
         reason,
         request_id,
         dict(details or {}),
+    )
+    return entry_id
+
+
+PENDING = {"outcome": "pending"}
+
+
+async def settle(
+    conn: DbConnection | asyncpg.Pool[Any], entry_id: int, details: Mapping[str, Any]
+) -> None:
+    """Add how it ended (``outcome`` and what else is known) to an entry
+    written before its effect."""
+    await conn.execute(
+        "UPDATE audit_log SET details = details || $2 WHERE id = $1", entry_id, dict(details)
     )
 
 

@@ -3,7 +3,8 @@
 The pool sets ``search_path`` to the service's schema on every connection, so
 queries name tables without a schema and a service cannot read another's
 tables by accident. Row values come back as Python types; JSON columns are
-decoded with orjson.
+decoded with orjson. A NUL character (U+0000) in a string written to a JSON
+column becomes U+FFFD (see :func:`jsonb_safe`).
 
 Pool queries are bounded in time (``command_timeout``); migrations are not:
 they run on a connection of their own from :func:`connect_unbounded`.
@@ -11,7 +12,7 @@ they run on a connection of their own from :func:`connect_unbounded`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
 
@@ -24,12 +25,57 @@ from shared import counting, metrics
 DbConnection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
 
 
+NUL = "\x00"
+# What a NUL becomes in a JSON column: the Unicode replacement character.
+NUL_STANDIN = "\ufffd"
+
+
+def jsonb_safe(value: Any) -> Any:
+    """``value`` with every NUL in its strings and keys replaced by U+FFFD;
+    ``value`` itself (the same object) when it holds none.
+
+    Postgres ``jsonb`` refuses ``\\u0000``, and Stripe objects carry
+    customer-supplied text (descriptions, metadata) that may hold one: written
+    as is, such an event would fail on every try, every redrive and every
+    backfill, and be dead-lettered for good.
+    """
+    # A NUL always serialises as \u0000: without that text there is none (a
+    # literal backslash followed by "u0000" only costs the walk below).
+    if b"\\u0000" not in orjson.dumps(value):
+        return value
+    # Walked with a stack, not recursion: JSON may nest deeper than Python's
+    # recursion limit.
+    root: list[Any] = [value]
+    pending: list[tuple[Any, Any]] = [(root, 0)]
+    while pending:
+        parent, key = pending.pop()
+        item = parent[key]
+        if isinstance(item, str):
+            parent[key] = item.replace(NUL, NUL_STANDIN)
+        elif isinstance(item, Mapping):
+            copied = {
+                (k.replace(NUL, NUL_STANDIN) if isinstance(k, str) else k): v
+                for k, v in item.items()
+            }
+            parent[key] = copied
+            pending += [(copied, k) for k in copied]
+        elif isinstance(item, list | tuple):
+            listed = list(item)
+            parent[key] = listed
+            pending += [(listed, i) for i in range(len(listed))]
+    return root[0]
+
+
+def _encode_json(value: Any) -> str:
+    return orjson.dumps(jsonb_safe(value)).decode()
+
+
 async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
     for name in ("json", "jsonb"):
         await conn.set_type_codec(
             name,
             schema="pg_catalog",
-            encoder=lambda v: orjson.dumps(v).decode(),
+            encoder=_encode_json,
             decoder=orjson.loads,
         )
 

@@ -13,14 +13,14 @@ from services.webhooks.backfill import Backfills
 from services.webhooks.dead_letter_recorder import DeadLetterRecorder
 from services.webhooks.drift import OwnerUnavailable, StateReconciler
 from services.webhooks.settings import WebhooksSettings
-from shared import audit, metrics, queues
+from shared import audit, db, metrics, queues
 from shared.api.pagination import Page, PageQuery
 from shared.api.service import Call, Empty, ServiceRoutes
 from shared.broker.errors import PublishFailed
 from shared.broker.topology import STRIPE_EVENTS
 from shared.counting import count
 from shared.db import DbConnection
-from shared.http.errors import conflict, invalid_field, not_found, unavailable
+from shared.http.errors import ApiError, conflict, invalid_field, not_found, unavailable
 from shared.runtime import PUBLISHER
 
 SETTINGS = web.AppKey("settings", WebhooksSettings)
@@ -52,6 +52,20 @@ async def replay_event(call: Call[contract.ReplayRequest, Empty]) -> contract.Re
     event = await queries.get_event(call.pool, queues.WEBHOOKS_LEDGER, event_id)
     if event is None:
         raise not_found("event")
+    # Audited before it is published, in a transaction of its own: a publish
+    # cannot share the database's transaction, and a replay must never go out
+    # with no entry (should the database or the process fail after it).
+    async with db.transaction(call.pool) as conn:
+        entry = await audit.record(
+            conn,
+            caller=call.caller,
+            action="event.replay",
+            target_type="event",
+            target_id=event_id,
+            reason=call.body.reason,
+            request_id=call.request_id,
+            details=audit.PENDING,
+        )
     # Same id, so every consumer that already applied it skips it; the ones
     # that never did (dead-lettered, bound later) apply it now.
     try:
@@ -63,20 +77,13 @@ async def replay_event(call: Call[contract.ReplayRequest, Empty]) -> contract.Re
             headers={"x-replayed": True},
         )
     except PublishFailed as exc:
+        await audit.settle(call.pool, entry, {"outcome": "failed"})
         raise unavailable("broker") from exc
     metrics.LEDGER_EVENTS_REPLAYED.inc()
 
     async def effect(conn: DbConnection) -> contract.ReplayResult:
         await queries.mark_replayed(conn, event_id)
-        await audit.record(
-            conn,
-            caller=call.caller,
-            action="event.replay",
-            target_type="event",
-            target_id=event_id,
-            reason=call.body.reason,
-            request_id=call.request_id,
-        )
+        await audit.settle(conn, entry, {"outcome": "published"})
         return contract.ReplayResult(id=event_id, replayed=True)
 
     return await call.commit(effect)
@@ -123,6 +130,19 @@ async def redrive_dead_letters(
         raise invalid_field("all", "name the letters (ids, queue, message_ids, event_type) or all")
     if body.queue is not None:
         _known_queue(settings, body.queue)
+    # Audited before any letter is sent, in a transaction of its own (a
+    # publish cannot share it): no redrive goes ahead without its entry.
+    async with db.transaction(call.pool) as conn:
+        entry = await audit.record(
+            conn,
+            caller=call.caller,
+            action="dead_letters.redrive",
+            target_type="dead_letters",
+            target_id=body.queue or "*",
+            reason=body.reason,
+            request_id=call.request_id,
+            details={"filter": body.model_dump(mode="json", exclude={"reason"}), **audit.PENDING},
+        )
     outcome = await redrive.redrive(
         call.pool,
         call.request.app[PUBLISHER],
@@ -133,24 +153,18 @@ async def redrive_dead_letters(
         lease=timedelta(seconds=settings.dead_letter_redrive_lease_seconds),
     )
     _letter_changed(call)
-    if not outcome.redriven and outcome.broker_failed:
+    failed = not outcome.redriven and outcome.broker_failed
+    settled = {
+        "outcome": "failed" if failed else "redriven",
+        "redriven": outcome.redriven,
+        "complete": outcome.complete,
+    }
+    if failed:
+        await audit.settle(call.pool, entry, settled)
         raise unavailable("broker")
 
     async def effect(conn: DbConnection) -> contract.RedriveResult:
-        await audit.record(
-            conn,
-            caller=call.caller,
-            action="dead_letters.redrive",
-            target_type="dead_letters",
-            target_id=body.queue or "*",
-            reason=body.reason,
-            request_id=call.request_id,
-            details={
-                "filter": body.model_dump(mode="json", exclude={"reason"}),
-                "redriven": outcome.redriven,
-                "complete": outcome.complete,
-            },
-        )
+        await audit.settle(conn, entry, settled)
         return contract.RedriveResult(
             redriven=len(outcome.redriven), ids=outcome.redriven, complete=outcome.complete
         )
@@ -290,16 +304,14 @@ async def refetch_object(call: Call[contract.RefetchRequest, Empty]) -> contract
     owners = call.request.app[STATE_RECONCILER].owners
     try:
         owned = await owners.owner_of(stripe_id)
-        if owned is None:
-            raise not_found(f"a mirrored kind for {stripe_id}")
-        # The owner reads Stripe and applies the object through its event path.
-        answer = await owners.refetch(owned, stripe_id)
     except (OwnerUnavailable, drift.DriftFailed) as exc:
         raise unavailable("mirror services") from exc
-    result = contract.RefetchResult(service=owned.service, **answer)
-
-    async def effect(conn: DbConnection) -> contract.RefetchResult:
-        await audit.record(
+    if owned is None:
+        raise not_found(f"a mirrored kind for {stripe_id}")
+    # Audited before the owner applies anything, in a transaction of its own
+    # (the write happens in another service): no repair without its entry.
+    async with db.transaction(call.pool) as conn:
+        entry = await audit.record(
             conn,
             caller=call.caller,
             action="object.refetch",
@@ -307,8 +319,24 @@ async def refetch_object(call: Call[contract.RefetchRequest, Empty]) -> contract
             target_id=stripe_id,
             reason=call.body.reason,
             request_id=call.request_id,
-            details={"service": owned.service, "outcome": result.outcome},
+            details={"service": owned.service, **audit.PENDING},
         )
+    try:
+        # The owner reads Stripe and applies the object through its event path.
+        answer = await owners.refetch(owned, stripe_id)
+    except ApiError as exc:
+        # The owner refused it (Stripe has no such object, say): nothing
+        # applied. A 5xx may have come after the write: left pending.
+        if exc.status < 500:
+            await audit.settle(call.pool, entry, {"outcome": "failed"})
+        raise
+    except (OwnerUnavailable, drift.DriftFailed) as exc:
+        # Unknown whether the owner applied it: the entry stays pending.
+        raise unavailable("mirror services") from exc
+    result = contract.RefetchResult(service=owned.service, **answer)
+
+    async def effect(conn: DbConnection) -> contract.RefetchResult:
+        await audit.settle(conn, entry, {"outcome": result.outcome})
         return result
 
     return await call.commit(effect)

@@ -13,7 +13,8 @@ With ``repair`` it asks the owner to re-read the object
 (``POST /internal/refetch``): the owner applies it through its own event
 path, so this service never writes another service's schema, and
 apply-if-newer still decides. Each repair is an entry in this service's
-audit log, in the transaction that stores the object's differences.
+audit log, written before the owner is asked (outcome ``pending``) and
+settled in the transaction that stores the object's differences.
 """
 
 from __future__ import annotations
@@ -133,6 +134,14 @@ class Owners:
             json={"kind": owned.kind, "id": object_id},
         )
         return answer
+
+
+def _requester(job: asyncpg.Record) -> Caller:
+    """Who asked for the job: its repairs are theirs in the audit log."""
+    return Caller(
+        user_id=job["requested_by"] or "system",
+        role=Role(job["requested_role"] or Role.ADMIN.value),
+    )
 
 
 async def create_job(
@@ -286,7 +295,27 @@ class StateReconciler:
                 return
             counts.differing += 1
             outcome: str | None = None
+            entry: int | None = None
             if job["repair"] and repairable:
+                # Audited before the owner applies anything, in a transaction
+                # of its own: a repair never happens without its entry, even
+                # if storing the differences fails after it.
+                async with db.transaction(self._pool) as conn:
+                    entry = await audit.record(
+                        conn,
+                        caller=_requester(job),
+                        action="reconcile.repair",
+                        target_type=owned.kind,
+                        target_id=object_id,
+                        reason=job["reason"] or "drift repair",
+                        request_id=None,
+                        details={
+                            "job_id": str(job["id"]),
+                            "service": owned.service,
+                            "fields": {n: {"ours": o, "stripe": s} for n, (o, s) in found.items()},
+                            **audit.PENDING,
+                        },
+                    )
                 try:
                     outcome = str((await self.owners.refetch(owned, object_id))["outcome"])
                 except (OwnerUnavailable, ApiError) as exc:
@@ -311,22 +340,5 @@ class StateReconciler:
                     for name, (ours, theirs) in found.items()
                 ],
             )
-            if outcome is not None:
-                await audit.record(
-                    conn,
-                    caller=Caller(
-                        user_id=job["requested_by"] or "system",
-                        role=Role(job["requested_role"] or Role.ADMIN.value),
-                    ),
-                    action="reconcile.repair",
-                    target_type=owned.kind,
-                    target_id=object_id,
-                    reason=job["reason"] or "drift repair",
-                    request_id=None,
-                    details={
-                        "job_id": str(job["id"]),
-                        "service": owned.service,
-                        "outcome": outcome,
-                        "fields": {n: {"ours": o, "stripe": s} for n, (o, s) in found.items()},
-                    },
-                )
+            if entry is not None:
+                await audit.settle(conn, entry, {"outcome": outcome})

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from services.webhooks.contract import EventDetail, EventsQuery, EventSummary
 from shared.api.pagination import Page, decode_cursor, page_of
@@ -69,13 +70,16 @@ async def list_events(
 
 async def get_event(pool: asyncpg.Pool[Any], queue: str, event_id: str) -> EventDetail | None:
     row = await pool.fetchrow(
-        f"SELECT {_SUMMARY}, e.payload {_FROM} WHERE e.id = $2",
+        f"SELECT {_SUMMARY}, e.payload, e.payload_text {_FROM} WHERE e.id = $2",
         queue,
         event_id,
     )
     if row is None:
         return None
-    return EventDetail.model_validate({**_summary(row), "payload": row["payload"]})
+    # payload_text: the event as sent, kept when its text holds a NUL that
+    # the jsonb copy could not (``services/webhooks/ledger.py``).
+    payload = row["payload"] if row["payload_text"] is None else orjson.loads(row["payload_text"])
+    return EventDetail.model_validate({**_summary(row), "payload": payload})
 
 
 async def mark_replayed(conn: DbConnection, event_id: str) -> None:

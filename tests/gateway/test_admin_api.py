@@ -19,6 +19,7 @@ from tests.gateway.helpers import (
     inbox_duplicates,
     wait_in_ledger,
 )
+from tests.support.db_faults import refusing
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
 
@@ -79,6 +80,7 @@ async def test_replay_publishes_the_event_again_and_consumers_skip_it(
     assert (entry["actor_id"], entry["actor_role"]) == ("user_test_operator", "admin")
     assert entry["reason"] == "operator check"
     assert entry["request_id"]
+    assert entry["details"] == {"outcome": "published"}
 
 
 async def test_replay_with_the_same_idempotency_key_publishes_once(
@@ -187,3 +189,56 @@ async def test_a_reason_holding_a_nul_is_422_and_nothing_is_replayed(
     assert_error(status, answer, 422, "validation_failed")
     assert [d["field"] for d in answer["error"]["details"]] == ["reason"]
     assert await replay_count(http, stack, evt["id"]) == 0
+
+
+async def audit_entries(http: aiohttp.ClientSession, stack: Stack, target: str) -> list[Any]:
+    status, logged, _ = await admin(http, stack.gateway, "GET", "/audit", params={"target": target})
+    assert status == 200, logged
+    return list(logged["data"])
+
+
+async def test_a_replay_that_cannot_be_audited_is_not_published(
+    stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    # Every staff write is audited: when the audit entry cannot be written,
+    # the replay must not have gone out either.
+    evt, _ = await delivered_subscription_event(http, stack.gateway, db)
+
+    async with refusing(db, "webhooks.audit_log", "INSERT"):
+        status, answer, _ = await admin(
+            http, stack.gateway, "POST", f"/events/{evt['id']}/replay", data=REASON
+        )
+
+    assert status >= 500 and set(answer) == {"error"}, answer
+    # A delivery made after the call has reached the ledger: had the replay
+    # been published, the ledger would have counted its copy by now.
+    later = a_valid_event()
+    await deliver(http, stack.gateway, later)
+    await wait_in_ledger(db, later["id"])
+    assert await duplicates_seen(db, evt["id"]) == (0, 0)
+    assert await audit_entries(http, stack, evt["id"]) == []
+
+
+async def test_a_replay_whose_database_fails_after_publishing_is_still_audited(
+    stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    # The database fails once the event is back in the broker (the replay
+    # count cannot be written): the replay happened, so its entry must exist.
+    evt, _ = await delivered_subscription_event(http, stack.gateway, db)
+
+    async with refusing(db, "webhooks.events", "UPDATE"):
+        status, answer, _ = await admin(
+            http, stack.gateway, "POST", f"/events/{evt['id']}/replay", data=REASON
+        )
+        assert status >= 500 and set(answer) == {"error"}, answer
+        await eventually(
+            lambda: duplicates_seen(db, evt["id"]),
+            until=lambda seen: seen == (1, 1),
+            what="the replay published before the failure",
+        )
+
+    [entry] = await audit_entries(http, stack, evt["id"])
+    assert (entry["action"], entry["reason"]) == ("event.replay", "operator check")
+    assert entry["request_id"]
+    # Written before the publish; how it ended is unknown to the log.
+    assert entry["details"] == {"outcome": "pending"}

@@ -30,6 +30,7 @@ from tests.gateway.helpers import admin, assert_error, metric
 from tests.support import env
 from tests.support import stripe_objects as so
 from tests.support.amqp import message_count, publish_raw, take_all
+from tests.support.db_faults import refusing
 from tests.support.gateway_client import admin_get, admin_post
 from tests.support.stack import Stack, delete_queues, start_stack
 from tests.support.tcp_proxy import TcpProxy, via_proxy
@@ -429,3 +430,36 @@ async def test_a_letter_whose_queue_is_gone_does_not_hold_back_the_others(
     )
     assert (gone["state"], gone["redrive_count"]) == ("dead", 0)
     assert sent
+
+
+async def test_a_redrive_that_cannot_be_audited_redrives_nothing(
+    rig: Rig, db: asyncpg.Connection
+) -> None:
+    # Every staff write is audited: when the entry cannot be written, no
+    # letter may have gone back to its queue either.
+    for _ in range(2):
+        await rig.dead_letter()
+    await eventually(rig.listed, until=lambda d: len(d) == 2, what="two letters")
+    request = {"queue": rig.queue, "all": True, "reason": "upstream fixed"}
+
+    async with refusing(db, "webhooks.audit_log", "INSERT"):
+        status, answer = await admin_post(
+            rig.http, rig.stack.gateway, "/v1/admin/dead-letters/redrive", request
+        )
+
+    assert status >= 500 and set(answer) == {"error"}, answer
+    assert await message_count(rig.queue) == 0
+    assert [d["state"] for d in await rig.listed()] == ["dead", "dead"]
+
+    # Once the entry can be written, the redrive goes ahead, audited.
+    status, answer = await admin_post(
+        rig.http, rig.stack.gateway, "/v1/admin/dead-letters/redrive", request
+    )
+    assert (status, answer["redriven"]) == (200, 2), answer
+    status, audit, _ = await admin(
+        rig.http, rig.stack.gateway, "GET", "/audit", params={"target": rig.queue}
+    )
+    assert status == 200, audit
+    [entry] = audit["data"]
+    assert entry["action"] == "dead_letters.redrive"
+    assert entry["details"]["redriven"] == sorted(answer["ids"])

@@ -22,6 +22,7 @@ import pytest
 import stripe
 
 from tests.gateway.helpers import admin, api, assert_error, bearer, token
+from tests.support.db_faults import refusing
 from tests.support.gateway_client import admin_get, admin_post
 from tests.support.sandbox_process import SandboxProcess
 from tests.support.stack import Stack
@@ -195,6 +196,33 @@ async def test_a_drift_is_reported_then_repaired_through_the_event_path(rig: Rig
     assert row is not None and row["cancel_at_period_end"] is True
 
 
+async def test_a_repair_is_audited_even_when_its_differences_cannot_be_stored(
+    rig: Rig,
+) -> None:
+    # The database fails after the owner applied Stripe's object (the
+    # differences cannot be stored): the repair happened, so its entry exists.
+    sub_id = await rig.subscription()
+    await rig.deliveries(paused=True)
+    await rig.stripe.v1.subscriptions.update_async(sub_id, params={"cancel_at_period_end": True})
+
+    async with refusing(rig.db, "webhooks.reconcile_differences", "INSERT"):
+        status, job = await admin_post(
+            rig.http, rig.stack.gateway, STATE, {"reason": "weekly drift check", "repair": True}
+        )
+        assert status == 202, job
+        await eventually(
+            lambda: admin_get(rig.http, rig.stack.gateway, f"/v1/admin/reconcile/jobs/{job['id']}"),
+            until=lambda j: j["state"] in ("succeeded", "failed"),
+            what="drift report finished",
+        )
+
+    row = await rig.row(sub_id)
+    assert row is not None and row["cancel_at_period_end"] is True
+    [entry] = await rig.audit(sub_id)
+    assert (entry["action"], entry["reason"]) == ("reconcile.repair", "weekly drift check")
+    assert entry["details"]["job_id"] == job["id"]
+
+
 async def test_objects_that_agree_with_stripe_are_not_repaired(rig: Rig) -> None:
     ids = [await rig.subscription(), await rig.subscription()]
     rows_before = [await rig.row(i) for i in ids]
@@ -256,6 +284,25 @@ async def test_one_object_is_refetched_and_applied(rig: Rig) -> None:
     assert_error(status, answer, 404, "not_found")
     status, answer = await admin_post(rig.http, rig.stack.gateway, path, {})
     assert_error(status, answer, 422, "validation_failed", "reason")
+
+
+async def test_a_refetch_that_cannot_be_audited_applies_nothing(rig: Rig) -> None:
+    # Every staff write is audited: when the entry cannot be written, the
+    # owner must not have applied Stripe's object either.
+    sub_id = await rig.subscription()
+    await rig.deliveries(paused=True)
+    await rig.stripe.v1.subscriptions.update_async(sub_id, params={"cancel_at_period_end": True})
+    path = f"/v1/admin/objects/{sub_id}/refetch"
+
+    async with refusing(rig.db, "webhooks.audit_log", "INSERT"):
+        status, answer = await admin_post(
+            rig.http, rig.stack.gateway, path, {"reason": "member says it is cancelled"}
+        )
+
+    assert status >= 500 and set(answer) == {"error"}, answer
+    row = await rig.row(sub_id)
+    assert row is not None and row["cancel_at_period_end"] is False
+    assert await rig.audit(sub_id) == []
 
 
 async def test_a_member_is_refused(rig: Rig) -> None:

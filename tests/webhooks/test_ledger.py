@@ -8,6 +8,7 @@ import asyncpg
 
 from shared import queues
 from tests.gateway.helpers import a_valid_event, admin, deliver, inbox_duplicates, wait_in_ledger
+from tests.support import stripe_objects as so
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
 
@@ -59,3 +60,31 @@ async def test_a_redelivery_with_a_changed_body_keeps_the_first_copy(
     assert status == 200
     assert shown["payload"] == evt
     assert shown["livemode"] == evt["livemode"]
+
+
+async def test_an_event_with_a_nul_in_customer_text_is_stored_and_shown_as_sent(
+    stack: Stack, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    # Metadata and descriptions are customer-supplied text and may hold a NUL,
+    # which Postgres jsonb refuses: the event must still reach the ledger (and
+    # every other consumer), not be dead-lettered on every try and redrive.
+    sub = so.subscription(status="active")
+    sub["description"] = "desk\x00B"
+    sub["metadata"]["note\x00key"] = "nul\x00inside"
+    evt = so.event("customer.subscription.created", sub)
+    await deliver(http, stack.gateway, evt)
+
+    row = await wait_in_ledger(db, evt["id"])
+    await eventually(
+        lambda: db.fetchrow(
+            "SELECT 1 FROM subscriptions.subscriptions WHERE stripe_subscription_id = $1",
+            sub["id"],
+        ),
+        what="the subscription applied",
+    )
+    assert row["type"] == "customer.subscription.created"
+    # What the ledger shows (and replays) is the event exactly as Stripe sent it.
+    status, shown, _ = await admin(http, stack.gateway, "GET", f"/events/{evt['id']}")
+    assert status == 200, shown
+    assert shown["payload"] == evt
+    assert await db.fetchval("SELECT count(*) FROM webhooks.dead_letters") == 0
