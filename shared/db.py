@@ -39,10 +39,12 @@ def jsonb_safe(value: Any) -> Any:
     as is, such an event would fail on every try, every redrive and every
     backfill, and be dead-lettered for good.
     """
-    # A NUL always serialises as \u0000: without that text there is none (a
-    # literal backslash followed by "u0000" only costs the walk below).
     if b"\\u0000" not in orjson.dumps(value):
         return value
+    return _replace_nul(value)
+
+
+def _replace_nul(value: Any) -> Any:
     # Walked with a stack, not recursion: JSON may nest deeper than Python's
     # recursion limit.
     root: list[Any] = [value]
@@ -67,7 +69,13 @@ def jsonb_safe(value: Any) -> Any:
 
 
 def _encode_json(value: Any) -> str:
-    return orjson.dumps(jsonb_safe(value)).decode()
+    encoded = orjson.dumps(value)
+    # A NUL always serialises as \u0000: without that text there is none (a
+    # literal backslash followed by "u0000" only costs the walk). Encoded
+    # once on the common path: every JSON column written goes through here.
+    if b"\\u0000" in encoded:
+        encoded = orjson.dumps(_replace_nul(value))
+    return encoded.decode()
 
 
 async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
