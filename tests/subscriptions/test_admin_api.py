@@ -4,6 +4,8 @@ audit entry."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import aiohttp
 import asyncpg
 import stripe
@@ -173,3 +175,34 @@ async def test_a_staff_cancel_that_cannot_be_audited_cancels_nothing_in_stripe(
     assert (entry["action"], entry["reason"]) == ("subscription.cancel", "member asked by phone")
     assert entry["details"]["outcome"] == "applied"
     assert entry["details"]["status"] == ["active", "canceled"]
+
+
+async def test_a_test_clock_advance_that_cannot_be_audited_moves_no_clock(
+    billing: Billing,
+    http: aiohttp.ClientSession,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+) -> None:
+    assert (await api(http, billing.gateway, "GET", "/v1/payment-methods", "u_tick"))[0] == 200
+    clock_id = await db.fetchval(
+        "SELECT test_clock_id FROM subscriptions.customers WHERE user_id = 'u_tick'"
+    )
+    before = (await stripe_client.v1.test_helpers.test_clocks.retrieve_async(clock_id)).frozen_time
+    path = "/v1/admin/test-clocks/u_tick/advance"
+    to = datetime.fromtimestamp(before, UTC) + timedelta(days=3)
+    body = {"to": to.isoformat(), "reason": "trial end rehearsal"}
+
+    async with refusing(db, "subscriptions.audit_log", "INSERT"):
+        status, refused = await _staff(http, billing, "POST", path, body=body)
+
+    assert status >= 500 and set(refused) == {"error"}, refused
+    clock = await stripe_client.v1.test_helpers.test_clocks.retrieve_async(clock_id)
+    assert clock.frozen_time == before
+
+    status, advanced = await _staff(http, billing, "POST", path, body=body)
+    assert status == 200, advanced
+    clock = await stripe_client.v1.test_helpers.test_clocks.retrieve_async(clock_id)
+    assert clock.frozen_time == int(to.timestamp())
+    _, audit = await _staff(http, billing, "GET", "/v1/admin/audit", params={"target": "u_tick"})
+    [entry] = audit["data"]
+    assert (entry["action"], entry["details"]["outcome"]) == ("test_clock.advance", "applied")
