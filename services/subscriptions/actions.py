@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import stripe as stripe_lib
 
-from services.subscriptions import contract, plans, routing, stripe_catalog, views
+from services.subscriptions import contract, plans, routing, staff_audit, stripe_catalog, views
 from services.subscriptions.state import history
 from services.subscriptions.state import subscriptions as subscription_rows
 from services.subscriptions.state.snapshots import ENDED
@@ -33,6 +33,20 @@ class Actor:
 
     kind: str  # "member" | "staff"
     reason: str | None = None
+
+
+async def _audit_first(call: Call[Any, Any], actor: Actor, action: str, sub_id: str) -> int | None:
+    """A staff write's pending entry, committed before Stripe is called
+    (``staff_audit``); a member's own write has none."""
+    if actor.kind != "staff":
+        return None
+    return await staff_audit.begin(
+        call,
+        action=f"subscription.{action}",
+        target_type="subscription",
+        target_id=sub_id,
+        reason=actor.reason or "",
+    )
 
 
 async def _stripe_subscription(call: Call[Any, Any], sub_id: str) -> Any:
@@ -113,10 +127,12 @@ async def _after(  # noqa: PLR0917 - one call shape for every action
     changes: dict[str, tuple[Any, Any]],
     updates: dict[str, Any],
     *,
+    entry: int | None,
     shown: dict[str, Any] | None = None,
 ) -> contract.SubscriptionView:
-    """Record what was asked of Stripe (its events bring the rest) and answer,
-    with ``shown`` (what Stripe answered) over the row where it is ahead of it."""
+    """Record what was asked of Stripe (its events bring the rest), settle the
+    staff's audit ``entry``, and answer, with ``shown`` (what Stripe answered)
+    over the row where it is ahead of it."""
     sub_id = row["stripe_subscription_id"]
 
     async def effect(conn: DbConnection) -> contract.SubscriptionView:
@@ -132,17 +148,9 @@ async def _after(  # noqa: PLR0917 - one call shape for every action
         await history.record(
             conn, sub_id, actor_type=actor.kind, actor=who, action=action, changes=changes
         )
-        if actor.kind == "staff":
-            await audit.record(
-                conn,
-                caller=call.caller,
-                action=f"subscription.{action}",
-                target_type="subscription",
-                target_id=sub_id,
-                reason=actor.reason or "",
-                request_id=call.request_id,
-                details={k: [str(a), str(b)] for k, (a, b) in changes.items()},
-            )
+        if entry is not None:
+            settled = {k: [str(a), str(b)] for k, (a, b) in changes.items()}
+            await audit.settle(conn, entry, {**settled, "outcome": "applied"})
         fresh = await conn.fetchrow(
             "SELECT * FROM subscriptions WHERE stripe_subscription_id = $1", sub_id
         )
@@ -317,32 +325,38 @@ async def change(
         "interval": (row["interval"], target.interval),
     }
     if kind == "upgrade":
-        # At once, the difference prorated and charged now.
-        await _release_schedule(call, schedule)
-        items = await _upgraded_items(stripe, sub, target)
-        try:
-            await stripe.call(
-                "upgrade subscription",
-                lambda c: c.v1.subscriptions.update_async(
-                    sub_id,
-                    {
-                        "items": items,
-                        "proration_behavior": "always_invoice",
-                        "payment_behavior": "error_if_incomplete",
-                        "metadata": {"plan": target.key, "interval": target.interval},
-                    },  # type: ignore[arg-type]
-                    {"idempotency_key": call.stripe_key("upgrade")},
-                ),
-            )
-        except stripe_lib.StripeError:
-            if schedule is not None:
-                await _restore_downgrade(call, row)
-            raise
-        return await _after(call, row, actor, "upgrade", changes, {"pending_change": None})
+        entry = await _audit_first(call, actor, "upgrade", sub_id)
+        async with staff_audit.failed_if_refused(call.pool, entry):
+            # At once, the difference prorated and charged now.
+            await _release_schedule(call, schedule)
+            items = await _upgraded_items(stripe, sub, target)
+            try:
+                await stripe.call(
+                    "upgrade subscription",
+                    lambda c: c.v1.subscriptions.update_async(
+                        sub_id,
+                        {
+                            "items": items,
+                            "proration_behavior": "always_invoice",
+                            "payment_behavior": "error_if_incomplete",
+                            "metadata": {"plan": target.key, "interval": target.interval},
+                        },  # type: ignore[arg-type]
+                        {"idempotency_key": call.stripe_key("upgrade")},
+                    ),
+                )
+            except stripe_lib.StripeError:
+                if schedule is not None:
+                    await _restore_downgrade(call, row)
+                raise
+        return await _after(
+            call, row, actor, "upgrade", changes, {"pending_change": None}, entry=entry
+        )
     # A downgrade waits for the period end: a schedule's second phase.
     if sub.cancel_at_period_end:
         raise conflict("cancellation_pending", "resume the subscription before changing it")
-    schedule_id, effective = await _schedule_downgrade(call, sub, target, schedule)
+    entry = await _audit_first(call, actor, "downgrade_scheduled", sub_id)
+    async with staff_audit.failed_if_refused(call.pool, entry):
+        schedule_id, effective = await _schedule_downgrade(call, sub, target, schedule)
     pending = {
         "plan": target.key,
         "interval": target.interval,
@@ -356,6 +370,7 @@ async def change(
         "downgrade_scheduled",
         changes,
         {"pending_change": pending, "schedule_id": schedule_id},
+        entry=entry,
     )
 
 
@@ -370,16 +385,27 @@ async def cancel(
     # Stripe names now: the row's may be one an upgrade already released, its
     # event not here yet (releasing that again is refused).
     current = await _stripe_subscription(call, sub_id)
-    await _release_schedule(call, _schedule_of(current))
+    action = "cancel_at_period_end" if at_period_end else "cancel"
+    entry = await _audit_first(call, actor, action, sub_id)
+    async with staff_audit.failed_if_refused(call.pool, entry):
+        await _release_schedule(call, _schedule_of(current))
+        if at_period_end:
+            updated = await stripe.call(
+                "cancel at period end",
+                lambda c: c.v1.subscriptions.update_async(
+                    sub_id,
+                    {"cancel_at_period_end": True},
+                    {"idempotency_key": call.stripe_key("cancel-at-period-end")},
+                ),
+            )
+        else:
+            ended = await stripe.call(
+                "cancel now",
+                lambda c: c.v1.subscriptions.cancel_async(
+                    sub_id, {}, {"idempotency_key": call.stripe_key("cancel-now")}
+                ),
+            )
     if at_period_end:
-        updated = await stripe.call(
-            "cancel at period end",
-            lambda c: c.v1.subscriptions.update_async(
-                sub_id,
-                {"cancel_at_period_end": True},
-                {"idempotency_key": call.stripe_key("cancel-at-period-end")},
-            ),
-        )
         cancel_at: datetime | None = (
             from_unix(updated.cancel_at) if updated.cancel_at else row["current_period_end"]
         )
@@ -387,7 +413,7 @@ async def cancel(
             call,
             row,
             actor,
-            "cancel_at_period_end",
+            action,
             {"cancel_at_period_end": (row["cancel_at_period_end"], True)},
             {
                 "cancel_at_period_end": True,
@@ -395,20 +421,16 @@ async def cancel(
                 "pending_change": None,
                 "schedule_id": None,
             },
+            entry=entry,
         )
-    ended = await stripe.call(
-        "cancel now",
-        lambda c: c.v1.subscriptions.cancel_async(
-            sub_id, {}, {"idempotency_key": call.stripe_key("cancel-now")}
-        ),
-    )
     return await _after(
         call,
         row,
         actor,
-        "cancel",
+        action,
         {"status": (row["status"], ended.status)},
         {"pending_change": None, "schedule_id": None},
+        entry=entry,
         # The status is left to Stripe's event, which announces
         # subscription.canceled when it moves the row; the answer is Stripe's.
         shown={
@@ -425,26 +447,32 @@ async def resume(
 ) -> contract.SubscriptionView:
     stripe = routing.stripe(call)
     sub_id = row["stripe_subscription_id"]
-    if row["status"] == "paused":
+    paused = row["status"] == "paused"
+    if not paused and (row["status"] in ENDED or not row["cancel_at_period_end"]):
+        raise ApiError(409, "nothing_to_resume", "the subscription is not set to end, nor paused")
+    entry = await _audit_first(call, actor, "resume", sub_id)
+    if paused:
+        async with staff_audit.failed_if_refused(call.pool, entry):
+            await stripe.call(
+                "resume subscription",
+                lambda c: c.v1.subscriptions.resume_async(
+                    sub_id,
+                    {"billing_cycle_anchor": "now"},  # type: ignore[arg-type]
+                    {"idempotency_key": call.stripe_key("resume")},
+                ),
+            )
+        return await _after(
+            call, row, actor, "resume", {"status": ("paused", "active")}, {}, entry=entry
+        )
+    async with staff_audit.failed_if_refused(call.pool, entry):
         await stripe.call(
-            "resume subscription",
-            lambda c: c.v1.subscriptions.resume_async(
+            "undo cancellation",
+            lambda c: c.v1.subscriptions.update_async(
                 sub_id,
-                {"billing_cycle_anchor": "now"},  # type: ignore[arg-type]
-                {"idempotency_key": call.stripe_key("resume")},
+                {"cancel_at_period_end": False},
+                {"idempotency_key": call.stripe_key("undo-cancel")},
             ),
         )
-        return await _after(call, row, actor, "resume", {"status": ("paused", "active")}, {})
-    if row["status"] in ENDED or not row["cancel_at_period_end"]:
-        raise ApiError(409, "nothing_to_resume", "the subscription is not set to end, nor paused")
-    await stripe.call(
-        "undo cancellation",
-        lambda c: c.v1.subscriptions.update_async(
-            sub_id,
-            {"cancel_at_period_end": False},
-            {"idempotency_key": call.stripe_key("undo-cancel")},
-        ),
-    )
     return await _after(
         call,
         row,
@@ -452,4 +480,5 @@ async def resume(
         "resume",
         {"cancel_at_period_end": (True, False)},
         {"cancel_at_period_end": False, "cancel_at": None},
+        entry=entry,
     )

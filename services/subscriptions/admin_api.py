@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from services.subscriptions import actions, contract, revenue, routing, views
+from services.subscriptions import actions, contract, revenue, routing, staff_audit, views
 from services.subscriptions.members import test_mode
 from services.subscriptions.routing import routes
 from shared import audit
@@ -169,10 +169,21 @@ async def advance_test_clock(call: Call[contract.ClockAdvance, Empty]) -> contra
         raise not_found("test clock")
     stripe = routing.stripe(call)
     to = int(call.body.to.timestamp())
-    clock = await stripe.call(
-        "advance test clock",
-        lambda c: c.v1.test_helpers.test_clocks.advance_async(clock_id, {"frozen_time": to}),
+    details = {"test_clock": clock_id, "to": call.body.to.isoformat()}
+    # Audited before the clock moves (staff_audit).
+    entry = await staff_audit.begin(
+        call,
+        action="test_clock.advance",
+        target_type="customer",
+        target_id=user_id,
+        reason=call.body.reason,
+        details=details,
     )
+    async with staff_audit.failed_if_refused(call.pool, entry):
+        clock = await stripe.call(
+            "advance test clock",
+            lambda c: c.v1.test_helpers.test_clocks.advance_async(clock_id, {"frozen_time": to}),
+        )
     for _ in range(300):  # Stripe advances in the background: wait until it is done
         if clock.status != "advancing":
             break
@@ -186,16 +197,7 @@ async def advance_test_clock(call: Call[contract.ClockAdvance, Empty]) -> contra
         await conn.execute(
             "UPDATE customers SET test_clock_time = $2 WHERE user_id = $1", user_id, call.body.to
         )
-        await audit.record(
-            conn,
-            caller=call.caller,
-            action="test_clock.advance",
-            target_type="customer",
-            target_id=user_id,
-            reason=call.body.reason,
-            request_id=call.request_id,
-            details={"test_clock": clock_id, "to": call.body.to.isoformat()},
-        )
+        await audit.settle(conn, entry, {"outcome": "applied"})
         return contract.ClockState(
             user_id=user_id,
             test_clock_id=clock_id,

@@ -4,12 +4,16 @@ audit entry."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import aiohttp
+import asyncpg
 import stripe
 
 from tests.subscriptions.conftest import Billing
 from tests.subscriptions.helpers import api
 from tests.subscriptions.test_member_api import subscribe_with_elements
+from tests.support.db_faults import refusing
 from tests.support.waiting import eventually
 
 
@@ -142,3 +146,63 @@ async def test_a_nul_character_is_a_422_not_an_unaudited_write(
         status, refused = await _staff(http, billing, "GET", path, params=params)
         assert status == 422, (path, params, refused)
         assert refused["error"]["details"][0]["field"] == next(iter(params))
+
+
+async def test_a_staff_cancel_that_cannot_be_audited_cancels_nothing_in_stripe(
+    billing: Billing,
+    http: aiohttp.ClientSession,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+) -> None:
+    # Every staff write is audited: when the entry cannot be written, Stripe
+    # must not have ended the member's subscription either.
+    sub_id = await subscribe_with_elements(http, billing, "u_unaudited")
+    path = f"/v1/admin/subscriptions/{sub_id}/cancel"
+    body = {"at_period_end": False, "reason": "member asked by phone"}
+
+    async with refusing(db, "subscriptions.audit_log", "INSERT"):
+        status, refused = await _staff(http, billing, "POST", path, body=body)
+
+    assert status >= 500 and set(refused) == {"error"}, refused
+    assert (await stripe_client.v1.subscriptions.retrieve_async(sub_id)).status == "active"
+
+    # Once the entry can be written, the cancel goes ahead: one entry, settled.
+    status, canceled = await _staff(http, billing, "POST", path, body=body)
+    assert (status, canceled["status"]) == (200, "canceled"), canceled
+    assert (await stripe_client.v1.subscriptions.retrieve_async(sub_id)).status == "canceled"
+    _, audit = await _staff(http, billing, "GET", "/v1/admin/audit", params={"target": sub_id})
+    [entry] = audit["data"]
+    assert (entry["action"], entry["reason"]) == ("subscription.cancel", "member asked by phone")
+    assert entry["details"]["outcome"] == "applied"
+    assert entry["details"]["status"] == ["active", "canceled"]
+
+
+async def test_a_test_clock_advance_that_cannot_be_audited_moves_no_clock(
+    billing: Billing,
+    http: aiohttp.ClientSession,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+) -> None:
+    assert (await api(http, billing.gateway, "GET", "/v1/payment-methods", "u_tick"))[0] == 200
+    clock_id = await db.fetchval(
+        "SELECT test_clock_id FROM subscriptions.customers WHERE user_id = 'u_tick'"
+    )
+    before = (await stripe_client.v1.test_helpers.test_clocks.retrieve_async(clock_id)).frozen_time
+    path = "/v1/admin/test-clocks/u_tick/advance"
+    to = datetime.fromtimestamp(before, UTC) + timedelta(days=3)
+    body = {"to": to.isoformat(), "reason": "trial end rehearsal"}
+
+    async with refusing(db, "subscriptions.audit_log", "INSERT"):
+        status, refused = await _staff(http, billing, "POST", path, body=body)
+
+    assert status >= 500 and set(refused) == {"error"}, refused
+    clock = await stripe_client.v1.test_helpers.test_clocks.retrieve_async(clock_id)
+    assert clock.frozen_time == before
+
+    status, advanced = await _staff(http, billing, "POST", path, body=body)
+    assert status == 200, advanced
+    clock = await stripe_client.v1.test_helpers.test_clocks.retrieve_async(clock_id)
+    assert clock.frozen_time == int(to.timestamp())
+    _, audit = await _staff(http, billing, "GET", "/v1/admin/audit", params={"target": "u_tick"})
+    [entry] = audit["data"]
+    assert (entry["action"], entry["details"]["outcome"]) == ("test_clock.advance", "applied")

@@ -27,7 +27,7 @@ import asyncpg
 import stripe
 from aiohttp import web
 
-from services.subscriptions import customers
+from services.subscriptions import customers, staff_audit
 from services.subscriptions.payments import contract, metrics, pricing, states, store
 from services.subscriptions.payments.settings import PaymentsSettings
 from shared import audit, catalog, runtime
@@ -476,6 +476,18 @@ async def _refund(
     amount = call.body.amount if call.body.amount is not None else left
     intent_id = row["stripe_payment_intent_id"]
     request_key = call.stripe_key("refund")
+    target_id = row["invoice_id"] if target == "invoice" else row["id"]
+
+    async def audit_first() -> int:
+        return await staff_audit.begin(
+            call,
+            action="payment.refund",
+            target_type=target,
+            target_id=target_id,
+            reason=call.body.reason,
+            details={"payment_id": row["id"], "amount": amount},
+        )
+
     if left <= 0 or amount > left:
         # A retried request whose refund Stripe made (its answer lost) finds
         # its own refund counted in what is left: it answers with that refund.
@@ -484,24 +496,28 @@ async def _refund(
             raise invalid_field(
                 "amount", f"at most {max(left, 0)} {row['currency']} is left to refund"
             )
+        entry = await audit_first()
         refund, remaining = made, max(left, 0)
     else:
-        refund = await _stripe(call).call(
-            "create refund",
-            lambda c: c.v1.refunds.create_async(
-                {
-                    "payment_intent": intent_id,
-                    "amount": amount,
-                    "reason": "requested_by_customer",
-                    "metadata": {
-                        "payment_id": row["id"],
-                        "requested_by": call.caller.user_id,
-                        "request_key": request_key,
+        # Audited before the money moves (staff_audit).
+        entry = await audit_first()
+        async with staff_audit.failed_if_refused(call.pool, entry):
+            refund = await _stripe(call).call(
+                "create refund",
+                lambda c: c.v1.refunds.create_async(
+                    {
+                        "payment_intent": intent_id,
+                        "amount": amount,
+                        "reason": "requested_by_customer",
+                        "metadata": {
+                            "payment_id": row["id"],
+                            "requested_by": call.caller.user_id,
+                            "request_key": request_key,
+                        },
                     },
-                },
-                {"idempotency_key": request_key},
-            ),
-        )
+                    {"idempotency_key": request_key},
+                ),
+            )
         remaining = left - refund.amount
     metrics.REFUNDS_REQUESTED.labels(target).inc()
 
@@ -518,15 +534,10 @@ async def _refund(
             call.body.reason,
             call.caller.user_id,
         )
-        await audit.record(
+        await audit.settle(
             conn,
-            caller=call.caller,
-            action="payment.refund",
-            target_type=target,
-            target_id=row["invoice_id"] if target == "invoice" else row["id"],
-            reason=call.body.reason,
-            request_id=call.request_id,
-            details={"payment_id": row["id"], "refund_id": refund.id, "amount": refund.amount},
+            entry,
+            {"outcome": "refunded", "refund_id": refund.id, "amount": refund.amount},
         )
         return contract.RefundView(
             refund_id=refund.id,

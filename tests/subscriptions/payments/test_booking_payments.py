@@ -4,6 +4,7 @@ Stripe sandbox, with Stripe's events coming back through the webhook path."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
@@ -23,6 +24,7 @@ from tests.subscriptions.payments.helpers import (
     until_events,
 )
 from tests.support import stripe_objects as so
+from tests.support.db_faults import refusing
 from tests.support.gateway_client import post_event
 from tests.support.sandbox_process import SandboxProcess
 from tests.support.stack import Stack, start_stack
@@ -647,3 +649,64 @@ async def test_a_payment_given_up_on_a_lost_answer_stays_released(
         assert status == 201, again
     finally:
         await running.stop()
+
+
+async def test_a_refund_that_cannot_be_audited_refunds_nothing(
+    api: Api, stripe_client: stripe.StripeClient, db: asyncpg.Connection
+) -> None:
+    # Every staff write is audited: when the entry cannot be written, no
+    # money may have gone back to the card either.
+    status, created = await api.pay([item("meeting_room_hour", 2, "room-9:2026-12-07T09")])
+    assert status == 201, created
+    await confirm(stripe_client, created["payment_intent_id"])
+    pid = created["payment_id"]
+    await api.until_status(pid, "succeeded")
+
+    async with refusing(db, "subscriptions.audit_log", "INSERT"):
+        status, refused = await api.refund(pid, 1000, key="unaudited-1")
+
+    assert status >= 500 and set(refused) == {"error"}, refused
+    listed = await stripe_client.v1.refunds.list_async(
+        {"payment_intent": created["payment_intent_id"]}
+    )
+    assert listed.data == []
+
+    # Retried once the entry can be written: refunded, with one settled entry.
+    status, refund = await api.refund(pid, 1000, key="unaudited-1")
+    assert (status, refund["amount"]) == (201, 1000), refund
+    status, replayed = await api.refund(pid, 1000, key="unaudited-1")
+    assert (status, replayed["refund_id"]) == (201, refund["refund_id"])
+    entries = await db.fetch(
+        "SELECT * FROM subscriptions.audit_log WHERE action = 'payment.refund'"
+    )
+    assert len(entries) == 1, entries
+    details = json.loads(entries[0]["details"])
+    assert details["outcome"] == "refunded"
+    assert (details["refund_id"], details["amount"]) == (refund["refund_id"], 1000)
+
+
+async def test_a_refund_retried_after_failing_half_way_keeps_one_audit_entry(
+    api: Api, stripe_client: stripe.StripeClient, db: asyncpg.Connection
+) -> None:
+    status, created = await api.pay([item("meeting_room_hour", 2, "room-9:2026-12-08T09")])
+    assert status == 201, created
+    await confirm(stripe_client, created["payment_intent_id"])
+    pid = created["payment_id"]
+    await api.until_status(pid, "succeeded")
+
+    # Stripe refunds, then the database fails to record it: the entry stays pending.
+    async with refusing(db, "subscriptions.payment_refunds", "INSERT"):
+        status, failed = await api.refund(pid, 1000, key="half-way-1")
+    assert status >= 500 and set(failed) == {"error"}, failed
+    [pending] = await db.fetch("SELECT * FROM subscriptions.audit_log")
+    assert json.loads(pending["details"])["outcome"] == "pending"
+
+    status, refund = await api.refund(pid, 1000, key="half-way-1")
+    assert (status, refund["amount"]) == (201, 1000), refund
+    listed = await stripe_client.v1.refunds.list_async(
+        {"payment_intent": created["payment_intent_id"]}
+    )
+    assert [r.id for r in listed.data] == [refund["refund_id"]]
+    [entry] = await db.fetch("SELECT * FROM subscriptions.audit_log")
+    details = json.loads(entry["details"])
+    assert (details["outcome"], details["refund_id"]) == ("refunded", refund["refund_id"])
