@@ -35,9 +35,7 @@ INTERNAL_PATH = "/internal/audit"
 
 Reason = Annotated[
     str,
-    # No U+0000: Postgres text cannot hold it, and the audit row is written
-    # after the write itself (in Stripe, say): refused here, before anything.
-    StringConstraints(strip_whitespace=True, min_length=3, max_length=500, pattern=r"^[^\x00]*$"),
+    StringConstraints(strip_whitespace=True, min_length=3, max_length=500),
     Field(description="Why: required on every staff write, kept in the audit log."),
 ]
 

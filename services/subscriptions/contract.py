@@ -228,18 +228,14 @@ class Entitlements(BaseModel):
 # --- staff ------------------------------------------------------------------------
 
 
-# Filters compared in SQL: Postgres text cannot hold U+0000 (a 500 otherwise).
-_NO_NUL = r"^[^\x00]*$"
-
-
 class AdminSubscriptionQuery(PageQuery):
-    status: str | None = Field(default=None, max_length=32, pattern=_NO_NUL)
-    plan: str | None = Field(default=None, max_length=64, pattern=_NO_NUL)
+    status: str | None = Field(default=None, max_length=32)
+    plan: str | None = Field(default=None, max_length=64)
 
 
 class CustomerQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    email: str = Field(min_length=3, max_length=320, pattern=_NO_NUL)
+    email: str = Field(min_length=3, max_length=320)
 
 
 class HistoryEntry(BaseModel):
