@@ -26,6 +26,7 @@ import pydantic
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from shared import db
 from shared.api.caller import Caller
 from shared.api.pagination import Page, PageQuery, decode_cursor, page_of
 from shared.db import DbConnection
@@ -88,6 +89,53 @@ async def record(
 
 
 PENDING = {"outcome": "pending"}
+
+
+async def begin(
+    pool: asyncpg.Pool[Any],
+    *,
+    caller: Caller,
+    action: str,
+    target_type: str,
+    target_id: str,
+    reason: str,
+    request_id: str | None,
+    details: Mapping[str, Any] | None = None,
+    attempt: str | None = None,
+) -> int:
+    """Commit, in a transaction of its own, the ``pending`` entry of a write
+    whose effect is outside this database, before that effect; its id, for
+    :func:`settle`. ``attempt`` names a request that may run again (derived
+    from its Idempotency-Key): a second run after a failure half way finds
+    the entry of its first, set ``pending`` again, instead of adding one.
+    """
+    async with db.transaction(pool) as conn:
+        if attempt is not None:
+            earlier: int | None = await conn.fetchval(
+                "SELECT id FROM audit_log WHERE target_id = $1 AND action = $2"
+                " AND details->>'attempt' = $3",
+                target_id,
+                action,
+                attempt,
+            )
+            if earlier is not None:
+                # Pending again: a first run settled "failed" may succeed now.
+                await settle(conn, earlier, PENDING)
+                return earlier
+        return await record(
+            conn,
+            caller=caller,
+            action=action,
+            target_type=target_type,
+            target_id=target_id,
+            reason=reason,
+            request_id=request_id,
+            details={
+                **(details or {}),
+                **PENDING,
+                **({"attempt": attempt} if attempt is not None else {}),
+            },
+        )
 
 
 async def settle(

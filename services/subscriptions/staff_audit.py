@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import stripe
 
-from shared import audit, db
+from shared import audit
 from shared.api.service import Call
 from shared.stripe_calls import is_transient
 
@@ -34,36 +34,19 @@ async def begin(
     details: Mapping[str, Any] | None = None,
 ) -> int:
     """Commit the pending entry of this request's write; its id."""
-    # A request with an Idempotency-Key that failed half way and is sent
-    # again finds the entry of its first run: one write, one entry.
-    attempt = call.stripe_key("audit") if call.claim is not None else None
-    async with db.transaction(call.pool) as conn:
-        if attempt is not None:
-            earlier: int | None = await conn.fetchval(
-                "SELECT id FROM audit_log WHERE target_id = $1 AND action = $2"
-                " AND details->>'attempt' = $3",
-                target_id,
-                action,
-                attempt,
-            )
-            if earlier is not None:
-                # Pending again: a first run settled "failed" may succeed now.
-                await audit.settle(conn, earlier, audit.PENDING)
-                return earlier
-        return await audit.record(
-            conn,
-            caller=call.caller,
-            action=action,
-            target_type=target_type,
-            target_id=target_id,
-            reason=reason,
-            request_id=call.request_id,
-            details={
-                **(details or {}),
-                **audit.PENDING,
-                **({"attempt": attempt} if attempt is not None else {}),
-            },
-        )
+    return await audit.begin(
+        call.pool,
+        caller=call.caller,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        reason=reason,
+        request_id=call.request_id,
+        details=details,
+        # A request with an Idempotency-Key that failed half way and is sent
+        # again finds the entry of its first run: one write, one entry.
+        attempt=call.stripe_key("audit") if call.claim is not None else None,
+    )
 
 
 @asynccontextmanager

@@ -13,7 +13,7 @@ from services.webhooks.backfill import Backfills
 from services.webhooks.dead_letter_recorder import DeadLetterRecorder
 from services.webhooks.drift import OwnerUnavailable, StateReconciler
 from services.webhooks.settings import WebhooksSettings
-from shared import audit, db, metrics, queues
+from shared import audit, metrics, queues
 from shared.api.pagination import Page, PageQuery
 from shared.api.service import Call, Empty, ServiceRoutes
 from shared.broker.errors import PublishFailed
@@ -55,17 +55,15 @@ async def replay_event(call: Call[contract.ReplayRequest, Empty]) -> contract.Re
     # Audited before it is published, in a transaction of its own: a publish
     # cannot share the database's transaction, and a replay must never go out
     # with no entry (should the database or the process fail after it).
-    async with db.transaction(call.pool) as conn:
-        entry = await audit.record(
-            conn,
-            caller=call.caller,
-            action="event.replay",
-            target_type="event",
-            target_id=event_id,
-            reason=call.body.reason,
-            request_id=call.request_id,
-            details=audit.PENDING,
-        )
+    entry = await audit.begin(
+        call.pool,
+        caller=call.caller,
+        action="event.replay",
+        target_type="event",
+        target_id=event_id,
+        reason=call.body.reason,
+        request_id=call.request_id,
+    )
     # Same id, so every consumer that already applied it skips it; the ones
     # that never did (dead-lettered, bound later) apply it now.
     try:
@@ -132,17 +130,16 @@ async def redrive_dead_letters(
         _known_queue(settings, body.queue)
     # Audited before any letter is sent, in a transaction of its own (a
     # publish cannot share it): no redrive goes ahead without its entry.
-    async with db.transaction(call.pool) as conn:
-        entry = await audit.record(
-            conn,
-            caller=call.caller,
-            action="dead_letters.redrive",
-            target_type="dead_letters",
-            target_id=body.queue or "*",
-            reason=body.reason,
-            request_id=call.request_id,
-            details={"filter": body.model_dump(mode="json", exclude={"reason"}), **audit.PENDING},
-        )
+    entry = await audit.begin(
+        call.pool,
+        caller=call.caller,
+        action="dead_letters.redrive",
+        target_type="dead_letters",
+        target_id=body.queue or "*",
+        reason=body.reason,
+        request_id=call.request_id,
+        details={"filter": body.model_dump(mode="json", exclude={"reason"})},
+    )
     outcome = await redrive.redrive(
         call.pool,
         call.request.app[PUBLISHER],
@@ -310,17 +307,16 @@ async def refetch_object(call: Call[contract.RefetchRequest, Empty]) -> contract
         raise not_found(f"a mirrored kind for {stripe_id}")
     # Audited before the owner applies anything, in a transaction of its own
     # (the write happens in another service): no repair without its entry.
-    async with db.transaction(call.pool) as conn:
-        entry = await audit.record(
-            conn,
-            caller=call.caller,
-            action="object.refetch",
-            target_type=owned.kind,
-            target_id=stripe_id,
-            reason=call.body.reason,
-            request_id=call.request_id,
-            details={"service": owned.service, **audit.PENDING},
-        )
+    entry = await audit.begin(
+        call.pool,
+        caller=call.caller,
+        action="object.refetch",
+        target_type=owned.kind,
+        target_id=stripe_id,
+        reason=call.body.reason,
+        request_id=call.request_id,
+        details={"service": owned.service},
+    )
     try:
         # The owner reads Stripe and applies the object through its event path.
         answer = await owners.refetch(owned, stripe_id)

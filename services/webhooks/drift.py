@@ -300,22 +300,20 @@ class StateReconciler:
                 # Audited before the owner applies anything, in a transaction
                 # of its own: a repair never happens without its entry, even
                 # if storing the differences fails after it.
-                async with db.transaction(self._pool) as conn:
-                    entry = await audit.record(
-                        conn,
-                        caller=_requester(job),
-                        action="reconcile.repair",
-                        target_type=owned.kind,
-                        target_id=object_id,
-                        reason=job["reason"] or "drift repair",
-                        request_id=None,
-                        details={
-                            "job_id": str(job["id"]),
-                            "service": owned.service,
-                            "fields": {n: {"ours": o, "stripe": s} for n, (o, s) in found.items()},
-                            **audit.PENDING,
-                        },
-                    )
+                entry = await audit.begin(
+                    self._pool,
+                    caller=_requester(job),
+                    action="reconcile.repair",
+                    target_type=owned.kind,
+                    target_id=object_id,
+                    reason=job["reason"] or "drift repair",
+                    request_id=None,
+                    details={
+                        "job_id": str(job["id"]),
+                        "service": owned.service,
+                        "fields": {n: {"ours": o, "stripe": s} for n, (o, s) in found.items()},
+                    },
+                )
                 try:
                     outcome = str((await self.owners.refetch(owned, object_id))["outcome"])
                 except (OwnerUnavailable, ApiError) as exc:
