@@ -133,6 +133,31 @@ async def lock_account(conn: DbConnection, user_id: str, credit_type: str) -> in
     return int(balance)
 
 
+async def _entry(
+    conn: DbConnection,
+    *,
+    user_id: str,
+    credit_type: str,
+    grant_id: int,
+    kind: str,
+    amount: int,
+    at: datetime,
+    note: str,
+) -> None:
+    """One ledger entry against one grant, with the note that says why."""
+    await conn.execute(
+        "INSERT INTO entries (user_id, credit_type, grant_id, kind, amount, at, note)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        user_id,
+        credit_type,
+        grant_id,
+        kind,
+        amount,
+        at,
+        note,
+    )
+
+
 async def _move_balance(conn: DbConnection, user_id: str, credit_type: str, delta: int) -> None:
     await conn.execute(
         "UPDATE balances SET balance = balance + $3 WHERE user_id = $1 AND credit_type = $2",
@@ -403,15 +428,15 @@ async def reverse(
             spend_id,
         )
         for grant_id, taken, cause in owed:
-            await conn.execute(
-                "INSERT INTO entries (user_id, credit_type, grant_id, kind, amount, at, note)"
-                " VALUES ($1, $2, $3, 'clawback', $4, $5, $6)",
-                user_id,
-                credit_type,
-                grant_id,
-                -taken,
-                now,
-                f"taken back: {cause}",
+            await _entry(
+                conn,
+                user_id=user_id,
+                credit_type=credit_type,
+                grant_id=grant_id,
+                kind="clawback",
+                amount=-taken,
+                at=now,
+                note=f"taken back: {cause}",
             )
             await conn.execute(
                 "UPDATE grants SET remaining = remaining - $2 WHERE id = $1", grant_id, taken
@@ -507,16 +532,15 @@ async def expire_account(
             entries.append(("expiry", -(remaining - carried), "expired"))
             result.expired[credit_type] = result.expired.get(credit_type, 0) + remaining - carried
         for kind, amount, note in entries:
-            await conn.execute(
-                "INSERT INTO entries (user_id, credit_type, grant_id, kind, amount, at, note)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                user_id,
-                credit_type,
-                row["id"],
-                kind,
-                amount,
-                at,
-                note,
+            await _entry(
+                conn,
+                user_id=user_id,
+                credit_type=credit_type,
+                grant_id=row["id"],
+                kind=kind,
+                amount=amount,
+                at=at,
+                note=note,
             )
         await conn.execute(
             "UPDATE grants SET remaining = 0, closed_at = $2 WHERE id = $1", row["id"], now
@@ -579,14 +603,15 @@ async def end_rollovers(
         )
         for row in rows:
             remaining = int(row["remaining"])
-            await conn.execute(
-                "INSERT INTO entries (user_id, credit_type, grant_id, kind, amount, at, note)"
-                " VALUES ($1, $2, $3, 'expiry', $4, $5, 'expired: the subscription ended')",
-                user_id,
-                credit_type,
-                row["id"],
-                -remaining,
-                max(row["period_start"], row["granted_at"]),
+            await _entry(
+                conn,
+                user_id=user_id,
+                credit_type=credit_type,
+                grant_id=row["id"],
+                kind="expiry",
+                amount=-remaining,
+                at=max(row["period_start"], row["granted_at"]),
+                note="expired: the subscription ended",
             )
             await conn.execute(
                 "UPDATE grants SET remaining = 0, closed_at = $2 WHERE id = $1", row["id"], now
@@ -680,15 +705,15 @@ async def clawback(
         if not recorded:
             continue
         if taken:
-            await conn.execute(
-                "INSERT INTO entries (user_id, credit_type, grant_id, kind, amount, at, note)"
-                " VALUES ($1, $2, $3, 'clawback', $4, $5, $6)",
-                row["user_id"],
-                row["credit_type"],
-                row["id"],
-                -taken,
-                now,
-                note,
+            await _entry(
+                conn,
+                user_id=row["user_id"],
+                credit_type=row["credit_type"],
+                grant_id=row["id"],
+                kind="clawback",
+                amount=-taken,
+                at=now,
+                note=note,
             )
             await _move_balance(conn, row["user_id"], row["credit_type"], -taken)
         await conn.execute(
