@@ -247,7 +247,8 @@ DUNNING_CASES_RESUMED = Counter(
 DUNNING_ATTEMPTS = Counter(
     "dunning_attempts_total",
     "Dunning attempts finished, by outcome (succeeded, failed, already_settled, unavailable, "
-    "error, observed) and Stripe decline code (empty when none).",
+    "error, observed, skipped: no charge, the card had met a hard decline) and Stripe decline "
+    "code (empty when none).",
     ["outcome", "decline_code"],
 )
 DUNNING_RECOVERED_AMOUNT = Counter(

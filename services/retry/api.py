@@ -35,7 +35,8 @@ async def _attempts_of(conn: Any, invoice_ids: list[str]) -> dict[str, list[cont
 
 def _view(row: Any, attempts: list[contract.AttemptView]) -> contract.CaseView:
     values = {k: row[k] for k in contract.CaseView.model_fields if k in row}
-    made = sum(1 for a in attempts if a.outcome != "pending")
+    # A skipped attempt charged nothing: listed, but no attempt made.
+    made = sum(1 for a in attempts if a.outcome not in ("pending", "skipped"))
     return contract.CaseView.model_validate({**values, "attempts_made": made, "attempts": attempts})
 
 

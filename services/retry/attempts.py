@@ -114,7 +114,7 @@ class Attempts:
             # waits for a new payment method, as after a hard decline of ours.
             # An operator's retry-now still charges: the member may have had
             # the bank lift the block.
-            await self._failed(claimed, "skipped", hard)
+            await self._skipped(claimed, hard)
             return "skipped"
         try:
             paid = await self._request(
@@ -268,11 +268,44 @@ class Attempts:
     async def _declined(self, claimed: cases.Claimed, decline_code: str) -> None:
         await self._failed(claimed, "failed", decline_code)
 
+    async def _skipped(self, claimed: cases.Claimed, decline_code: str) -> None:
+        """No charge made: the case pauses as after a hard decline, but the attempt
+        spends none of the member's DUNNING_MAX_ATTEMPTS, and nothing is published.
+
+        The member heard of the failure already: when the case opened
+        (``attempt: 0``, whose email asks for a new card and links to it), or
+        from the hard decline of ours that this one finds; a second "payment
+        failed" for a payment that was not tried would be wrong. The attempt
+        keeps its number, so the next one has a key of its own: this one may
+        repeat an attempt whose payment did reach Stripe (its replica died
+        before the outcome committed), and a new card paid under that key
+        would only get Stripe's replay of the decline.
+        """
+        now = self._clock.now()
+        pause = timedelta(seconds=self._settings.dunning_pause_max_seconds)
+
+        async def write(conn: Any) -> None:
+            await cases.record_attempt(conn, now, claimed, "skipped", decline_code=decline_code)
+            if await cases.holds(conn, claimed, self.owner):
+                await cases.reschedule(
+                    conn,
+                    claimed.case.invoice_id,
+                    now,
+                    now + pause,
+                    state="paused",
+                    decline_code=decline_code,
+                    skipped=True,
+                )
+
+        await self._outcomes.run(write)
+
     async def _failed(self, claimed: cases.Claimed, outcome: str, decline_code: str | None) -> None:
         now = self._clock.now()
         case = claimed.case
         hard = decline_code in HARD_DECLINES
-        last = claimed.number >= self._schedule.max_attempts
+        # Skipped attempts before this one do not count: it may be the first
+        # charge of a case whose first attempt found the card reported stolen.
+        last = claimed.spent >= self._schedule.max_attempts
 
         async def write(conn: Any) -> cases.Case | None:
             await cases.record_attempt(conn, now, claimed, outcome, decline_code=decline_code)
@@ -295,7 +328,7 @@ class Attempts:
                 await cases.reschedule(conn, case.invoice_id, now, None, decline_code=decline_code)
                 next_at = None
             else:
-                next_at = cases.next_attempt(self._schedule, now, claimed.number)
+                next_at = cases.next_attempt(self._schedule, now, claimed.spent)
                 await cases.reschedule(
                     conn, case.invoice_id, now, next_at, decline_code=decline_code
                 )

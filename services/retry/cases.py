@@ -67,6 +67,9 @@ class Case:
     # An operator asked for this attempt (retry-now): it charges whatever the
     # last decline was.
     retry_requested_at: datetime | None
+    # Attempts that charged nothing (the card had met a hard decline already):
+    # numbered like the others, but none of DUNNING_MAX_ATTEMPTS.
+    skipped_attempts: int
 
     @classmethod
     def of(cls, row: asyncpg.Record) -> Case:
@@ -184,7 +187,8 @@ async def emit_attempt_failed(
 # The attempt still pending when its case closes (its replica died, or is still
 # at Stripe and will record the real outcome over this one) is superseded. The
 # count sees the attempts as they were before this statement: the superseded
-# ones, pending until now, are added to the others that have an outcome.
+# ones, pending until now, are added to the others that have an outcome. A
+# skipped attempt charged nothing and is no attempt made.
 _CLOSE = """
 WITH closed AS (
     UPDATE cases SET state = $2, close_reason = $3, closed_at = $4, updated_at = $4,
@@ -197,7 +201,8 @@ WITH closed AS (
     RETURNING a.number
 )
 SELECT closed.*,
-    (SELECT count(*) FROM attempts WHERE invoice_id = $1 AND outcome <> 'pending')
+    (SELECT count(*) FROM attempts
+        WHERE invoice_id = $1 AND outcome NOT IN ('pending', 'skipped'))
     + (SELECT count(*) FROM superseded) AS attempts_made
 FROM closed
 """
@@ -335,6 +340,12 @@ class Claimed:
     def idempotency_key(self) -> str:
         return attempt_key(self.case.invoice_id, self.number)
 
+    @property
+    def spent(self) -> int:
+        """Which of the case's DUNNING_MAX_ATTEMPTS this attempt is, should it charge:
+        its number less the attempts skipped before it."""
+        return self.number - self.case.skipped_attempts
+
 
 _CLAIM = """
 WITH due AS (
@@ -432,14 +443,17 @@ async def reschedule(
     state: Literal["open", "paused"] = "open",
     decline_code: str | None = None,
     finished: bool = True,
+    skipped: bool = False,
 ) -> None:
     """After an attempt: the next one is due at ``next_attempt_at`` (``finished``:
-    the attempt is done; otherwise it is repeated with the same number)."""
+    the attempt is done; otherwise it is repeated with the same number;
+    ``skipped``: it charged nothing, and spent none of the case's attempts)."""
     await conn.execute(
         "UPDATE cases SET state = $2, next_attempt_at = $3, lease_owner = NULL,"
         " pending_attempt = CASE WHEN $4 THEN NULL ELSE pending_attempt END,"
         " retry_requested_at = CASE WHEN $4 THEN NULL ELSE retry_requested_at END,"
-        " last_decline_code = coalesce($5, last_decline_code), updated_at = $6"
+        " last_decline_code = coalesce($5, last_decline_code), updated_at = $6,"
+        " skipped_attempts = skipped_attempts + CASE WHEN $7 THEN 1 ELSE 0 END"
         " WHERE invoice_id = $1",
         invoice_id,
         state,
@@ -447,11 +461,12 @@ async def reschedule(
         finished,
         decline_code,
         now,
+        skipped,
     )
 
 
-def next_attempt(schedule: Schedule, now: datetime, attempts_made: int) -> datetime | None:
-    delay = delay_before(schedule, attempts_made + 1)
+def next_attempt(schedule: Schedule, now: datetime, attempts_spent: int) -> datetime | None:
+    delay = delay_before(schedule, attempts_spent + 1)
     return now + delay if delay is not None else None
 
 

@@ -50,7 +50,12 @@ class CaseView(BaseModel):
     state: CaseState
     amount_due: int
     currency: str
-    attempts_made: int
+    attempts_made: int = Field(
+        description=(
+            "Attempts finished, of DUNNING_MAX_ATTEMPTS; a skipped one is listed in"
+            " attempts but not counted: it charged nothing"
+        )
+    )
     next_attempt_at: datetime | None = Field(
         description="When the next attempt is due (open), or when a paused case gives up."
     )

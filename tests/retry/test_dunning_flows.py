@@ -4,6 +4,8 @@ proved from the case, its attempts and the sandbox's record of charges."""
 from __future__ import annotations
 
 import asyncio
+import re
+from collections import defaultdict
 from typing import Any
 
 import aiohttp
@@ -270,8 +272,10 @@ async def test_a_hard_decline_pauses_until_a_new_card_then_resumes_at_once(
         ("succeeded", None),
     ]
     assert len(await charges_of(stripe_client, member.customer_id)) == charges_before + 1
-    paused = [e for e in await outbox_events(db, "dunning.attempt_failed") if e["data"]["paused"]]
-    assert len(paused) == 1 and paused[0]["data"]["next_attempt_at"] is None
+    # The member heard of the failure when the case opened; the skip, which
+    # tried no payment, published nothing of its own.
+    failed = await outbox_events(db, "dunning.attempt_failed")
+    assert [e["data"]["attempt"] for e in failed] == [0]
 
 
 async def test_a_customer_update_that_keeps_the_card_leaves_a_paused_case_paused(
@@ -502,8 +506,8 @@ async def test_a_renewal_hard_declined_is_not_charged_again_on_the_same_card(
     assert len(await charges_of(stripe_client, member.customer_id)) == charges_before
     attempts = await attempts_of(db, invoice_id)
     assert [(a["outcome"], a["decline_code"]) for a in attempts] == [("skipped", "stolen_card")]
-    paused = [e for e in await outbox_events(db, "dunning.attempt_failed") if e["data"]["paused"]]
-    assert len(paused) == 1 and paused[0]["data"]["decline_code"] == "stolen_card"
+    failed = await outbox_events(db, "dunning.attempt_failed")
+    assert [e["data"]["attempt"] for e in failed] == [0]
 
     # An operator's retry-now overrides it (the member says the bank lifted a
     # block): that attempt charges the card, declined here once more.
@@ -522,6 +526,90 @@ async def test_a_renewal_hard_declined_is_not_charged_again_on_the_same_card(
     assert [r["idempotency_key"] for r in pays if r["idempotency_key"]] == [
         f"dunning-{invoice_id}-attempt-2"
     ]
-    # Paused again; the override was for that one attempt.
+    # Paused again; the override was for that one attempt, a charge declined:
+    # that one is published, paused.
     case = await case_in(db, invoice_id, "paused")
     assert case["retry_requested_at"] is None
+    failed = await outbox_events(db, "dunning.attempt_failed")
+    assert [(e["data"]["attempt"], e["data"]["paused"]) for e in failed] == [(0, False), (2, True)]
+    assert failed[1]["data"]["decline_code"] == "stolen_card"
+    assert failed[1]["data"]["next_attempt_at"] is None
+
+
+async def test_a_skipped_attempt_spends_none_of_the_members_attempts(
+    *,
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+    http: aiohttp.ClientSession,
+) -> None:
+    before = await _attempts_counted(http, dunning_stack)
+    member = await new_member(stripe_client)
+    # The renewal meets a hard decline: our first attempt skips the stolen card.
+    invoice_id = await fail_renewal(
+        stripe_client, sandbox, member, declines=10, decline_code="stolen_card"
+    )
+    await case_in(db, invoice_id, "paused")
+    await eventually(
+        lambda: attempts_of(db, invoice_id),
+        until=lambda found: [a["outcome"] for a in found] == ["skipped"],
+        what="the skipped attempt",
+    )
+
+    # A new card, declined too: the member still gets every one of the
+    # DUNNING_MAX_ATTEMPTS (3) charges. It is made the default only once it is
+    # set to decline; an attempt between the two (the attachment resumes the
+    # case) finds the stolen card still the default and skips it again.
+    new_card = await stripe_client.v1.payment_methods.attach_async(
+        "pm_card_mastercard", params={"customer": member.customer_id}
+    )
+    await sandbox.control(
+        "POST",
+        f"/_sandbox/payment_methods/{new_card.id}/fail_next",
+        {"decline_code": "generic_decline", "count": 10},
+    )
+    await stripe_client.v1.customers.update_async(
+        member.customer_id, params={"invoice_settings": {"default_payment_method": new_card.id}}
+    )
+
+    case = await case_in(db, invoice_id, "exhausted")
+    assert case["close_reason"] == "attempts_spent"
+    attempts = await attempts_of(db, invoice_id)
+    outcomes = [(a["outcome"], a["decline_code"]) for a in attempts]
+    skips = [o for o in outcomes if o[0] == "skipped"]
+    assert skips and set(skips) == {("skipped", "stolen_card")}
+    # Every skip came before the new card was charged, and none took a charge's place.
+    assert outcomes[len(skips) :] == [("failed", "generic_decline")] * 3
+    pays = await sandbox.requests(f"/v1/invoices/{invoice_id}/pay", method="POST")
+    assert [r["idempotency_key"] for r in pays if r["idempotency_key"]] == [
+        f"dunning-{invoice_id}-attempt-{n}" for n in range(len(skips) + 1, len(skips) + 4)
+    ]
+    # The attempts made are the three charges, in the admin view and the event.
+    [exhausted] = await outbox_events(db, "dunning.exhausted")
+    assert exhausted["data"]["attempts"] == 3
+    status, body, _ = await admin(http, dunning_stack.gateway, "GET", "/dunning")
+    assert status == 200, body
+    [listed] = [c for c in body["data"] if c["invoice_id"] == invoice_id]
+    assert listed["attempts_made"] == 3
+    assert [a["outcome"] for a in listed["attempts"]][: len(skips)] == ["skipped"] * len(skips)
+    # The metrics still tell a skip from a decline.
+    after = await _attempts_counted(http, dunning_stack)
+    assert after[("skipped", "stolen_card")] - before[("skipped", "stolen_card")] == len(skips)
+    assert after[("failed", "generic_decline")] - before[("failed", "generic_decline")] == 3
+
+
+async def _attempts_counted(
+    http: aiohttp.ClientSession, stack: Stack
+) -> dict[tuple[str, str], float]:
+    """``dunning_attempts_total`` by (outcome, decline code), as the retry service exposes it."""
+    async with http.get(f"{stack.apps['retry'].url}/metrics") as response:
+        exposed = await response.text()
+    found: dict[tuple[str, str], float] = defaultdict(float)
+    for code, outcome, value in re.findall(
+        r'^dunning_attempts_total\{decline_code="([^"]*)",outcome="([^"]*)"\} (\S+)$',
+        exposed,
+        re.MULTILINE,
+    ):
+        found[(outcome, code)] = float(value)
+    return found

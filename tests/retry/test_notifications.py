@@ -17,7 +17,7 @@ from services.retry.notifications.render import Renderer, money
 from services.retry.notifications.sender import build_message
 from shared import billing_events
 from shared.broker.topology import BILLING_EVENTS
-from tests.retry.helpers import MailSink, case_in, fail_renewal, new_member
+from tests.retry.helpers import MailSink, attempts_of, case_in, fail_renewal, new_member
 from tests.support import env
 from tests.support.sandbox_process import SandboxProcess
 from tests.support.stack import Stack
@@ -116,6 +116,68 @@ async def test_a_failed_renewal_emails_the_member_the_next_date_and_the_recovery
     text = failed.get_content()
     assert "We will try again on" in text
     assert "https://invoice.stripe.com/" in text
+
+
+async def test_a_renewal_hard_declined_emails_the_member_once_to_add_a_card(
+    dunning_stack: Stack,
+    sandbox: SandboxProcess,
+    stripe_client: stripe.StripeClient,
+    db: asyncpg.Connection,
+    mail: MailSink,
+) -> None:
+    member = await new_member(stripe_client, "hana@example.com")
+    # The renewal meets a hard decline; our first attempt finds it on the same
+    # card, charges nothing, and the case waits for a new card.
+    invoice_id = await fail_renewal(
+        stripe_client, sandbox, member, declines=10, decline_code="stolen_card"
+    )
+    await case_in(db, invoice_id, "paused")
+    await eventually(
+        lambda: attempts_of(db, invoice_id),
+        until=lambda found: [a["outcome"] for a in found] == ["skipped"],
+        what="the skipped attempt",
+    )
+    # Every dunning event so far has reached the emails, and each email is sent.
+    await eventually(
+        lambda: db.fetchval(
+            "SELECT count(*) FROM retry.outbox o WHERE o.routing_key LIKE 'dunning.%'"
+            " AND NOT EXISTS (SELECT 1 FROM retry.inbox i WHERE i.queue = 'retry.notifications'"
+            " AND i.event_id = o.id::text)"
+            " OR EXISTS (SELECT 1 FROM retry.mail WHERE state = 'pending')"
+        ),
+        until=lambda waiting: waiting == 0,
+        what="every dunning event notified",
+    )
+    await asyncio.sleep(0.5)
+
+    # One email for the one failure, and it asks for a new card.
+    [failed] = mail.to("hana@example.com")
+    assert failed["Subject"] == "We could not take your payment of 199.00 USD"
+    body = failed.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert "If your card has changed, or was lost or stolen, please add a new one." in text
+    assert "Update your card: https://invoice.stripe.com/" in text
+
+    # The new card pays: the member hears of it, and of nothing else.
+    new_card = await stripe_client.v1.payment_methods.attach_async(
+        "pm_card_mastercard", params={"customer": member.customer_id}
+    )
+    await stripe_client.v1.customers.update_async(
+        member.customer_id, params={"invoice_settings": {"default_payment_method": new_card.id}}
+    )
+    await case_in(db, invoice_id, "recovered")
+    received = await eventually(
+        lambda: asyncio.sleep(0, mail.to("hana@example.com")),
+        until=lambda got: len(got) >= 2,
+        what="the recovery email",
+    )
+    await asyncio.sleep(0.5)
+    received = mail.to("hana@example.com")
+    assert [m["Subject"] for m in received] == [
+        "We could not take your payment of 199.00 USD",
+        "Payment received: 199.00 USD",
+    ]
 
 
 def test_templates_escape_html_but_not_text() -> None:
