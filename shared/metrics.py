@@ -144,6 +144,17 @@ DEAD_LETTERS_RECORDED = Counter(
     "Dead-lettered messages taken from a dead-letter queue into the webhooks service's store.",
     ["queue"],
 )
+DEAD_LETTERS_FITTED = Counter(
+    "dead_letters_fitted_total",
+    "Dead letters the store refused as they came, stored with their text fields cleaned"
+    " (their row's unfit_reason says why).",
+    ["queue"],
+)
+DEAD_LETTERS_PARKED = Counter(
+    "dead_letters_parked_total",
+    "Dead letters that could not be stored even fitted, moved whole to <queue>.dlq.parked.",
+    ["queue"],
+)
 DEAD_LETTERS_DISCARDED = Counter(
     "dead_letters_discarded_total",
     "Dead letters an operator gave up on, with a reason.",

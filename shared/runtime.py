@@ -50,6 +50,7 @@ from shared.http import idempotency
 from shared.http.health import add_health_routes
 from shared.http.internal_auth import require_service_token
 from shared.http.middleware import observe
+from shared.http.server import AppRunner
 from shared.logging import configure_logging, get_logger
 from shared.migrations import SHARED_MIGRATIONS, migrate_database
 from shared.mirror_routes import Mirror
@@ -372,7 +373,7 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=CANCEL_SECONDS)
+    runner = AppRunner(app, access_log=None, shutdown_timeout=CANCEL_SECONDS)
     shutdown = app[SHUTDOWN]
     starting = asyncio.create_task(_start(runner, host, port))
     stopping = asyncio.create_task(stop.wait())
@@ -397,7 +398,7 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
         log.info("stopped")
 
 
-async def _start(runner: web.AppRunner, host: str, port: int) -> None:
+async def _start(runner: AppRunner, host: str, port: int) -> None:
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
 

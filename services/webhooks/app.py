@@ -29,6 +29,7 @@ def dead_letters(settings: WebhooksSettings) -> runtime.CleanupCtx:
         recorder = DeadLetterRecorder(
             app[runtime.POOL],
             settings.dead_letter_queue_names(),
+            publisher=app[runtime.PUBLISHER],
             prefetch=settings.dead_letter_prefetch,
             metrics_seconds=settings.dead_letter_metrics_seconds,
         )

@@ -104,6 +104,12 @@ class DeadLetterView(BaseModel):
     discarded_at: datetime | None
     discard_reason: str | None
     body: Any = Field(description="The message body: JSON when it was JSON, else text.")
+    unfit_reason: str | None = Field(
+        default=None,
+        description="Why the letter could not be stored as it came (a NUL in a header,"
+        " a count beyond an integer...): its text fields are then cleaned and capped, its"
+        " body whole. Null for a letter stored as it came.",
+    )
 
 
 class DeadLetterQueueSummary(BaseModel):

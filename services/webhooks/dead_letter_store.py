@@ -6,6 +6,14 @@ lock, so two redrives at once never take the same letter) -> ``redriven``
 gave up on it, with a reason). A message that fails again after a redrive
 comes back to ``dead`` in the same row, counted in ``times_dead_lettered``.
 Reading never changes a row: listing is a plain ``SELECT``.
+
+A letter the table refuses as it came (a NUL in its event type or a header
+the row keeps as text, an attempt count beyond an integer) is stored fitted
+(:func:`record_fitted`): those fields cleaned, its body and its JSON headers
+as they are (both always fit: ``bytea``, and ``jsonb`` through the pool's
+NUL-safe codec), why it did not fit in ``unfit_reason``, and its headers as
+received, escaped, in ``raw_headers``. A normal letter's row is as it was,
+with ``unfit_reason`` NULL.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from shared.db import DbConnection
 _COLUMNS = (
     "id, queue, message_id, event_type, routing_key, state, attempts, last_error,"
     " times_dead_lettered, first_seen_at, last_seen_at, redrive_count, last_redriven_at,"
-    " discarded_at, discard_reason, body"
+    " discarded_at, discard_reason, body, unfit_reason"
 )
 
 
@@ -62,7 +70,15 @@ def view(row: asyncpg.Record) -> DeadLetterView:
         discarded_at=row["discarded_at"],
         discard_reason=row["discard_reason"],
         body=_body(row["body"]),
+        unfit_reason=row["unfit_reason"],
     )
+
+
+# What a text field of a fitted letter keeps, in characters; a letter's
+# headers as received keep at most _RAW_HEADERS_LIMIT, then are marked truncated.
+_FIELD_LIMIT = 2_000
+_RAW_HEADERS_LIMIT = 64 * 1024
+_INT32_MAX = 2**31 - 1
 
 
 async def record(pool: asyncpg.Pool[Any], queue: str, message: AbstractIncomingMessage) -> bool:
@@ -75,12 +91,99 @@ async def record(pool: asyncpg.Pool[Any], queue: str, message: AbstractIncomingM
     """
     headers = dict(message.headers or {})
     letter = dead_letters.DeadLetter.from_message(message)
-    mark = dead_letters.death_mark(headers)
+    return await _upsert(
+        pool,
+        queue,
+        _Row(
+            letter_key=dead_letters.letter_key(message),
+            message_id=message.message_id,
+            event_type=letter.event_type,
+            routing_key=letter.original_routing_key or message.routing_key,
+            body=message.body,
+            headers=dead_letters.json_headers(headers),
+            last_error=letter.last_error,
+            attempts=letter.attempts,
+            death_mark=dead_letters.death_mark(headers),
+        ),
+    )
+
+
+async def record_fitted(
+    pool: asyncpg.Pool[Any], queue: str, message: AbstractIncomingMessage, reason: str
+) -> bool:
+    """Store a letter :func:`record` could not, in a form that always fits.
+
+    Its text fields with NUL as U+FFFD, anything Postgres' UTF-8 refuses
+    replaced, and capped; its attempt count within an integer; its headers as
+    JSON when they convert (else none: ``raw_headers`` keeps them); ``reason``
+    why it did not fit as it came. The body is kept whole, so a redrive sends
+    what the consumer failed on. The same copy delivered again finds its row,
+    as with :func:`record`.
+    """
+    headers = dict(message.headers or {})
+    letter = dead_letters.DeadLetter.from_message(message)
+    raw = ascii(headers)
+    try:
+        json_headers: dict[str, Any] = dead_letters.json_headers(headers)
+        orjson.dumps(json_headers)
+    except (TypeError, ValueError):
+        json_headers = {}
+    return await _upsert(
+        pool,
+        queue,
+        _Row(
+            letter_key=_fit(dead_letters.letter_key(message)) or "",
+            message_id=_fit(message.message_id),
+            event_type=_fit(letter.event_type),
+            routing_key=_fit(letter.original_routing_key or message.routing_key),
+            body=message.body,
+            headers=json_headers,
+            last_error=_fit(letter.last_error),
+            attempts=min(max(letter.attempts, 0), _INT32_MAX),
+            death_mark=_fit(dead_letters.death_mark(headers), limit=_RAW_HEADERS_LIMIT) or "",
+            unfit_reason=_fit(reason) or "unknown",
+            raw_headers=raw[:_RAW_HEADERS_LIMIT],
+            raw_headers_truncated=len(raw) > _RAW_HEADERS_LIMIT,
+        ),
+    )
+
+
+def _fit(text: str | None, limit: int = _FIELD_LIMIT) -> str | None:
+    """``text`` as a Postgres ``text`` value always takes it."""
+    if text is None:
+        return None
+    cleaned = text.replace(db.NUL, db.NUL_STANDIN)
+    # Lone surrogates (from a header decoded leniently) cannot be UTF-8.
+    cleaned = cleaned.encode("utf-8", errors="replace").decode("utf-8")
+    return cleaned[:limit]
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One dead letter's row, as :func:`_upsert` writes it."""
+
+    letter_key: str
+    message_id: str | None
+    event_type: str | None
+    routing_key: str | None
+    body: bytes
+    headers: dict[str, Any]
+    last_error: str | None
+    attempts: int
+    death_mark: str
+    unfit_reason: str | None = None
+    raw_headers: str | None = None
+    raw_headers_truncated: bool = False
+
+
+async def _upsert(pool: asyncpg.Pool[Any], queue: str, row: _Row) -> bool:
     recorded = await pool.fetchval(
         """
         INSERT INTO dead_letters AS d (queue, letter_key, message_id, event_type, routing_key,
-            body, headers, last_error, attempts, death_mark, first_seen_at, last_seen_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, clock_timestamp(), clock_timestamp())
+            body, headers, last_error, attempts, death_mark, first_seen_at, last_seen_at,
+            unfit_reason, raw_headers, raw_headers_truncated)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, clock_timestamp(), clock_timestamp(),
+            $11, $12, $13)
         ON CONFLICT (queue, letter_key) DO UPDATE SET
             event_type = EXCLUDED.event_type,
             routing_key = EXCLUDED.routing_key,
@@ -95,20 +198,26 @@ async def record(pool: asyncpg.Pool[Any], queue: str, message: AbstractIncomingM
             redrive_token = NULL,
             redrive_started_at = NULL,
             discarded_at = NULL,
-            discard_reason = NULL
+            discard_reason = NULL,
+            unfit_reason = EXCLUDED.unfit_reason,
+            raw_headers = EXCLUDED.raw_headers,
+            raw_headers_truncated = EXCLUDED.raw_headers_truncated
         WHERE d.death_mark <> EXCLUDED.death_mark
         RETURNING true
         """,
         queue,
-        dead_letters.letter_key(message),
-        message.message_id,
-        letter.event_type,
-        letter.original_routing_key or message.routing_key,
-        message.body,
-        dead_letters.json_headers(headers),
-        letter.last_error,
-        letter.attempts,
-        mark,
+        row.letter_key,
+        row.message_id,
+        row.event_type,
+        row.routing_key,
+        row.body,
+        row.headers,
+        row.last_error,
+        row.attempts,
+        row.death_mark,
+        row.unfit_reason,
+        row.raw_headers,
+        row.raw_headers_truncated,
     )
     return bool(recorded)
 

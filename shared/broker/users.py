@@ -76,8 +76,9 @@ def permissions_for(service: str) -> Permissions:
     if service == "webhooks":
         write.append(re.escape(STRIPE_EVENTS))  # replay
         # Every service's dead letters: its recorder declares each ``.dlq``
-        # (whichever service starts first) and drains it into Postgres.
-        configure.append(r".*\.dlq")
+        # (whichever service starts first) and drains it into Postgres, and
+        # parks there what it cannot store (``.dlq.parked``, its own).
+        configure += [r".*\.dlq", r".*\.dlq\.parked"]
         read.append(r".*\.dlq")
     return Permissions(
         configure=_only(*configure),

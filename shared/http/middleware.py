@@ -2,7 +2,9 @@
 
 aiohttp answers routing and protocol errors (404, 405, 413) with plain text by
 default; clients of a JSON API deserve JSON, so those are rewritten here, and
-an unexpected exception becomes a 500 without leaking its text.
+an unexpected exception becomes a 500 without leaking its text. A request
+aiohttp cannot even parse never reaches a middleware: ``shared/http/server.py``
+answers it with :func:`unreadable_request`, in the same shape.
 
 Request ids: a client's ``X-Request-Id`` is kept when it is sane (a short
 token of safe characters), so a caller can follow its own id through the
@@ -26,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from shared import metrics
 from shared.http.errors import ApiError, json_error
@@ -77,6 +79,10 @@ def request_id_of(request: web.Request) -> str:
     offered = request.headers.get("X-Request-Id")
     if offered and _SANE_REQUEST_ID.fullmatch(offered):
         return offered
+    return _new_request_id()
+
+
+def _new_request_id() -> str:
     return f"{_ID_PREFIX}-{next(_id_counter):x}"
 
 
@@ -113,3 +119,42 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def _keep_headers(exc: web.HTTPException) -> dict[str, str]:
     return {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+
+
+# What each of aiohttp's parse errors says about the request, in words of our
+# own: aiohttp's message quotes the offending bytes (a header line with its
+# token, say), and nothing a client sent is echoed back or logged.
+_UNREADABLE: tuple[tuple[type[Exception], str], ...] = (
+    (http_exceptions.BadHttpMethod, "not an HTTP/1.x request (HTTPS sent to an HTTP port?)"),
+    (http_exceptions.BadStatusLine, "malformed request line"),
+    (http_exceptions.InvalidURLError, "malformed request target"),
+    (http_exceptions.LineTooLong, "the request line or a header is too long"),
+    (http_exceptions.InvalidHeader, "malformed header"),
+    (http_exceptions.PayloadEncodingError, "the body does not match its Content-Length or chunks"),
+)
+_UNREADABLE_CODES = {413: "payload_too_large", 431: "headers_too_large"}
+
+
+def unreadable_request(status: int, exc: BaseException | None) -> web.Response:
+    """The answer to a request aiohttp refused before any handler ran (status
+    4xx: a malformed request line, header, Content-Length or chunk), or to an
+    error that escaped every middleware (5xx); counted under route
+    ``unmatched``, method ``UNKNOWN`` (no method could be read)."""
+    request_id = _new_request_id()
+    with log_context(request_id=request_id):
+        if status >= 500:
+            log.error("unhandled_error", status=status, exc_info=exc)
+            code = "internal_error"
+            message = "internal error; quote the request_id when reporting it"
+        else:
+            reason = next(
+                (text for kind, text in _UNREADABLE if isinstance(exc, kind)),
+                "malformed request line, header or body framing",
+            )
+            # Info, not an error: anything on the internet sends these.
+            log.info("unreadable_request", status=status, error=type(exc).__name__, reason=reason)
+            code, message = _UNREADABLE_CODES.get(status, "malformed_request"), reason
+        response = json_error(status, code, message)
+    response.headers["X-Request-Id"] = request_id
+    metrics.HTTP_REQUESTS.labels("unmatched", "UNKNOWN", str(status)).inc()
+    return response

@@ -33,6 +33,7 @@ from shared import queues
 from shared.broker.policies import Management
 from shared.broker.topology import EXCHANGES
 from shared.clock import Clock
+from shared.http.server import AppRunner
 from shared.settings import ServiceSettings
 from tests.support import env
 
@@ -78,7 +79,8 @@ def reserve_port() -> socket.socket:
 
 
 async def serve(app: web.Application, sock: socket.socket | None = None) -> RunningApp:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    # The server ``python -m services.<name>`` runs (shared/runtime.py).
+    runner = AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     try:
         site: web.BaseSite = (

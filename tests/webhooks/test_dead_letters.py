@@ -463,3 +463,201 @@ async def test_a_redrive_that_cannot_be_audited_redrives_nothing(
     [entry] = audit["data"]
     assert entry["action"] == "dead_letters.redrive"
     assert entry["details"]["redriven"] == sorted(answer["ids"])
+
+
+@dataclass
+class OnePrefetch:
+    """A recorder taking one letter at a time from a queue of the test's own:
+    a letter it holds for ever holds every letter behind it."""
+
+    stack: Stack
+    queue: str
+    http: aiohttp.ClientSession
+    db: asyncpg.Connection
+
+    @property
+    def webhooks(self) -> str:
+        return self.stack.apps["webhooks"].url
+
+    async def put(self, body: bytes, message_id: str, **headers: Any) -> None:
+        await publish_raw(
+            "",
+            f"{self.queue}.dlq",
+            body,
+            message_id=message_id,
+            headers={
+                "x-attempt": 3,
+                "x-last-error": "RuntimeError: ledger upstream exploded",
+                "x-failed-at": datetime.now(UTC).isoformat(),
+                "x-origin-queue": self.queue,
+                "x-original-routing-key": "invoice.paid",
+                **headers,
+            },
+        )
+
+    async def stored(self) -> dict[str, asyncpg.Record]:
+        rows = await self.db.fetch(
+            "SELECT * FROM webhooks.dead_letters WHERE queue = $1", self.queue
+        )
+        return {r["message_id"]: r for r in rows}
+
+
+@pytest.fixture
+async def one_prefetch(
+    clean_state: None, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> AsyncIterator[OnePrefetch]:
+    queue = f"test.dead-letters.{uuid.uuid4().hex[:10]}"
+    await declare_queue(queue)
+    stack = await start_stack(
+        webhooks={
+            "dead_letter_queues": queue,
+            "dead_letter_prefetch": 1,
+            "reconcile_interval_seconds": 0,
+        }
+    )
+    try:
+        yield OnePrefetch(stack, queue, http, db)
+    finally:
+        await stack.stop()
+        await delete_queues([queue, f"{queue}.dlq", f"{queue}.dlq.parked"])
+
+
+# Letters the table refuses as they came: name -> (body, headers over the
+# consumer base's), each followed by a normal letter.
+UNFIT: dict[str, tuple[bytes, dict[str, Any]]] = {
+    "nul_in_the_event_type": (b'{"type": "invoice.paid\\u0000"}', {}),
+    "nul_in_the_last_error": (b'{"type": "invoice.paid"}', {"x-last-error": "Boom: \x00"}),
+    "attempts_beyond_an_integer": (b'{"type": "invoice.paid"}', {"x-attempt": 2**40}),
+    "nul_in_the_failure_time": (b'{"type": "invoice.paid"}', {"x-failed-at": "2026\x00"}),
+    "nul_in_the_routing_key": (
+        b'{"type": "invoice.paid"}',
+        {"x-original-routing-key": "invoice.\x00paid"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", UNFIT, ids=list(UNFIT))
+async def test_a_letter_the_table_refuses_is_stored_fitted_and_the_next_one_as_it_came(
+    one_prefetch: OnePrefetch, case: str
+) -> None:
+    rig = one_prefetch
+    body, headers = UNFIT[case]
+    unfit, normal = so.new_id("evt"), so.new_id("evt")
+    await rig.put(body, unfit, **headers)
+    await rig.put(orjson.dumps({"id": normal, "type": "invoice.paid"}), normal)
+
+    rows = await eventually(rig.stored, until=lambda r: len(r) == 2, what="both stored")
+
+    assert await message_count(f"{rig.queue}.dlq") == 0
+    fitted = rows[unfit]
+    assert fitted["state"] == "dead"
+    assert fitted["unfit_reason"], dict(fitted)
+    assert fitted["body"] == body  # whole: a redrive sends what the consumer failed on
+    assert "\x00" not in "".join(
+        str(fitted[c]) for c in ("event_type", "last_error", "routing_key", "death_mark")
+    )
+    assert 0 <= fitted["attempts"] < 2**31
+    assert fitted["raw_headers"] and not fitted["raw_headers_truncated"]
+    # The normal letter is stored as before, nothing of the fitted form on it.
+    kept = rows[normal]
+    assert (kept["unfit_reason"], kept["raw_headers"]) == (None, None)
+    assert (kept["event_type"], kept["attempts"]) == ("invoice.paid", 3)
+    assert kept["last_error"] == "RuntimeError: ledger upstream exploded"
+
+    # The operator sees it, and why.
+    listed = await admin_get(rig.http, rig.stack.gateway, "/v1/admin/dead-letters", queue=rig.queue)
+    by_id = {d["message_id"]: d for d in listed["data"]}
+    assert by_id[unfit]["unfit_reason"] == fitted["unfit_reason"]
+    assert by_id[normal]["unfit_reason"] is None
+    assert (
+        await metric(rig.http, rig.webhooks, "dead_letters_fitted_total", {"queue": rig.queue}) == 1
+    )
+    assert (
+        await metric(rig.http, rig.webhooks, "dead_letters_recorded_total", {"queue": rig.queue})
+        == 2
+    )
+
+
+async def test_a_fitted_letter_is_redriven_with_its_body_whole(
+    one_prefetch: OnePrefetch,
+) -> None:
+    rig = one_prefetch
+    unfit = so.new_id("evt")
+    body = b'{"type": "invoice.paid\\u0000"}'
+    await rig.put(body, unfit, **{"x-last-error": "Boom: \x00"})
+    [row] = (await eventually(rig.stored, what="stored")).values()
+
+    status, answer = await admin_post(
+        rig.http,
+        rig.stack.gateway,
+        "/v1/admin/dead-letters/redrive",
+        {"ids": [row["id"]], "reason": "handler fixed"},
+    )
+
+    assert (status, answer["redriven"]) == (200, 1), answer
+    [message] = await eventually(
+        lambda: take_all(rig.queue), until=lambda m: len(m) == 1, what="redriven"
+    )
+    assert (message.body, message.message_id) == (body, unfit)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xff\xfe{not json",
+        b'["invoice.paid", 1]',
+        b'{"type": "invoice.paid", "pad": "' + b"x" * (24 * 1024**2) + b'"}',
+    ],
+    ids=["not_json", "not_an_object", "24_mib"],
+)
+async def test_a_letter_whose_body_is_no_event_is_stored_as_it_came(
+    one_prefetch: OnePrefetch, body: bytes
+) -> None:
+    rig = one_prefetch
+    odd, normal = so.new_id("evt"), so.new_id("evt")
+    await rig.put(body, odd)
+    await rig.put(orjson.dumps({"id": normal, "type": "invoice.paid"}), normal)
+
+    rows = await eventually(rig.stored, until=lambda r: len(r) == 2, what="both stored")
+
+    assert rows[odd]["body"] == body
+    assert rows[odd]["unfit_reason"] is None
+
+
+async def test_a_letter_that_fits_in_no_form_is_parked_and_the_next_one_stored(
+    one_prefetch: OnePrefetch,
+) -> None:
+    rig = one_prefetch
+    parked, normal = f"evt_park_{uuid.uuid4().hex[:8]}", so.new_id("evt")
+    # The table refuses this one letter whatever form it takes.
+    await rig.db.execute(
+        "CREATE OR REPLACE FUNCTION public.test_refuse_parked() RETURNS trigger"
+        " LANGUAGE plpgsql AS $$ BEGIN IF NEW.message_id LIKE 'evt_park_%' THEN"
+        " RAISE EXCEPTION 'test: this letter refused'; END IF; RETURN NEW; END $$"
+    )
+    await rig.db.execute(
+        "CREATE TRIGGER test_refuse_parked BEFORE INSERT ON webhooks.dead_letters"
+        " FOR EACH ROW EXECUTE FUNCTION public.test_refuse_parked()"
+    )
+    try:
+        await rig.put(b'{"type": "invoice.paid"}', parked)
+        await rig.put(orjson.dumps({"id": normal, "type": "invoice.paid"}), normal)
+
+        rows = await eventually(rig.stored, what="the next letter stored")
+        [message] = await eventually(
+            lambda: take_all(f"{rig.queue}.dlq.parked"),
+            until=lambda m: len(m) == 1,
+            what="parked",
+        )
+    finally:
+        await rig.db.execute("DROP TRIGGER IF EXISTS test_refuse_parked ON webhooks.dead_letters")
+
+    assert list(rows) == [normal]
+    assert (message.message_id, message.body) == (parked, b'{"type": "invoice.paid"}')
+    headers = message.headers or {}
+    assert "this letter refused" in str(headers["x-parked-reason"])
+    assert headers["x-last-error"] == "RuntimeError: ledger upstream exploded"
+    assert await message_count(f"{rig.queue}.dlq") == 0
+    assert (
+        await metric(rig.http, rig.webhooks, "dead_letters_parked_total", {"queue": rig.queue}) == 1
+    )
