@@ -99,6 +99,12 @@ class SubscriptionChanged(_Data):
     current_allotments: dict[str, int]
     effective_at: datetime
     period: Period
+    status: str | None = Field(
+        default=None,
+        description="The subscription's Stripe status after the change: `trialing` says"
+        " `period` is its trial (the change grants the new plan's trial credits, not its"
+        " allotments). None from producers that predate the field.",
+    )
 
 
 class SubscriptionTrialEnding(_Data):

@@ -11,6 +11,14 @@ that period. So an activation (10) and a mid-period upgrade (25) grant 10 then
 15, in whichever order they arrive, and a replay of either grants nothing. A
 downgrade takes effect at the period end (``effective_at``): the next renewal
 carries the lower allotment, nothing happens now.
+
+A trial period is topped up to the trial credits of its plans instead
+(``catalog.toml``: ``trial_credits``). The activation says a period is a
+trial, and so does a change made during it (its ``status``); a change without
+it, applied before the trial's activation, is taken for a paid period's. When
+the activation then arrives, what that change granted beyond the trial's level
+is taken back (:func:`_trial_learned`): in whichever order the events arrive,
+the trial holds its trial credits.
 """
 
 from __future__ import annotations
@@ -90,7 +98,7 @@ def build_handlers(catalog: Catalog | None = None) -> Handlers:
             allotments=allotments,
             source="trial" if trial else "plan",
             invoice_id=data.invoice_id,
-            priority=the_catalog().plan_grant_priority,
+            catalog=the_catalog(),
             trial=trial,
         )
 
@@ -108,7 +116,7 @@ def build_handlers(catalog: Catalog | None = None) -> Handlers:
             allotments=data.allotments,
             source="plan",
             invoice_id=data.invoice_id,
-            priority=the_catalog().plan_grant_priority,
+            catalog=the_catalog(),
         )
 
     @handlers.on("subscription.changed", model=DomainEvent[SubscriptionChanged])
@@ -119,9 +127,11 @@ def build_handlers(catalog: Catalog | None = None) -> Handlers:
             # renewal carries the new allotments.
             log.info("credits_change_deferred", subscription_id=data.subscription_id)
             return
-        # The event carries the new plan's paid allotments and no status: a
-        # change while trialing (an upgrade, or monthly to yearly) keeps the
-        # period a trial, topped up to the new plan's trial credits only.
+        # The event carries the new plan's paid allotments: a change while
+        # trialing (an upgrade, or monthly to yearly) keeps the period a trial,
+        # topped up to the new plan's trial credits only. The event says so
+        # (status), or the trial's activation was seen; an event without status
+        # applied before the activation is corrected by it (_trial_learned).
         plan = the_catalog().plans.get(data.current.plan)
         await _period_grants(
             ctx,
@@ -134,8 +144,10 @@ def build_handlers(catalog: Catalog | None = None) -> Handlers:
             allotments=data.current_allotments,
             source="upgrade",
             invoice_id=None,
-            priority=the_catalog().plan_grant_priority,
+            catalog=the_catalog(),
+            trial=data.status == "trialing",
             trial_allotments=plan.allotments(trial=True) if plan is not None else None,
+            changes_plan=True,
         )
 
     @handlers.on("subscription.canceled", model=DomainEvent[SubscriptionCanceled])
@@ -240,9 +252,15 @@ async def _subscription_seen(
     end: datetime,
     now: datetime,
     trial: bool = False,
+    changes_plan: bool = False,
 ) -> asyncpg.Record:
     """Remember the newest period seen (and the trial's, for a trial); the
-    subscription's ``ended_at`` if it ended, and its ``trial_period_start``."""
+    subscription's ``ended_at`` if it ended, and its ``trial_period_start``.
+
+    The plan is the newest period's. Within one period, a change's plan
+    (``changes_plan``) is the newer; an activation or a renewal opens the
+    period, so its plan never replaces one a change of that period recorded
+    (the change's event overtook it)."""
     row: asyncpg.Record | None = await conn.fetchrow(
         """
         INSERT INTO subscriptions (subscription_id, user_id, plan, period_start, period_end,
@@ -253,7 +271,9 @@ async def _subscription_seen(
                                           EXCLUDED.trial_period_start),
             customer_id = EXCLUDED.customer_id,
             plan = CASE WHEN subscriptions.period_start IS NULL
-                          OR EXCLUDED.period_start >= subscriptions.period_start
+                          OR EXCLUDED.period_start > subscriptions.period_start
+                          OR (EXCLUDED.period_start = subscriptions.period_start
+                              AND ($9 OR subscriptions.plan IS NULL))
                         THEN EXCLUDED.plan ELSE subscriptions.plan END,
             period_start = GREATEST(subscriptions.period_start, EXCLUDED.period_start),
             period_end = CASE WHEN subscriptions.period_start IS NULL
@@ -270,9 +290,46 @@ async def _subscription_seen(
         now,
         customer_id,
         trial,
+        changes_plan,
     )
     assert row is not None  # an upsert with RETURNING always returns its row
     return row
+
+
+# The cause under which a trial period gives back what it was granted as a
+# paid one (ledger.take_back, recorded in ``clawbacks``); not granted, for the
+# period's level.
+TRIAL_EXCESS = "trial"
+
+
+async def _period_level(
+    conn: DbConnection, subscription_id: str, start: datetime, credit_type: str
+) -> int:
+    """What the period's grants of ``credit_type`` gave, less what its trial
+    took back of them: the level the period was topped up to."""
+    level = await conn.fetchval(
+        "SELECT COALESCE(sum(g.amount), 0) - COALESCE(sum(c.taken), 0) FROM grants g"
+        " LEFT JOIN clawbacks c ON c.grant_id = g.id AND c.cause = $4"
+        " WHERE g.subscription_id = $1 AND g.period_start = $2 AND g.credit_type = $3"
+        " AND g.source IN ('plan', 'trial', 'upgrade')",
+        subscription_id,
+        start,
+        credit_type,
+        TRIAL_EXCESS,
+    )
+    return int(level)
+
+
+async def _period_credit_types(
+    conn: DbConnection, subscription_id: str, start: datetime
+) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT DISTINCT credit_type FROM grants WHERE subscription_id = $1"
+        " AND period_start = $2 AND source IN ('plan', 'trial', 'upgrade')",
+        subscription_id,
+        start,
+    )
+    return [str(r["credit_type"]) for r in rows]
 
 
 async def _period_grants(
@@ -287,13 +344,33 @@ async def _period_grants(
     allotments: Mapping[str, int],
     source: str,
     invoice_id: str | None,
-    priority: int,
+    catalog: Catalog,
     trial: bool = False,
     trial_allotments: Mapping[str, int] | None = None,
+    changes_plan: bool = False,
 ) -> None:
     """Top the period up to ``allotments``; to ``trial_allotments`` instead
-    (where given) when the period is the subscription's trial."""
+    (where given) when the period is the subscription's trial: ``trial`` (the
+    event says so), or an earlier event said so."""
     now = ctx.clock.now()
+    # The subscription as it was before this event: whether its trial was
+    # known, and the plan a change recorded for this period. Its row written
+    # first if new, then locked: an event of the same subscription handled at
+    # the same time waits for this one and then sees what it did, so a trial
+    # is learned once, by whichever comes first.
+    await ctx.conn.execute(
+        "INSERT INTO subscriptions (subscription_id, user_id, updated_at)"
+        " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        subscription_id,
+        user_id,
+        now,
+    )
+    before = await ctx.conn.fetchrow(
+        "SELECT plan, period_start, trial_period_start FROM subscriptions"
+        " WHERE subscription_id = $1 FOR UPDATE",
+        subscription_id,
+    )
+    assert before is not None  # written just above if it was not there
     seen = await _subscription_seen(
         ctx.conn,
         subscription_id=subscription_id,
@@ -304,27 +381,34 @@ async def _period_grants(
         end=end,
         now=now,
         trial=trial,
+        changes_plan=changes_plan,
     )
     ended_at = seen["ended_at"]
     if ended_at is not None and start >= ended_at:
         log.info("credits_not_granted_after_cancel", subscription_id=subscription_id)
         return
-    if trial_allotments is not None and seen["trial_period_start"] == start:
+    is_trial = trial or seen["trial_period_start"] == start
+    if is_trial and trial_allotments is not None:
         allotments = trial_allotments
+    # Every account this touches, locked in one order (ledger.py's rule).
+    types = {t for t, level in allotments.items() if level > 0}
+    types.update(await _period_credit_types(ctx.conn, subscription_id, start))
+    for credit_type in sorted(types):
+        await ledger.lock_account(ctx.conn, user_id, credit_type)
+    if is_trial and before["trial_period_start"] != start:
+        await _trial_learned(
+            ctx,
+            subscription_id=subscription_id,
+            start=start,
+            allotments=allotments,
+            recorded_plan=before["plan"] if before["period_start"] == start else None,
+            catalog=catalog,
+        )
     for credit_type, level in sorted(allotments.items()):
         if level <= 0:
             continue
-        # Under the account's lock: two events of one period never race.
-        await ledger.lock_account(ctx.conn, user_id, credit_type)
-        already = await ctx.conn.fetchval(
-            "SELECT COALESCE(sum(amount), 0) FROM grants WHERE subscription_id = $1"
-            " AND period_start = $2 AND credit_type = $3"
-            " AND source IN ('plan', 'trial', 'upgrade')",
-            subscription_id,
-            start,
-            credit_type,
-        )
-        top_up = level - int(already)
+        already = await _period_level(ctx.conn, subscription_id, start, credit_type)
+        top_up = level - already
         if top_up <= 0:
             if invoice_id is not None:
                 # The period was granted before the invoice that paid for it
@@ -343,13 +427,18 @@ async def _period_grants(
         made = await ledger.grant(
             ctx.conn,
             ledger.NewGrant(
-                # Stable for this subscription, period, type and level.
-                key=f"period:{subscription_id}:{start.isoformat()}:{credit_type}:{level}",
+                # Stable for this subscription, period, type and level. A
+                # trial's levels have their own keys: a paid level granted
+                # before the period was known as a trial, then taken back to
+                # the trial's, may be reached again by a trial's upgrade.
+                key=f"period:{subscription_id}:{start.isoformat()}:{credit_type}:"
+                + ("trial:" if is_trial else "")
+                + str(level),
                 user_id=user_id,
                 credit_type=credit_type,
                 source=source,
                 amount=top_up,
-                priority=priority,
+                priority=catalog.plan_grant_priority,
                 expires_at=end,
                 subscription_id=subscription_id,
                 period_start=start,
@@ -373,6 +462,73 @@ async def _period_grants(
         )
     if invoice_id is not None:
         await _claw_back_late(ctx, invoice_id=invoice_id, payment_intent_id=None)
+
+
+async def _trial_learned(
+    ctx: Context,
+    *,
+    subscription_id: str,
+    start: datetime,
+    allotments: Mapping[str, int],
+    recorded_plan: str | None,
+    catalog: Catalog,
+) -> None:
+    """The period just became known as a trial: what it was granted before,
+    as a paid period (a change without status overtook the activation), is
+    brought down to the trial's level, the most of this event's trial credits
+    (``allotments``) and those of the plan a change recorded for the period.
+
+    What was spent of the excess stays spent (reported on the claw-back);
+    the rest is taken back, newest grant first.
+
+    The period records one plan, its last change's: several changes without
+    status, all applied before the activation, come down to the trial
+    credits of the one applied last. Only events published before
+    ``subscription.changed`` carried ``status`` lack it."""
+    levels = dict(allotments)
+    if recorded_plan is not None:
+        known = catalog.plans.get(recorded_plan)
+        if known is None:
+            # Its trial level is unknown: better keep too much than take
+            # back what the trial may be due.
+            log.warning(
+                "credits_trial_level_unknown", subscription_id=subscription_id, plan=recorded_plan
+            )
+            return
+        for credit_type, level in known.allotments(trial=True).items():
+            levels[credit_type] = max(levels.get(credit_type, 0), level)
+    for credit_type in await _period_credit_types(ctx.conn, subscription_id, start):
+        excess = await _period_level(ctx.conn, subscription_id, start, credit_type) - max(
+            levels.get(credit_type, 0), 0
+        )
+        if excess <= 0:
+            continue
+        ids = await ctx.conn.fetch(
+            "SELECT id FROM grants WHERE subscription_id = $1 AND period_start = $2"
+            " AND credit_type = $3 AND source IN ('plan', 'trial', 'upgrade') ORDER BY id DESC",
+            subscription_id,
+            start,
+            credit_type,
+        )
+        done = await ledger.take_back(
+            ctx.conn,
+            grant_ids=[int(r["id"]) for r in ids],
+            amount=excess,
+            cause=TRIAL_EXCESS,
+            note="taken back: the period is a trial",
+            now=ctx.clock.now(),
+        )
+        for item in done:
+            if item.taken:
+                count(m.TRIAL_TAKEN_BACK.labels(item.credit_type), item.taken)
+            log.info(
+                "credits_trial_excess_taken_back",
+                subscription_id=subscription_id,
+                grant_id=item.grant_id,
+                credit_type=item.credit_type,
+                taken=item.taken,
+                already_spent=item.already_spent,
+            )
 
 
 async def _claw_back(

@@ -644,6 +644,111 @@ async def accounts_to_sweep(conn: DbConnection, now: datetime, limit: int) -> li
 # --- claw-back ---------------------------------------------------------------------------
 
 
+async def _lock_grants(conn: DbConnection, grant_ids: Sequence[int]) -> list[asyncpg.Record]:
+    """Lock the accounts of ``grant_ids`` (in one order) and read the grants,
+    each with what was spent of it and what claw-backs took, in the order of
+    ``grant_ids``."""
+    if not grant_ids:
+        return []
+    accounts = await conn.fetch(
+        "SELECT DISTINCT user_id, credit_type FROM grants WHERE id = ANY($1::bigint[])"
+        " ORDER BY user_id, credit_type",
+        list(grant_ids),
+    )
+    for account in accounts:
+        await lock_account(conn, account["user_id"], account["credit_type"])
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        SELECT g.*, COALESCE((
+            SELECT -sum(e.amount) FROM entries e
+            WHERE e.grant_id = g.id AND e.kind IN ('spend', 'reversal')
+        ), 0) AS spent,
+        COALESCE((SELECT sum(c.taken) FROM clawbacks c WHERE c.grant_id = g.id), 0) AS taken
+        FROM grants g WHERE g.id = ANY($1::bigint[]) ORDER BY array_position($1::bigint[], g.id)
+        """,
+        list(grant_ids),
+    )
+    return rows
+
+
+async def _take(
+    conn: DbConnection, row: asyncpg.Record, *, taken: int, close: bool, note: str, now: datetime
+) -> None:
+    """``taken`` out of the grant ``row`` (its claw-back already recorded)."""
+    if taken:
+        await _entry(
+            conn,
+            user_id=row["user_id"],
+            credit_type=row["credit_type"],
+            grant_id=row["id"],
+            kind="clawback",
+            amount=-taken,
+            at=now,
+            note=note,
+        )
+        await _move_balance(conn, row["user_id"], row["credit_type"], -taken)
+    await conn.execute(
+        "UPDATE grants SET remaining = remaining - $3,"
+        " closed_at = CASE WHEN $4 THEN COALESCE(closed_at, $2) ELSE closed_at END"
+        " WHERE id = $1",
+        row["id"],
+        now,
+        taken,
+        close,
+    )
+
+
+async def take_back(
+    conn: DbConnection,
+    *,
+    grant_ids: Sequence[int],
+    amount: int,
+    cause: str,
+    note: str,
+    now: datetime,
+) -> list[Clawback]:
+    """Take ``amount`` back from ``grant_ids``, in that order, as far as it is
+    unspent; report what was already spent. For grants that gave more than
+    was due (the rest stays theirs, and spendable): unlike :func:`clawback`,
+    no grant is closed.
+
+    Once per grant and cause, like a claw-back: a grant a first call took from
+    is not taken from again under the same cause. Never drives anything
+    negative: what was spent stays spent.
+    """
+    if amount <= 0:
+        return []
+    done: list[Clawback] = []
+    left = amount
+    for row in await _lock_grants(conn, grant_ids):
+        if left <= 0:
+            break
+        taken = min(left, int(row["remaining"]))
+        recorded = await conn.fetchval(
+            "INSERT INTO clawbacks (grant_id, cause, taken, already_spent, at)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true",
+            row["id"],
+            cause,
+            taken,
+            int(row["spent"]),
+            now,
+        )
+        if not recorded:
+            continue
+        left -= taken
+        await _take(conn, row, taken=taken, close=False, note=note, now=now)
+        done.append(
+            Clawback(
+                grant_id=int(row["id"]),
+                user_id=row["user_id"],
+                credit_type=row["credit_type"],
+                taken=taken,
+                already_spent=int(row["spent"]),
+            )
+        )
+    return done
+
+
 async def clawback(
     conn: DbConnection,
     *,
@@ -665,26 +770,7 @@ async def clawback(
     Once per grant and cause. Never drives anything negative: what was spent
     stays spent and is reported.
     """
-    if not grant_ids:
-        return []
-    accounts = await conn.fetch(
-        "SELECT DISTINCT user_id, credit_type FROM grants WHERE id = ANY($1::bigint[])"
-        " ORDER BY user_id, credit_type",
-        list(grant_ids),
-    )
-    for account in accounts:
-        await lock_account(conn, account["user_id"], account["credit_type"])
-    rows = await conn.fetch(
-        """
-        SELECT g.*, COALESCE((
-            SELECT -sum(e.amount) FROM entries e
-            WHERE e.grant_id = g.id AND e.kind IN ('spend', 'reversal')
-        ), 0) AS spent,
-        COALESCE((SELECT sum(c.taken) FROM clawbacks c WHERE c.grant_id = g.id), 0) AS taken
-        FROM grants g WHERE g.id = ANY($1::bigint[]) ORDER BY g.id
-        """,
-        list(grant_ids),
-    )
+    rows = await _lock_grants(conn, sorted(grant_ids))
     done: list[Clawback] = []
     for row in rows:
         taken, whole = int(row["remaining"]), True
@@ -704,27 +790,7 @@ async def clawback(
         )
         if not recorded:
             continue
-        if taken:
-            await _entry(
-                conn,
-                user_id=row["user_id"],
-                credit_type=row["credit_type"],
-                grant_id=row["id"],
-                kind="clawback",
-                amount=-taken,
-                at=now,
-                note=note,
-            )
-            await _move_balance(conn, row["user_id"], row["credit_type"], -taken)
-        await conn.execute(
-            "UPDATE grants SET remaining = remaining - $3,"
-            " closed_at = CASE WHEN $4 THEN COALESCE(closed_at, $2) ELSE closed_at END"
-            " WHERE id = $1",
-            row["id"],
-            now,
-            taken,
-            whole,
-        )
+        await _take(conn, row, taken=taken, close=whole, note=note, now=now)
         done.append(
             Clawback(
                 grant_id=int(row["id"]),

@@ -43,6 +43,12 @@ CLAWED_BACK = Counter(
     "Unspent credits taken back after a refund or dispute of what paid for them.",
     ["credit_type"],
 )
+TRIAL_TAKEN_BACK = Counter(
+    "credits_trial_excess_taken_back_total",
+    "Unspent credits a trial period gave back: granted as a paid period's before the"
+    " trial's activation arrived.",
+    ["credit_type"],
+)
 OVERAGE = Counter(
     "credits_overage_total",
     "Credits spent beyond the balance on plans that bill overage, by credit type.",

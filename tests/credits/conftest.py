@@ -133,19 +133,25 @@ class Credits:
         current: dict[str, int],
         effective_at: datetime,
         start: datetime = START,
+        previous_plan: Plan | None = None,
+        current_plan: Plan | None = None,
+        status: str | None = None,
+        event_id: str | None = None,
     ) -> str:
         return await self.send(
             "subscription.changed",
             SubscriptionChanged(
                 member=member(user),
                 subscription_id=sub,
-                previous=Plan(plan="hot_desk", interval="month"),
-                current=Plan(plan="dedicated_desk", interval="month"),
+                previous=previous_plan or Plan(plan="hot_desk", interval="month"),
+                current=current_plan or Plan(plan="dedicated_desk", interval="month"),
                 previous_allotments=previous,
                 current_allotments=current,
                 effective_at=effective_at,
                 period=Period(start=start, end=start + MONTH),
+                status=status,
             ),
+            event_id=event_id,
         )
 
     async def cancel(self, user: str, sub: str, *, ended_at: datetime) -> str:

@@ -3,6 +3,7 @@ the events arrive."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 
 from shared.billing_events import Period, Plan, SubscriptionChanged
@@ -187,3 +188,119 @@ async def test_a_change_during_a_trial_grants_the_new_plans_trial_credits(
     hours = [g for g in await _grants(credits, "u1") if g[0] == "guest_passes"]
     assert [(g[1], g[2]) for g in hours] == [("upgrade", 4), ("plan", 4)]
     await credits.consistent("u1")
+
+
+# catalog.toml: what hot_desk grants paid and during its trial; dedicated_desk
+# has no trial_credits, so its trial grants its full allotment.
+HOT_DESK = {"meeting_room_hours": 10, "guest_passes": 2, "printing_pages": 100}
+HOT_DESK_TRIAL = {"meeting_room_hours": 2, "guest_passes": 0, "printing_pages": 20}
+DEDICATED_DESK = {"meeting_room_hours": 25, "guest_passes": 4, "printing_pages": 300}
+MONTHLY = Plan(plan="hot_desk", interval="month")
+YEARLY = Plan(plan="hot_desk", interval="year")
+DEDICATED = Plan(plan="dedicated_desk", interval="month")
+
+
+async def _to_yearly(credits: Credits, user: str, sub: str, *, status: str | None) -> str:
+    """The member switches to yearly billing in the first days of the trial."""
+    return await credits.change(
+        user,
+        sub,
+        previous=HOT_DESK,
+        current=HOT_DESK,
+        previous_plan=MONTHLY,
+        current_plan=YEARLY,
+        effective_at=START + timedelta(minutes=1),
+        status=status,
+    )
+
+
+async def _to_dedicated(credits: Credits, user: str, sub: str, *, status: str | None) -> str:
+    """Then upgrades to a dedicated desk, still trialing."""
+    return await credits.change(
+        user,
+        sub,
+        previous=HOT_DESK,
+        current=DEDICATED_DESK,
+        previous_plan=YEARLY,
+        current_plan=DEDICATED,
+        effective_at=START + timedelta(minutes=2),
+        status=status,
+    )
+
+
+async def test_a_change_overtaking_its_trials_activation_grants_trial_credits(
+    credits: Credits,
+) -> None:
+    # The change's event is applied before the trial's activation (events
+    # are not ordered). It says the subscription is trialing: the period is
+    # the trial's from the first event, never a paid one.
+    await _to_yearly(credits, "u1", "sub_1", status="trialing")
+    assert await credits.balances("u1") == HOT_DESK_TRIAL
+    await credits.activate("u1", "sub_1", trial=True)
+    assert await credits.balances("u1") == HOT_DESK_TRIAL
+    await credits.consistent("u1")
+
+
+async def test_a_trial_learned_after_a_change_granted_as_paid_takes_the_excess_back(
+    credits: Credits,
+) -> None:
+    # A change without the subscription's status (published before the event
+    # carried it) overtook the trial's activation: nothing said the period was
+    # a trial, so it was granted as a paid one, and the member spent some.
+    await _to_yearly(credits, "u1", "sub_1", status=None)
+    assert await credits.balances("u1") == HOT_DESK
+    assert (await credits.spend("u1", 3))[0] == 201
+    await credits.activate("u1", "sub_1", trial=True)
+    # The trial holds its trial credits: what is unspent beyond them is taken
+    # back; of the hours, 8 too many, 3 of them already spent (reported).
+    assert await credits.balances("u1") == {
+        "meeting_room_hours": 0,
+        "guest_passes": 0,
+        "printing_pages": 20,
+    }
+    taken = await credits.db.fetch(
+        "SELECT g.credit_type, c.cause, c.taken, c.already_spent FROM credits.clawbacks c"
+        " JOIN credits.grants g ON g.id = c.grant_id ORDER BY g.credit_type"
+    )
+    assert [tuple(r) for r in taken] == [
+        ("guest_passes", "trial", 2, 0),
+        ("meeting_room_hours", "trial", 7, 3),
+        ("printing_pages", "trial", 80, 0),
+    ]
+    # The same activation again (another event id) takes nothing more.
+    await credits.activate("u1", "sub_1", trial=True)
+    assert (await credits.balances("u1"))["printing_pages"] == 20
+    # An upgrade during the trial counts what the period still holds from
+    # then (3 hours: 10 granted, 7 taken back) towards its trial level.
+    await _to_dedicated(credits, "u1", "sub_1", status="trialing")
+    assert await credits.balances("u1") == {
+        "meeting_room_hours": 22,
+        "guest_passes": 4,
+        "printing_pages": 300,
+    }
+    await credits.consistent("u1")
+
+
+async def test_a_trials_credits_do_not_depend_on_the_order_or_number_of_its_events(
+    credits: Credits,
+) -> None:
+    async def activate(user: str, sub: str) -> str:
+        return await credits.activate(user, sub, trial=True)
+
+    async def yearly(user: str, sub: str) -> str:
+        # Without status: the case where the credits service cannot tell.
+        return await _to_yearly(credits, user, sub, status=None)
+
+    async def dedicated(user: str, sub: str) -> str:
+        return await _to_dedicated(credits, user, sub, status="trialing")
+
+    three = itertools.permutations((activate, yearly, dedicated))
+    two = itertools.permutations((activate, yearly))
+    cases = [*((o, DEDICATED_DESK) for o in three), *((o, HOT_DESK_TRIAL) for o in two)]
+    for n, (order, trial_credits) in enumerate(cases):
+        user, sub = f"u{n}", f"sub_{n}"
+        # Each event once, then each again under another event id, backwards.
+        for send in (*order, *reversed(order)):
+            await send(user, sub)
+        assert await credits.balances(user) == trial_credits, [f.__name__ for f in order]
+        await credits.consistent(user)

@@ -102,6 +102,7 @@ async def test_subscribe_renew_twice_upgrade_downgrade_cancel_and_access_ends(
     changed = await wait_outbox(db, "subscription.changed")
     assert changed[0]["data"]["previous"]["plan"] == "dedicated_desk"
     assert changed[0]["data"]["current"]["plan"] == "private_office"
+    assert changed[0]["data"]["status"] == "active"
 
     # Downgrade: waits for the period end, shown as pending until then.
     status, downgraded = await api(
@@ -224,6 +225,39 @@ async def test_a_trial_converts_to_paid(
     assert renewed["data"]["amount_paid"] == 19900
     assert renewed["data"]["allotments"]["meeting_room_hours"] == 10
     assert (await entitlements(http, billing, user))["active"] is True
+
+
+async def test_a_change_during_a_trial_says_the_subscription_is_trialing(
+    billing: Billing, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    # Credits grant a trial its trial credits, whatever the plan: the change's
+    # event says the period it names is still the trial, even when it is
+    # applied before the trial's activation.
+    user = "u_trial_change"
+    await _card_on_file(http, billing, user)
+    status, created = await api(
+        http,
+        billing.gateway,
+        "POST",
+        "/v1/subscriptions",
+        user,
+        body={"plan": "hot_desk", "interval": "month"},
+    )
+    assert status == 201 and created["status"] == "trialing", created
+    await mine(http, billing, user, until=lambda s: s["status"] == "trialing")
+    await wait_outbox(db, "subscription.activated")
+    status, changed_view = await api(
+        http,
+        billing.gateway,
+        "PATCH",
+        f"/v1/subscriptions/{created['id']}",
+        user,
+        body={"plan": "hot_desk", "interval": "year"},
+    )
+    assert status == 200, changed_view
+    [changed] = await wait_outbox(db, "subscription.changed")
+    assert changed["data"]["current"] == {"plan": "hot_desk", "interval": "year"}
+    assert changed["data"]["status"] == "trialing"
 
 
 async def test_a_trial_that_ends_unpaid_ends_access(

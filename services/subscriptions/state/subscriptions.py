@@ -270,6 +270,7 @@ async def _announce(
                 current_allotments=plans.allotments(plan.plan),
                 effective_at=at,
                 period=period or be.Period(start=at, end=at),
+                status=status,
             ),
             version=be.SCHEMA_VERSION,
             key=f"{sub_id}:{previous.plan}/{previous.interval}->{plan.plan}/{plan.interval}:{created}",
