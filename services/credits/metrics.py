@@ -43,6 +43,11 @@ CLAWED_BACK = Counter(
     "Unspent credits taken back after a refund or dispute of what paid for them.",
     ["credit_type"],
 )
+RESTORED = Counter(
+    "credits_restored_total",
+    "Credits a claw-back took given back to their grants: its refund failed or dispute was won.",
+    ["credit_type"],
+)
 OVERAGE = Counter(
     "credits_overage_total",
     "Credits spent beyond the balance on plans that bill overage, by credit type.",
