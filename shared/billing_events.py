@@ -224,6 +224,21 @@ class PaymentRefunded(_Data):
     refund_id: str | None = None
 
 
+class PaymentRefundFailed(_Data):
+    """A refund announced by ``payment.refunded`` failed or was canceled: the
+    member never got the money, and it counts as paid again."""
+
+    member: Member
+    payment: PaymentRef
+    refund_id: str
+    amount_refunded: int = Field(description="What the failed refund was for.")
+    total_refunded: int = Field(description="All refunds of the charge still standing.")
+    amount: int = Field(description="What was paid.")
+    currency: str
+    status: str = Field(description="Stripe's refund status: `failed` or `canceled`.")
+    failure_reason: str | None = None
+
+
 class PaymentDisputed(_Data):
     member: Member
     payment: PaymentRef
@@ -232,6 +247,25 @@ class PaymentDisputed(_Data):
     currency: str
     reason: str | None
     status: str
+
+
+# A closed dispute in these states left the money with the business: what the
+# dispute took back is owed to the member again. Any other (`lost`,
+# `prevented`) left it with the cardholder.
+DISPUTE_WON = frozenset({"won", "warning_closed"})
+
+
+class PaymentDisputeClosed(_Data):
+    """A dispute closed (once per dispute): ``status`` in ``DISPUTE_WON`` the
+    business keeps the money, otherwise the cardholder has it."""
+
+    member: Member
+    payment: PaymentRef
+    dispute_id: str
+    amount: int
+    currency: str
+    reason: str | None
+    status: str = Field(description="`won`, `warning_closed` (kept); `lost`, `prevented`.")
 
 
 # --- dunning -------------------------------------------------------------------------
@@ -281,7 +315,9 @@ EVENTS: dict[str, type[_Data]] = {
     "payment.failed": PaymentFailed,
     "payment.canceled": PaymentCanceled,
     "payment.refunded": PaymentRefunded,
+    "payment.refund_failed": PaymentRefundFailed,
     "payment.disputed": PaymentDisputed,
+    "payment.dispute_closed": PaymentDisputeClosed,
     "dunning.attempt_failed": DunningAttemptFailed,
     "dunning.recovered": DunningRecovered,
     "dunning.exhausted": DunningExhausted,

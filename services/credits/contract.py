@@ -17,7 +17,7 @@ SPEND_ID = PathParam(SPEND_ID_PATTERN, "A spend's id.", example="csp_" + "0" * 3
 USER_ID = PathParam(r"^[A-Za-z0-9_.:@|-]{1,255}$", "A member's user id.", example="user_42")
 
 CreditTypeKey = str
-EntryKind = Literal["grant", "spend", "reversal", "expiry", "rollover", "clawback"]
+EntryKind = Literal["grant", "spend", "reversal", "expiry", "rollover", "clawback", "restoration"]
 GrantSource = Literal["plan", "trial", "upgrade", "rollover", "pack", "admin"]
 
 

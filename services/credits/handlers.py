@@ -1,4 +1,4 @@
-"""Domain events on ``billing.events`` -> grants and claw-backs.
+"""Domain events on ``billing.events`` -> grants, claw-backs and what they give back.
 
 Consumed strictly by the contract in ``shared/billing_events.py``. Each event
 is applied once (the consumer's inbox); beyond that, every grant has a stable
@@ -24,6 +24,7 @@ the trial holds its trial credits.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -33,9 +34,12 @@ from services.credits import metrics as m
 from shared import catalog as catalog_module
 from shared import queues
 from shared.billing_events import (
+    DISPUTE_WON,
     DomainEvent,
+    PaymentDisputeClosed,
     PaymentDisputed,
     PaymentRefunded,
+    PaymentRefundFailed,
     PaymentSucceeded,
     SubscriptionActivated,
     SubscriptionCanceled,
@@ -58,7 +62,9 @@ EVENT_TYPES = (
     "subscription.canceled",
     "payment.succeeded",
     "payment.refunded",
+    "payment.refund_failed",
     "payment.disputed",
+    "payment.dispute_closed",
 )
 
 
@@ -223,14 +229,39 @@ def build_handlers(catalog: Catalog | None = None) -> Handlers:
                 payment_intent_id=data.payment.payment_intent_id,
             )
 
+    _claw_back_handlers(handlers)
+    return handlers
+
+
+def _claw_back_handlers(handlers: Handlers) -> None:
+    """Refunds and disputes take credits back; a refund that fails and a
+    dispute won give them back."""
+
     @handlers.on("payment.refunded", model=DomainEvent[PaymentRefunded])
     async def refunded(event: DomainEvent[PaymentRefunded], ctx: Context) -> None:
         data = event.data
         cause = f"refund:{data.refund_id or event.id}"
-        # A partial refund takes back its share: all the payment's refunds so
-        # far over what was paid (ledger.clawback).
-        share = None if data.full else (data.total_refunded, data.amount)
-        await _claw_back(ctx, data.payment.invoice_id, data.payment.payment_intent_id, cause, share)
+        # A partial refund takes back its share: the payment's refunds
+        # standing over what was paid (_standing, ledger.clawback).
+        await _claw_back(
+            ctx,
+            data.payment.invoice_id,
+            data.payment.payment_intent_id,
+            cause,
+            refund=(data.amount_refunded, data.total_refunded, data.amount),
+        )
+
+    @handlers.on("payment.refund_failed", model=DomainEvent[PaymentRefundFailed])
+    async def refund_failed(event: DomainEvent[PaymentRefundFailed], ctx: Context) -> None:
+        data = event.data
+        await _give_back(
+            ctx,
+            data.payment.invoice_id,
+            data.payment.payment_intent_id,
+            f"refund:{data.refund_id}",
+            why=f"the refund {data.status}",
+            refund=(data.amount_refunded, data.total_refunded, data.amount),
+        )
 
     @handlers.on("payment.disputed", model=DomainEvent[PaymentDisputed])
     async def disputed(event: DomainEvent[PaymentDisputed], ctx: Context) -> None:
@@ -238,7 +269,20 @@ def build_handlers(catalog: Catalog | None = None) -> Handlers:
         cause = f"dispute:{data.dispute_id}"
         await _claw_back(ctx, data.payment.invoice_id, data.payment.payment_intent_id, cause)
 
-    return handlers
+    @handlers.on("payment.dispute_closed", model=DomainEvent[PaymentDisputeClosed])
+    async def dispute_closed(event: DomainEvent[PaymentDisputeClosed], ctx: Context) -> None:
+        data = event.data
+        if data.status not in DISPUTE_WON:
+            # Lost: the cardholder has the money, what the dispute took stays taken.
+            log.info("credits_dispute_lost", dispute_id=data.dispute_id, status=data.status)
+            return
+        await _give_back(
+            ctx,
+            data.payment.invoice_id,
+            data.payment.payment_intent_id,
+            f"dispute:{data.dispute_id}",
+            why=f"the dispute {data.status}",
+        )
 
 
 async def _subscription_seen(
@@ -531,50 +575,128 @@ async def _trial_learned(
             )
 
 
+# The grants a payment paid for: a subscription invoice's period grants (with
+# that period's upgrades), or a credit pack's by its payment intent.
+_INVOICE_GRANTS = """
+SELECT g.id FROM grants g WHERE g.invoice_id = $1
+UNION
+SELECT u.id FROM grants g JOIN grants u
+  ON u.subscription_id = g.subscription_id AND u.period_start = g.period_start
+ AND u.source = 'upgrade'
+-- A rollover's period is the next one, paid by another invoice.
+WHERE g.invoice_id = $1 AND g.source <> 'rollover'
+"""
+
+# The causes recorded for one payment: an invoice's, or else a payment intent's.
+_SAME_PAYMENT = (
+    "CASE WHEN $1::text IS NOT NULL THEN invoice_id = $1"
+    " ELSE invoice_id IS NULL AND payment_intent_id = $2 END"
+)
+
+
+async def _grants_of(
+    ctx: Context, invoice_id: str | None, payment_intent_id: str | None
+) -> list[int]:
+    if invoice_id is not None:
+        rows = await ctx.conn.fetch(_INVOICE_GRANTS, invoice_id)
+    elif payment_intent_id is not None:
+        rows = await ctx.conn.fetch(
+            "SELECT id FROM grants WHERE payment_intent_id = $1", payment_intent_id
+        )
+    else:
+        return []
+    return sorted(int(r["id"]) for r in rows)
+
+
+@dataclass(frozen=True)
+class _Standing:
+    """What the payment's causes still standing take of each grant."""
+
+    # All of it: a dispute not won, or refunds adding up to what was paid.
+    whole: bool
+    # Else up to (refunded, paid) of it: the partial refunds standing.
+    share: tuple[int, int] | None
+
+
+async def _standing(
+    ctx: Context, invoice_id: str | None, payment_intent_id: str | None
+) -> _Standing:
+    """The payment's causes not withdrawn. A partial refund's share is the sum
+    of the standing refunds' own amounts over what was paid: a refund that
+    failed counts for nothing, whatever order the events came in (the
+    ``total_refunded`` an event carries may count it). Writes that sum to
+    the standing refunds' ``refunded``, where a spend's reversal reads it."""
+    rows = await ctx.conn.fetch(
+        "SELECT cause, amount, paid FROM clawback_causes"  # noqa: S608 - a constant
+        f" WHERE withdrawn_at IS NULL AND {_SAME_PAYMENT}",
+        invoice_id,
+        payment_intent_id,
+    )
+    refunds = [r for r in rows if r["cause"].startswith("refund:")]
+    disputed = len(refunds) < len(rows)
+    if any(r["paid"] is None for r in refunds):
+        # A full refund recorded before refunds' amounts were kept.
+        return _Standing(whole=True, share=None)
+    if not refunds:
+        return _Standing(whole=disputed, share=None)
+    refunded = sum(int(r["amount"] or 0) for r in refunds)
+    paid = max(int(r["paid"]) for r in refunds)
+    await ctx.conn.execute(
+        "UPDATE clawback_causes SET refunded = $3"  # noqa: S608 - a constant
+        f" WHERE withdrawn_at IS NULL AND cause LIKE 'refund:%' AND {_SAME_PAYMENT}",
+        invoice_id,
+        payment_intent_id,
+        refunded,
+    )
+    if disputed or paid <= 0 or refunded >= paid:
+        return _Standing(whole=True, share=None)
+    return _Standing(whole=False, share=(refunded, paid))
+
+
 async def _claw_back(
     ctx: Context,
     invoice_id: str | None,
     payment_intent_id: str | None,
     cause: str,
-    share: tuple[int, int] | None = None,
+    *,
+    refund: tuple[int, int, int] | None = None,
 ) -> None:
     """A refunded or disputed payment takes back the unspent credits it paid
-    for: a subscription invoice's period grants (with that period's upgrades),
-    or a credit pack's; a partial refund only its ``share`` (refunded, paid)."""
+    for (:func:`_grants_of`); a partial refund only its share.
+
+    ``refund``: (this refund, all the payment's refunds, paid) as the event
+    says, for a refund's cause; None for a dispute, or to apply a cause
+    already recorded."""
+    amount, total, paid = refund if refund is not None else (None, None, None)
     # Kept, so that a grant for this payment applied later (its event was
     # overtaken) is taken back as it is made: :func:`_claw_back_late`.
     await ctx.conn.execute(
-        "INSERT INTO clawback_causes (cause, invoice_id, payment_intent_id, at, refunded, paid)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        "INSERT INTO clawback_causes"
+        " (cause, invoice_id, payment_intent_id, at, amount, refunded, paid)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
         cause,
         invoice_id,
         payment_intent_id,
         ctx.clock.now(),
-        share[0] if share is not None else None,
-        share[1] if share is not None else None,
+        amount,
+        total,
+        paid,
     )
-    if invoice_id is not None:
-        ids = await ctx.conn.fetch(
-            """
-            SELECT g.id FROM grants g WHERE g.invoice_id = $1
-            UNION
-            SELECT u.id FROM grants g JOIN grants u
-              ON u.subscription_id = g.subscription_id AND u.period_start = g.period_start
-             AND u.source = 'upgrade'
-            -- A rollover's period is the next one, paid by another invoice.
-            WHERE g.invoice_id = $1 AND g.source <> 'rollover'
-            """,
-            invoice_id,
-        )
-    elif payment_intent_id is not None:
-        ids = await ctx.conn.fetch(
-            "SELECT id FROM grants WHERE payment_intent_id = $1", payment_intent_id
-        )
-    else:
+    withdrawn = await ctx.conn.fetchval(
+        "SELECT withdrawn_at FROM clawback_causes WHERE cause = $1", cause
+    )
+    if withdrawn is not None:
+        # The dispute was won or the refund failed before this arrived.
+        log.info("credits_clawback_withdrawn_before", cause=cause)
+        return
+    ids = await _grants_of(ctx, invoice_id, payment_intent_id)
+    standing = await _standing(ctx, invoice_id, payment_intent_id)
+    share = standing.share if cause.startswith("refund:") and not standing.whole else None
+    if not ids:
         return
     done = await ledger.clawback(
         ctx.conn,
-        grant_ids=[int(r["id"]) for r in ids],
+        grant_ids=ids,
         cause=cause,
         note=f"taken back: {cause}",
         now=ctx.clock.now(),
@@ -593,19 +715,75 @@ async def _claw_back(
         )
 
 
+async def _give_back(
+    ctx: Context,
+    invoice_id: str | None,
+    payment_intent_id: str | None,
+    cause: str,
+    *,
+    why: str,
+    refund: tuple[int, int, int] | None = None,
+) -> None:
+    """The cause of a claw-back went away (a dispute won, a refund failed):
+    give back what it took, to the grants it came from (ledger.give_back).
+
+    The cause is marked withdrawn once: a repeat gives nothing more, and a
+    claw-back for it arriving afterwards (the events crossed) takes nothing.
+    """
+    amount, total, paid = refund if refund is not None else (None, None, None)
+    now = ctx.clock.now()
+    withdrawn = await ctx.conn.fetchval(
+        "INSERT INTO clawback_causes"
+        " (cause, invoice_id, payment_intent_id, at, amount, refunded, paid, withdrawn_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $4)"
+        " ON CONFLICT (cause) DO UPDATE SET withdrawn_at = EXCLUDED.withdrawn_at"
+        " WHERE clawback_causes.withdrawn_at IS NULL RETURNING true",
+        cause,
+        invoice_id,
+        payment_intent_id,
+        now,
+        amount,
+        total,
+        paid,
+    )
+    if not withdrawn:
+        return
+    ids = await _grants_of(ctx, invoice_id, payment_intent_id)
+    standing = await _standing(ctx, invoice_id, payment_intent_id)
+    done = await ledger.give_back(
+        ctx.conn,
+        grant_ids=ids,
+        cause=cause,
+        note=f"given back: {cause} ({why})",
+        now=now,
+        keep_all=standing.whole,
+        share=standing.share,
+    )
+    for item in done:
+        if item.given_back:
+            count(m.RESTORED.labels(item.credit_type), item.given_back)
+        log.info(
+            "credits_given_back",
+            cause=cause,
+            grant_id=item.grant_id,
+            credit_type=item.credit_type,
+            given_back=item.given_back,
+            forfeited=item.forfeited,
+        )
+
+
 async def _claw_back_late(
     ctx: Context, *, invoice_id: str | None, payment_intent_id: str | None
 ) -> None:
     """Apply the refunds and disputes already seen for the payment a grant
     just made came from: their events arrived before the grant's."""
     causes = await ctx.conn.fetch(
-        "SELECT cause, invoice_id, payment_intent_id, refunded, paid FROM clawback_causes"
-        " WHERE invoice_id = $1 OR (invoice_id IS NULL AND payment_intent_id = $2)"
-        " ORDER BY at, cause",
+        "SELECT cause, invoice_id, payment_intent_id FROM clawback_causes"
+        " WHERE (invoice_id = $1 OR (invoice_id IS NULL AND payment_intent_id = $2))"
+        " AND withdrawn_at IS NULL ORDER BY at, cause",
         invoice_id,
         payment_intent_id,
     )
     for row in causes:
         # Once per grant and cause: what was already taken is not taken again.
-        share = (int(row["refunded"]), int(row["paid"])) if row["paid"] is not None else None
-        await _claw_back(ctx, row["invoice_id"], row["payment_intent_id"], row["cause"], share)
+        await _claw_back(ctx, row["invoice_id"], row["payment_intent_id"], row["cause"])

@@ -1,4 +1,5 @@
-"""The credit ledger: grants, spends, reversals, expiry and claw-backs.
+"""The credit ledger: grants, spends, reversals, expiry, claw-backs and what
+they give back.
 
 Rules every function here keeps (the tests prove them):
 
@@ -105,6 +106,16 @@ class Clawback:
     credit_type: str
     taken: int
     already_spent: int
+
+
+@dataclass(frozen=True)
+class GivenBack:
+    grant_id: int
+    user_id: str
+    credit_type: str
+    given_back: int
+    # Owed back, but the grant has expired since: nothing returned.
+    forfeited: int
 
 
 def new_spend_id() -> str:
@@ -384,13 +395,16 @@ async def reverse(
         SELECT e.grant_id, -e.amount AS amount,
                g.closed_at IS NULL AND (g.expires_at IS NULL OR g.expires_at > $2) AS open,
                owed.cause, GREATEST(owed.target - COALESCE((
-                   SELECT sum(c.taken) FROM clawbacks c WHERE c.grant_id = g.id), 0), 0) AS owed
+                   SELECT sum(c.taken - c.given_back) FROM clawbacks c
+                   WHERE c.grant_id = g.id), 0), 0) AS owed
         FROM entries e JOIN grants g ON g.id = e.grant_id
-        -- A partial refund's share of the grant it could not take (spent).
+        -- A partial refund's share of the grant it could not take (spent);
+        -- not a refund that failed since.
         LEFT JOIN LATERAL (
             SELECT c.cause, g.amount * cc.refunded / cc.paid AS target
             FROM clawbacks c JOIN clawback_causes cc ON cc.cause = c.cause
             WHERE c.grant_id = g.id AND cc.paid > 0 AND cc.refunded < cc.paid
+              AND cc.withdrawn_at IS NULL
             ORDER BY target DESC, c.cause LIMIT 1
         ) owed ON true
         WHERE e.spend_id = $1 AND e.kind = 'spend' ORDER BY e.id
@@ -663,7 +677,8 @@ async def _lock_grants(conn: DbConnection, grant_ids: Sequence[int]) -> list[asy
             SELECT -sum(e.amount) FROM entries e
             WHERE e.grant_id = g.id AND e.kind IN ('spend', 'reversal')
         ), 0) AS spent,
-        COALESCE((SELECT sum(c.taken) FROM clawbacks c WHERE c.grant_id = g.id), 0) AS taken
+        COALESCE((SELECT sum(c.taken - c.given_back) FROM clawbacks c
+                  WHERE c.grant_id = g.id), 0) AS taken
         FROM grants g WHERE g.id = ANY($1::bigint[]) ORDER BY array_position($1::bigint[], g.id)
         """,
         list(grant_ids),
@@ -760,12 +775,12 @@ async def clawback(
 ) -> list[Clawback]:
     """Take back what is unspent of ``grant_ids``; report what was already spent.
 
-    ``share``: (refunded, paid) of a partial refund, cumulative over the
-    payment's refunds so far. Each grant then gives back up to that share of
-    its amount (rounded down), less what the payment's earlier claw-backs
-    took, so partial refunds adding up to the whole take all that a full one
-    would; the grant stays spendable for the rest. None: the whole payment,
-    everything unspent, and the grant is closed.
+    ``share``: (refunded, paid) of a partial refund, refunded being all the
+    payment's refunds standing (none failed). Each grant then gives back up to
+    that share of its amount (rounded down), less what the payment's
+    claw-backs hold of it already, so partial refunds adding up to the whole
+    take all that a full one would; the grant stays spendable for the rest.
+    None: the whole payment, everything unspent, and the grant is closed.
 
     Once per grant and cause. Never drives anything negative: what was spent
     stays spent and is reported.
@@ -801,6 +816,143 @@ async def clawback(
             )
         )
     return done
+
+
+# The claw-backs a withdrawn cause can give back: refunds' and disputes'. A
+# trial's take-back (credits granted as paid before the trial was known) is
+# owed to no payment and stays taken whatever happens to one.
+_GIVEN_BACK_CAUSES = r"^(refund|dispute):"
+
+
+async def give_back(
+    conn: DbConnection,
+    *,
+    grant_ids: Sequence[int],
+    cause: str,
+    note: str,
+    now: datetime,
+    keep_all: bool,
+    share: tuple[int, int] | None,
+) -> list[GivenBack]:
+    """Give back to ``grant_ids`` what the claw-backs hold of them beyond what
+    the causes still standing take, ``cause`` having just been withdrawn (a
+    dispute won, a refund failed).
+
+    What a grant keeps taken: all it holds (``keep_all``: an open or lost
+    dispute, or refunds adding up to the whole payment); else up to ``share``
+    (refunded, paid) of its amount, the partial refunds still standing; else
+    nothing. So the member ends as if ``cause`` had never been: a later
+    partial refund whose share counted the failed one gives that part back
+    too. Credits owed to a grant that has expired since (or to a rollover
+    into a period after its subscription ended) are forfeited, as a spend's
+    reversal forfeits them; a grant given back to is spendable again.
+
+    The caller withdraws ``cause`` once, so this runs once per cause.
+    """
+    if not grant_ids:
+        return []
+    accounts = await conn.fetch(
+        "SELECT DISTINCT user_id, credit_type FROM grants WHERE id = ANY($1::bigint[])"
+        " ORDER BY user_id, credit_type",
+        list(grant_ids),
+    )
+    for account in accounts:
+        await lock_account(conn, account["user_id"], account["credit_type"])
+    rows = await conn.fetch(
+        """
+        SELECT g.id, g.user_id, g.credit_type, g.amount,
+        COALESCE((SELECT sum(c.taken - c.given_back) FROM clawbacks c
+                  WHERE c.grant_id = g.id AND c.cause ~ $3), 0) AS held,
+        (g.expires_at IS NULL OR g.expires_at > $2)
+          AND NOT COALESCE(g.source = 'rollover' AND s.ended_at <= g.period_start, false) AS live
+        FROM grants g LEFT JOIN subscriptions s ON s.subscription_id = g.subscription_id
+        WHERE g.id = ANY($1::bigint[]) ORDER BY g.id
+        """,
+        list(grant_ids),
+        now,
+        _GIVEN_BACK_CAUSES,
+    )
+    done: list[GivenBack] = []
+    for row in rows:
+        held = int(row["held"])
+        keep = 0
+        if keep_all:
+            keep = held
+        elif share is not None:
+            refunded, paid = share
+            keep = min(held, int(row["amount"]) * max(refunded, 0) // paid)
+        back = held - keep
+        if back <= 0:
+            continue
+        if not row["live"]:
+            done.append(
+                GivenBack(
+                    grant_id=int(row["id"]),
+                    user_id=row["user_id"],
+                    credit_type=row["credit_type"],
+                    given_back=0,
+                    forfeited=back,
+                )
+            )
+            continue
+        await _entry(
+            conn,
+            user_id=row["user_id"],
+            credit_type=row["credit_type"],
+            grant_id=row["id"],
+            kind="restoration",
+            amount=back,
+            at=now,
+            note=note,
+        )
+        # Closed by a claw-back of the whole (the live check rules out the
+        # sweep and a subscription's end): open again, as nothing standing
+        # takes the whole of it.
+        await conn.execute(
+            "UPDATE grants SET remaining = remaining + $2, closed_at = NULL WHERE id = $1",
+            row["id"],
+            back,
+        )
+        await _move_balance(conn, row["user_id"], row["credit_type"], back)
+        await _attribute(conn, int(row["id"]), cause, back)
+        done.append(
+            GivenBack(
+                grant_id=int(row["id"]),
+                user_id=row["user_id"],
+                credit_type=row["credit_type"],
+                given_back=back,
+                forfeited=0,
+            )
+        )
+    return done
+
+
+async def _attribute(conn: DbConnection, grant_id: int, cause: str, back: int) -> None:
+    """Book ``back`` against the grant's claw-backs: the withdrawn cause's first,
+    then other withdrawn ones, then the newest standing refunds' (whose share
+    counted the withdrawn refund)."""
+    holdings = await conn.fetch(
+        """
+        SELECT c.cause, c.taken - c.given_back AS held FROM clawbacks c
+        LEFT JOIN clawback_causes cc ON cc.cause = c.cause
+        WHERE c.grant_id = $1 AND c.taken > c.given_back AND c.cause ~ $3
+        ORDER BY c.cause = $2 DESC, cc.withdrawn_at IS NOT NULL DESC, c.at DESC, c.cause DESC
+        """,
+        grant_id,
+        cause,
+        _GIVEN_BACK_CAUSES,
+    )
+    for holding in holdings:
+        part = min(back, int(holding["held"]))
+        if part <= 0:
+            break
+        await conn.execute(
+            "UPDATE clawbacks SET given_back = given_back + $3 WHERE grant_id = $1 AND cause = $2",
+            grant_id,
+            holding["cause"],
+            part,
+        )
+        back -= part
 
 
 # --- reading ---------------------------------------------------------------------------

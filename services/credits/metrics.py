@@ -49,6 +49,11 @@ TRIAL_TAKEN_BACK = Counter(
     " trial's activation arrived.",
     ["credit_type"],
 )
+RESTORED = Counter(
+    "credits_restored_total",
+    "Credits a claw-back took given back to their grants: its refund failed or dispute was won.",
+    ["credit_type"],
+)
 OVERAGE = Counter(
     "credits_overage_total",
     "Credits spent beyond the balance on plans that bill overage, by credit type.",

@@ -39,6 +39,16 @@ DISPUTES = Counter(
     "Disputes opened on charges, by kind of payment (booking, invoice).",
     ["kind"],
 )
+REFUNDS_FAILED = Counter(
+    "payments_refunds_failed_total",
+    "Refunds that failed or were canceled after being counted, by kind of payment.",
+    ["kind"],
+)
+DISPUTES_CLOSED = Counter(
+    "payments_disputes_closed_total",
+    "Disputes closed, by kind of payment and outcome (won, lost, warning_closed, prevented).",
+    ["kind", "outcome"],
+)
 REFUNDS_REQUESTED = Counter(
     "payments_refunds_requested_total",
     "Refunds staff asked Stripe for, by target (payment, invoice).",

@@ -19,7 +19,9 @@ from typing import Any
 RELEASED = frozenset({"failed", "canceled", "expired"})
 # A dispute in these states no longer holds the money.
 DISPUTE_SETTLED = frozenset({"won", "warning_closed"})
-DISPUTE_CLOSED = frozenset({"won", "lost", "warning_closed"})
+# Final: a closed dispute never reopens (``prevented``: stopped before a
+# chargeback was filed, the cardholder refunded through the network).
+DISPUTE_CLOSED = frozenset({"won", "lost", "warning_closed", "prevented"})
 
 
 def intent_status(pi: dict[str, Any]) -> str:

@@ -13,9 +13,11 @@ Idempotent (the consumer's inbox) and order-tolerant:
   (read from Stripe when the event leaves them out, as current API versions
   do; a refund's status only moves forward), the amount refunded is the sum of
   those not failed, and each refund is announced once; ``charge.refund.updated``
-  brings the refund that fails after looking succeeded, which gives the
-  amount back (without an event: no domain event undoes a refund);
-- a dispute is announced the first time any of its events arrives;
+  brings the refund that fails (or is canceled) after looking succeeded,
+  which gives the amount back and is announced once too
+  (``payment.refund_failed``);
+- a dispute is announced the first time any of its events arrives, and its
+  close the first time a closed status does (``payment.dispute_closed``);
 - an invoice's charge is linked from ``invoice_payment.paid`` (invoice <->
   payment intent) and ``invoice.paid`` (subscription, customer), whichever
   comes first, so its refunds and disputes carry the invoice.
@@ -265,10 +267,16 @@ async def _apply_refunds(
     ctx: Context, row: Any, charge_id: str | None, refunds: list[dict[str, Any]]
 ) -> None:
     """Record refunds as Stripe has them, derive the amount refunded, and
-    announce each refund once, when it is first seen not failed."""
+    announce each refund once, when it is first seen not failed, and its
+    failure once, when one announced moves to failed or canceled."""
     first_seen = []
+    withdrawn = []
     for refund in refunds:
         status = str(refund.get("status"))
+        # The payment's row is locked: its refunds' rows change under this lock only.
+        before = await ctx.conn.fetchval(
+            "SELECT status FROM payment_charge_refunds WHERE stripe_refund_id = $1", refund["id"]
+        )
         inserted = await ctx.conn.fetchval(
             _UPSERT_REFUND,
             refund["id"],
@@ -279,6 +287,10 @@ async def _apply_refunds(
         )
         if inserted and status not in UNCOUNTED:
             first_seen.append(refund)
+        elif before is not None and before not in UNCOUNTED and status in UNCOUNTED:
+            # Counted (and so announced) when it was first recorded; a rank
+            # never goes down, so this happens once per refund.
+            withdrawn.append(refund)
         # The refunds staff asked for, as Stripe now has them.
         await ctx.conn.execute(
             "UPDATE payment_refunds SET status = $2 WHERE stripe_refund_id = $1"
@@ -302,7 +314,7 @@ async def _apply_refunds(
     )
     _, now = await store.refresh(ctx.conn, row["id"])
     if total < row["amount_refunded"]:
-        # Money back in the balance: no domain event undoes a refund.
+        # Money back in the balance: payment.refund_failed below says so.
         log.warning("refund_failed", payment=row["id"], now=total, was=row["amount_refunded"])
     paid = int(now["amount_paid"] or now["amount"])
     for refund in first_seen:
@@ -324,6 +336,25 @@ async def _apply_refunds(
             version=be.SCHEMA_VERSION,
             key=refund["id"],
         )
+    for refund in withdrawn:
+        emitted = await ctx.outbox.emit(
+            "payment.refund_failed",
+            be.PaymentRefundFailed(
+                member=await store.member(ctx.conn, now),
+                payment=await store.ref(ctx.conn, now),
+                refund_id=refund["id"],
+                amount_refunded=int(refund.get("amount") or 0),
+                total_refunded=total,
+                amount=paid,
+                currency=now["currency"],
+                status=str(refund.get("status")),
+                failure_reason=refund.get("failure_reason"),
+            ),
+            version=be.SCHEMA_VERSION,
+            key=refund["id"],
+        )
+        if emitted is not None:
+            count(metrics.REFUNDS_FAILED.labels(row["kind"]))
 
 
 @handlers.on("charge.refunded", model=StripeEvent)
@@ -405,12 +436,29 @@ async def apply_dispute(event: StripeEvent, ctx: Context) -> None:
         charge_id,
     )
     _, now = await store.refresh(ctx.conn, row["id"])
-    if not first_seen:
+    if first_seen:
+        count(metrics.DISPUTES.labels(row["kind"]))
+        await ctx.outbox.emit(
+            "payment.disputed",
+            be.PaymentDisputed(
+                member=await store.member(ctx.conn, now),
+                payment=await store.ref(ctx.conn, now),
+                dispute_id=dispute["id"],
+                amount=int(dispute.get("amount") or 0),
+                currency=str(dispute.get("currency") or now["currency"]),
+                reason=dispute.get("reason"),
+                status=status,
+            ),
+            version=be.SCHEMA_VERSION,
+            key=dispute["id"],
+        )
+    if status not in states.DISPUTE_CLOSED:
         return
-    count(metrics.DISPUTES.labels(row["kind"]))
-    await ctx.outbox.emit(
-        "payment.disputed",
-        be.PaymentDisputed(
+    # Once per dispute (the key), whichever of its closed events comes first;
+    # after its payment.disputed when both come from one event.
+    closed = await ctx.outbox.emit(
+        "payment.dispute_closed",
+        be.PaymentDisputeClosed(
             member=await store.member(ctx.conn, now),
             payment=await store.ref(ctx.conn, now),
             dispute_id=dispute["id"],
@@ -422,6 +470,8 @@ async def apply_dispute(event: StripeEvent, ctx: Context) -> None:
         version=be.SCHEMA_VERSION,
         key=dispute["id"],
     )
+    if closed is not None:
+        count(metrics.DISPUTES_CLOSED.labels(row["kind"], status))
 
 
 # --- invoices' charges ----------------------------------------------------------------

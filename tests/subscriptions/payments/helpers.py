@@ -108,3 +108,22 @@ async def until_events(
     return await eventually(
         probe, until=lambda found: len(found) >= count, timeout=timeout, what=event_type
     )
+
+
+async def until_applied(
+    db: asyncpg.Connection, stripe_event_type: str, count: int = 1, timeout: float = 20.0
+) -> None:
+    """Until the payments consumer has applied ``count`` Stripe events of the type."""
+
+    async def probe() -> int:
+        return int(
+            await db.fetchval(
+                "SELECT count(*) FROM subscriptions.inbox"
+                " WHERE queue = 'subscriptions.payments' AND event_type = $1",
+                stripe_event_type,
+            )
+        )
+
+    await eventually(
+        probe, until=lambda n: n >= count, timeout=timeout, what=f"{stripe_event_type} applied"
+    )

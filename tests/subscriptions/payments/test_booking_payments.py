@@ -21,6 +21,7 @@ from tests.subscriptions.payments.helpers import (
     Api,
     domain_events,
     item,
+    until_applied,
     until_events,
 )
 from tests.support import stripe_objects as so
@@ -462,9 +463,21 @@ async def test_a_refund_that_fails_gives_the_amount_back(
     assert back["amount_refunded"] == 0
     [announced] = await until_events(db, "payment.refunded")
     assert announced["data"]["refund_id"] == refund["refund_id"]
+    # The failure is announced too, once, so the credits it took come back.
+    [failed] = await until_events(db, "payment.refund_failed")
+    data = failed["data"]
+    assert (data["refund_id"], data["status"], data["failure_reason"]) == (
+        refund["refund_id"],
+        "failed",
+        "expired_or_canceled_card",
+    )
+    assert (data["amount_refunded"], data["total_refunded"], data["amount"]) == (2000, 0, 5000)
+    assert data["payment"]["payment_id"] == pid
     # What is left to refund is the whole amount again.
     status, again = await api.refund(pid, None, key="fail-2")
     assert (status, again["amount"], again["remaining"]) == (201, 5000, 0), again
+    await api.until_status(pid, "refunded")
+    assert len(await domain_events(db, "payment.refund_failed")) == 1
 
 
 async def test_a_full_refund_retried_after_stripe_answered_too_late_is_the_same_refund(
@@ -563,10 +576,12 @@ async def test_a_declined_payment_paid_again_stays_failed_in_the_history(
 
 async def test_a_failed_refund_gives_the_amount_back_when_events_leave_refunds_out(
     api: Api,
+    *,
     stripe_stack: Stack,
     sandbox: SandboxProcess,
     stripe_client: stripe.StripeClient,
     http: aiohttp.ClientSession,
+    db: asyncpg.Connection,
 ) -> None:
     # Current API versions leave a charge's refunds out of its events (the
     # list is only there when expanded): Stripe's events are sent here as
@@ -599,8 +614,13 @@ async def test_a_failed_refund_gives_the_amount_back_when_events_leave_refunds_o
 
     back = await api.until_status(pid, "succeeded")
     assert back["amount_refunded"] == 0
+    # The same failure delivered again (Stripe's retry): announced once.
+    await deliver("charge.refund.updated", failed)
+    await until_applied(db, "charge.refund.updated", 2)
     status, again = await api.refund(pid, None, key="unlisted-2")
     assert (status, again["amount"], again["remaining"]) == (201, 5000, 0), again
+    [announced] = await domain_events(db, "payment.refund_failed")
+    assert announced["data"]["refund_id"] == refund["refund_id"]
 
 
 async def test_a_payment_given_up_on_a_lost_answer_stays_released(

@@ -17,7 +17,9 @@ from tests.subscriptions.payments.helpers import (
     MEMBER,
     STAFF,
     Api,
+    domain_events,
     item,
+    until_applied,
     until_events,
 )
 from tests.support.sandbox_process import SandboxProcess
@@ -119,10 +121,19 @@ async def test_refund_and_dispute_of_a_subscription_invoice(
     shown = await api.until_status(payment["id"], "disputed")
     assert shown["dispute"]["id"] == dispute["id"]
 
+    assert await domain_events(db, "payment.dispute_closed") == []
+
     await sandbox.control("POST", f"/_sandbox/disputes/{dispute['id']}/close", {"outcome": "won"})
     won = await api.until_status(payment["id"], "partially_refunded")
     assert won["dispute"]["status"] == "won"
     assert len(await until_events(db, "payment.disputed")) == 1
+    # Announced once, though funds_reinstated and closed both say won.
+    [closed] = await until_events(db, "payment.dispute_closed")
+    assert (closed["data"]["dispute_id"], closed["data"]["status"]) == (dispute["id"], "won")
+    assert closed["data"]["payment"]["invoice_id"] == invoice_id
+    await until_applied(db, "charge.dispute.closed")
+    await until_applied(db, "charge.dispute.funds_reinstated")
+    assert len(await domain_events(db, "payment.dispute_closed")) == 1
 
 
 async def test_transaction_history_and_summary(
