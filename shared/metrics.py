@@ -31,6 +31,10 @@ HTTP_REQUESTS_IN_FLIGHT = Gauge(
     "HTTP requests being answered right now, by route template.",
     ["route"],
 )
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "http_connections_refused_total",
+    "Connections closed as they were accepted: HTTP_MAX_CONNECTIONS were open.",
+)
 SERVICE_READY = Gauge(
     "service_ready",
     "1 when the readiness check passed at the last /readyz or /metrics request, else 0, "

@@ -50,7 +50,7 @@ from shared.http import idempotency
 from shared.http.health import add_health_routes
 from shared.http.internal_auth import require_service_token
 from shared.http.middleware import observe
-from shared.http.server import AppRunner
+from shared.http.server import AppRunner, ConnectionLimits
 from shared.logging import configure_logging, get_logger
 from shared.migrations import SHARED_MIGRATIONS, migrate_database
 from shared.mirror_routes import Mirror
@@ -357,10 +357,10 @@ def run(
     log.info("starting", host=settings.http_host, port=port)
     app = app_factory()
     app.on_startup.append(_tune_gc)
-    uvloop.run(_serve(app, settings.http_host, port))
+    uvloop.run(_serve(app, settings.http_host, port, ConnectionLimits.of(settings)))
 
 
-async def _serve(app: web.Application, host: str, port: int) -> None:
+async def _serve(app: web.Application, host: str, port: int, limits: ConnectionLimits) -> None:
     """Serve until SIGTERM or SIGINT, then stop as ``shared/shutdown.py`` says.
 
     Not ``web.run_app``: its shutdown stops reading every connection at once,
@@ -373,7 +373,7 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runner = AppRunner(app, access_log=None, shutdown_timeout=CANCEL_SECONDS)
+    runner = AppRunner(app, limits=limits, access_log=None, shutdown_timeout=CANCEL_SECONDS)
     shutdown = app[SHUTDOWN]
     starting = asyncio.create_task(_start(runner, host, port))
     stopping = asyncio.create_task(stop.wait())

@@ -31,6 +31,20 @@ class ServiceSettings(StripeSettings):
     service_token: SecretStr
 
     http_host: str = "127.0.0.1"
+    # Bounds on every HTTP connection (shared/http/server.py), so slow or
+    # stalled clients hold neither connections nor memory for long: a
+    # request's line and headers must arrive within HTTP_HEADER_TIMEOUT of its
+    # first byte, its body within HTTP_BODY_TIMEOUT of its headers (else 408
+    # and the connection closes); a connection idle between requests closes
+    # after HTTP_KEEPALIVE_TIMEOUT, kept longer than a load balancer's own
+    # idle timeout (60 s on most) so it never reuses one being closed. Beyond
+    # HTTP_MAX_CONNECTIONS open at once, a new connection is closed at once:
+    # the cap bounds memory, about 1.7 MiB for a connection stalled with a
+    # nearly whole 1 MiB body, so keep cap x 1.7 MiB within the memory limit.
+    http_header_timeout: float = Field(default=10.0, gt=0)
+    http_body_timeout: float = Field(default=30.0, gt=0)
+    http_keepalive_timeout: float = Field(default=75.0, gt=0)
+    http_max_connections: int = Field(default=1024, gt=0)
     log_level: str = "INFO"
     migrate_on_start: bool = True
 

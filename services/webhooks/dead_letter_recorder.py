@@ -45,7 +45,7 @@ from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
 from services.webhooks import dead_letter_store as store
 from shared import metrics
-from shared.broker.consumer import TRANSIENT_ERRORS
+from shared.broker.consumer import is_transient
 from shared.broker.errors import PublishFailed
 from shared.broker.publisher import Publisher
 from shared.broker.topology import DEAD_LETTER_DELIVERY_LIMIT, QUORUM, dead_letter_queue
@@ -81,10 +81,8 @@ def parking_queue(queue: str) -> str:
 
 def _the_letters_fault(exc: BaseException) -> bool:
     """Whether storing failed because of the letter (it would fail on every
-    try) rather than the database (away, restarting: waited out). asyncpg's
-    refusal to encode an argument (an integer out of range) is an
-    ``InterfaceError`` like a lost connection, and a ``ValueError`` unlike one."""
-    return isinstance(exc, ValueError) or not isinstance(exc, TRANSIENT_ERRORS)
+    try) rather than the database (away, restarting: waited out)."""
+    return not is_transient(exc)
 
 
 class _Stopping(Exception):

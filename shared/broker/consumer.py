@@ -14,7 +14,7 @@ The ack rule:
    which step 2 then recognises as a duplicate.
 4. On failure the transaction rolls back (no effect, no inbox row):
    - :class:`InvalidMessage` (or a validation error): straight to ``Q.dlq``.
-   - :class:`RetryLater`, or an infrastructure error (``TRANSIENT_ERRORS``):
+   - :class:`RetryLater`, or an infrastructure error (:func:`is_transient`):
      to the next delay queue, bounded by ``retry_later_limit``.
    - anything else: to the next delay queue up to ``len(retry_delays_ms)``
      times, then ``Q.dlq``.
@@ -61,10 +61,10 @@ from shared.waits import wait_set
 
 log = get_logger(__name__)
 # Failures of the infrastructure rather than of the message: the database
-# unreachable or restarting, a lost serialisation race. They get RetryLater's
-# larger bound, so an outage of the database does not dead-letter everything
-# in flight after a few minutes.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+# unreachable or restarting, a lost serialisation race. asyncpg raises a bare
+# InterfaceError for a closed or lost connection, and subclasses of it for
+# what is the caller's fault: see is_transient().
+_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
@@ -74,7 +74,26 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
 )
-_RETRY_LATER: tuple[type[BaseException], ...] = (RetryLater, *TRANSIENT_ERRORS)
+# InterfaceErrors that say the input or the code is wrong: a retry finds it
+# as wrong. ClientConfigurationError and asyncpg's client-side DataError
+# (argument it cannot encode) are also ValueErrors.
+_NOT_TRANSIENT: tuple[type[BaseException], ...] = (
+    ValueError,
+    asyncpg.exceptions.UnsupportedClientFeatureError,
+    asyncpg.exceptions.UnsupportedServerFeatureError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is the infrastructure's failure, not the message's or
+    the handler's: the one classification of the consumer (such a failure
+    gets RetryLater's larger bound, so a database outage does not
+    dead-letter everything in flight after a few minutes) and of the
+    dead-letter recorder (``services/webhooks/dead_letter_recorder.py``,
+    which waits such a failure out instead of parking the letter)."""
+    return isinstance(exc, _TRANSIENT_ERRORS) and not isinstance(exc, _NOT_TRANSIENT)
+
+
 # The last error travels in a message header: keep it bounded.
 _ERROR_HEADER_LIMIT = 2_000
 # Between attempts to publish a held message's copy: quick for a blip,
@@ -211,14 +230,10 @@ class Consumer:
         except (InvalidMessage, pydantic.ValidationError) as exc:
             await self._dead_letter(message, attempt, exc)
             return
-        except _RETRY_LATER as exc:
-            if attempt >= self._retry_later_limit:
-                await self._dead_letter(message, attempt, exc)
-            else:
-                await self._retry(message, attempt, exc)
-            return
         except Exception as exc:
-            if attempt >= len(self.queue.retry_delays_ms):
+            later = isinstance(exc, RetryLater) or is_transient(exc)
+            limit = self._retry_later_limit if later else len(self.queue.retry_delays_ms)
+            if attempt >= limit:
                 await self._dead_letter(message, attempt, exc)
             else:
                 await self._retry(message, attempt, exc)

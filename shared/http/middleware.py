@@ -98,6 +98,15 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             response = await handler(request)
         except ApiError as exc:
             response = exc.response()
+        except (RequestTimedOut, web.RequestPayloadError) as exc:
+            # The body stalled or broke off (shared/http/server.py): the rest
+            # of it will not be read, so the connection cannot carry another
+            # request.
+            if isinstance(exc, RequestTimedOut):
+                response = json_error(408, "request_timeout", str(exc))
+            else:
+                response = json_error(400, "malformed_request", _BROKEN_BODY)
+            response.force_close()
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -121,6 +130,7 @@ def _keep_headers(exc: web.HTTPException) -> dict[str, str]:
     return {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
 
 
+_BROKEN_BODY = "the body does not match its Content-Length or chunks"
 # What each of aiohttp's parse errors says about the request, in words of our
 # own: aiohttp's message quotes the offending bytes (a header line with its
 # token, say), and nothing a client sent is echoed back or logged.
@@ -130,9 +140,14 @@ _UNREADABLE: tuple[tuple[type[Exception], str], ...] = (
     (http_exceptions.InvalidURLError, "malformed request target"),
     (http_exceptions.LineTooLong, "the request line or a header is too long"),
     (http_exceptions.InvalidHeader, "malformed header"),
-    (http_exceptions.PayloadEncodingError, "the body does not match its Content-Length or chunks"),
+    (http_exceptions.PayloadEncodingError, _BROKEN_BODY),
 )
-_UNREADABLE_CODES = {413: "payload_too_large", 431: "headers_too_large"}
+_UNREADABLE_CODES = {408: "request_timeout", 413: "payload_too_large", 431: "headers_too_large"}
+
+
+class RequestTimedOut(TimeoutError):
+    """A request's head or body did not arrive in time (``shared/http/server.py``);
+    its text is ours, and says which."""
 
 
 def unreadable_request(status: int, exc: BaseException | None) -> web.Response:
@@ -147,9 +162,13 @@ def unreadable_request(status: int, exc: BaseException | None) -> web.Response:
             code = "internal_error"
             message = "internal error; quote the request_id when reporting it"
         else:
-            reason = next(
-                (text for kind, text in _UNREADABLE if isinstance(exc, kind)),
-                "malformed request line, header or body framing",
+            reason = (
+                str(exc)
+                if isinstance(exc, RequestTimedOut)
+                else next(
+                    (text for kind, text in _UNREADABLE if isinstance(exc, kind)),
+                    "malformed request line, header or body framing",
+                )
             )
             # Info, not an error: anything on the internet sends these.
             log.info("unreadable_request", status=status, error=type(exc).__name__, reason=reason)

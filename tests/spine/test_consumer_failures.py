@@ -312,6 +312,63 @@ async def test_retry_later_is_retried_until_it_succeeds_once(bench: Bench) -> No
     assert len(calls) == 3
 
 
+async def test_data_postgres_cannot_take_is_the_handlers_failure_not_the_infrastructures(
+    bench: Bench,
+) -> None:
+    """asyncpg refuses, client-side, an argument it cannot encode with a
+    ``DataError`` that is also an ``InterfaceError``, the class of a lost
+    connection: it fails the same on every try, so it takes the ordinary
+    retry tiers to the dead-letter queue, not the infrastructure's 20."""
+    calls: list[str] = []
+
+    async def handler(body: dict[str, Any], conn: DbConnection) -> None:
+        calls.append(body["id"])
+        await conn.execute(
+            "INSERT INTO effects (event_id, note) VALUES ($1, 'applied')", body["id"]
+        )
+        await conn.fetchval("SELECT $1::int4", 2**40)  # out of range for int4
+
+    consumer = await bench.start(handler)
+    evt = bench.event()
+    await bench.send(evt)
+
+    [letter] = await _dead_letters(bench)
+    assert letter.message_id == evt["id"]
+    assert _header(letter, "x-attempt") == len(DELAYS)
+    assert _header(letter, "x-last-error").startswith("DataError:")
+    assert [a for _, a in consumer.deliveries[evt["id"]]] == [None, *range(1, len(DELAYS) + 1)]
+    assert await bench.effects(evt["id"]) == []
+
+
+async def test_a_lost_database_connection_is_retried_past_the_ordinary_tiers(
+    bench: Bench,
+) -> None:
+    calls: list[str] = []
+
+    async def handler(body: dict[str, Any], conn: DbConnection) -> None:
+        calls.append(body["id"])
+        if len(calls) <= len(DELAYS) + 1:
+            lost = await asyncpg.connect(env.DATABASE_URL)
+            await lost.close()
+            await lost.fetchval("SELECT 1")  # InterfaceError: connection is closed
+        await conn.execute(
+            "INSERT INTO effects (event_id, note) VALUES ($1, 'applied')", body["id"]
+        )
+
+    await bench.start(handler)
+    evt = bench.event()
+    await bench.send(evt)
+
+    await eventually(
+        lambda: bench.effects(evt["id"]),
+        until=lambda e: e == ["applied"],
+        timeout=10,
+        what="applied after the outage",
+    )
+    assert len(calls) == len(DELAYS) + 2
+    assert await message_count(bench.spec.dead_letter_queue) == 0
+
+
 async def test_non_json_body_is_dead_lettered(bench: Bench) -> None:
     calls: list[str] = []
 

@@ -59,6 +59,11 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    @property
     def returncode(self) -> int | None:
         return self._process.returncode if self._process else None
 

@@ -33,7 +33,7 @@ from shared import queues
 from shared.broker.policies import Management
 from shared.broker.topology import EXCHANGES
 from shared.clock import Clock
-from shared.http.server import AppRunner
+from shared.http.server import AppRunner, ConnectionLimits
 from shared.settings import ServiceSettings
 from tests.support import env
 
@@ -80,7 +80,9 @@ def reserve_port() -> socket.socket:
 
 async def serve(app: web.Application, sock: socket.socket | None = None) -> RunningApp:
     # The server ``python -m services.<name>`` runs (shared/runtime.py).
-    runner = AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    runner = AppRunner(
+        app, limits=ConnectionLimits.defaults(), access_log=None, shutdown_timeout=5.0
+    )
     await runner.setup()
     try:
         site: web.BaseSite = (
