@@ -44,7 +44,7 @@ class ServiceSettings(StripeSettings):
     http_header_timeout: float = Field(default=10.0, gt=0)
     http_body_timeout: float = Field(default=30.0, gt=0)
     http_keepalive_timeout: float = Field(default=75.0, gt=0)
-    http_max_connections: int = Field(default=1024, gt=0)
+    http_max_connections: int = Field(default=200, gt=0)
     log_level: str = "INFO"
     migrate_on_start: bool = True
 
