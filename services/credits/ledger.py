@@ -686,6 +686,39 @@ async def _lock_grants(conn: DbConnection, grant_ids: Sequence[int]) -> list[asy
     return rows
 
 
+async def _take_once(
+    conn: DbConnection,
+    row: asyncpg.Record,
+    cause: str,
+    *,
+    taken: int,
+    close: bool,
+    note: str,
+    now: datetime,
+) -> Clawback | None:
+    """Record ``cause``'s claw-back of the grant ``row`` and take ``taken`` out
+    of it; None, taking nothing, when ``cause`` took from this grant before."""
+    recorded = await conn.fetchval(
+        "INSERT INTO clawbacks (grant_id, cause, taken, already_spent, at)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true",
+        row["id"],
+        cause,
+        taken,
+        int(row["spent"]),
+        now,
+    )
+    if not recorded:
+        return None
+    await _take(conn, row, taken=taken, close=close, note=note, now=now)
+    return Clawback(
+        grant_id=int(row["id"]),
+        user_id=row["user_id"],
+        credit_type=row["credit_type"],
+        taken=taken,
+        already_spent=int(row["spent"]),
+    )
+
+
 async def _take(
     conn: DbConnection, row: asyncpg.Record, *, taken: int, close: bool, note: str, now: datetime
 ) -> None:
@@ -739,28 +772,10 @@ async def take_back(
         if left <= 0:
             break
         taken = min(left, int(row["remaining"]))
-        recorded = await conn.fetchval(
-            "INSERT INTO clawbacks (grant_id, cause, taken, already_spent, at)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true",
-            row["id"],
-            cause,
-            taken,
-            int(row["spent"]),
-            now,
-        )
-        if not recorded:
-            continue
-        left -= taken
-        await _take(conn, row, taken=taken, close=False, note=note, now=now)
-        done.append(
-            Clawback(
-                grant_id=int(row["id"]),
-                user_id=row["user_id"],
-                credit_type=row["credit_type"],
-                taken=taken,
-                already_spent=int(row["spent"]),
-            )
-        )
+        made = await _take_once(conn, row, cause, taken=taken, close=False, note=note, now=now)
+        if made is not None:
+            left -= taken
+            done.append(made)
     return done
 
 
@@ -794,27 +809,9 @@ async def clawback(
             whole = False
             target = int(row["amount"]) * max(refunded, 0) // paid
             taken = min(taken, max(target - int(row["taken"]), 0))
-        recorded = await conn.fetchval(
-            "INSERT INTO clawbacks (grant_id, cause, taken, already_spent, at)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true",
-            row["id"],
-            cause,
-            taken,
-            int(row["spent"]),
-            now,
-        )
-        if not recorded:
-            continue
-        await _take(conn, row, taken=taken, close=whole, note=note, now=now)
-        done.append(
-            Clawback(
-                grant_id=int(row["id"]),
-                user_id=row["user_id"],
-                credit_type=row["credit_type"],
-                taken=taken,
-                already_spent=int(row["spent"]),
-            )
-        )
+        made = await _take_once(conn, row, cause, taken=taken, close=whole, note=note, now=now)
+        if made is not None:
+            done.append(made)
     return done
 
 
