@@ -404,10 +404,13 @@ async def reverse(
         LEFT JOIN subscriptions s ON s.subscription_id = g.subscription_id
         -- A dispute or a full refund standing that closed the grant, and
         -- gives it back if it is won or fails: the grant is not expired.
+        -- One that takes the whole before a partial refund also standing.
         LEFT JOIN LATERAL (
             SELECT c.cause FROM clawbacks c JOIN clawback_causes cc ON cc.cause = c.cause
             WHERE c.grant_id = g.id AND c.cause ~ $3 AND cc.withdrawn_at IS NULL
-            ORDER BY c.at DESC, c.cause DESC LIMIT 1
+            ORDER BY COALESCE(cc.paid IS NULL OR cc.refunded >= cc.paid, false) DESC,
+                     c.at DESC, c.cause DESC
+            LIMIT 1
         ) held ON g.closed_at IS NOT NULL AND {_LIVE}
         -- A partial refund's share of the grant it could not take (spent);
         -- not a refund that failed since.

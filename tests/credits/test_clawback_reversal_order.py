@@ -149,3 +149,55 @@ async def test_a_reversal_ends_the_same_in_any_order_with_a_claw_back_and_its_wi
             assert (await credits.spend(user, 1))[0] == 422
             await credits.consistent(user)
     assert ended == expected
+
+
+async def test_a_partial_refund_standing_keeps_its_share_in_any_order_of_a_dispute_and_a_reversal(
+    credits: Credits,
+) -> None:
+    # Half the payment refunded (it stands): half of the 10 hours stays taken
+    # whatever order the dispute, its win and the reversal come in.
+    ended: dict[tuple[str, ...], int] = {}
+    for n, order in enumerate(itertools.permutations(("reverse", "claw_back", "withdraw"))):
+        user, invoice = f"p{n}", f"in_p{n}"
+        member = Member(user_id=user, customer_id=f"cus_{user}")
+        await credits.activate(user, f"sub_p{n}", allotments={HOURS: 10}, invoice=invoice)
+        status, spent = await credits.spend(user, 4)
+        assert status == 201, spent
+        await credits.send(
+            "payment.refunded",
+            PaymentRefunded(
+                member=member,
+                payment=_payment(invoice),
+                amount_refunded=PAID // 2,
+                total_refunded=PAID // 2,
+                amount=PAID,
+                currency="usd",
+                full=False,
+                refund_id=f"re_{invoice}",
+            ),
+        )
+        claw_back, withdraw = _claw_back(credits, member, invoice, "dispute_won")
+
+        async def reverse(spend_id: str = spent["id"], user: str = user) -> object:
+            status, body = await credits.request(
+                "POST", f"/v1/credits/spends/{spend_id}/reverse", user, json={}
+            )
+            assert status == 200, body
+            return body
+
+        steps = {"reverse": reverse, "claw_back": claw_back, "withdraw": withdraw}
+        for name in order:
+            await steps[name]()
+        await credits.consistent(user)
+        ended[order] = (await credits.balances(user))[HOURS]
+        # A reversal into the grant the dispute closed is taken by the
+        # dispute, not by the refund, which took its share once.
+        taken_by_refund = await credits.db.fetchval(
+            "SELECT sum(amount) FROM credits.entries WHERE user_id = $1 AND kind = 'clawback'"
+            " AND note = $2",
+            user,
+            f"taken back: refund:re_{invoice}",
+        )
+        assert taken_by_refund == -5, order
+    # 10 x 9950 / 19900 = 5 hours taken by the refund, the other 5 the member's.
+    assert ended == dict.fromkeys(ended, 5)
