@@ -127,7 +127,10 @@ class Reversal(BaseModel):
     spend_id: str
     reversed_at: datetime
     returned: int = Field(description="Credits back in the grants they came from.")
-    forfeited: int = Field(description="Credits whose grant has expired or been taken back.")
+    forfeited: int = Field(
+        description="Credits whose grant has expired or been taken back (those a dispute or"
+        " refund still holds come back to the grant if it is won or fails)."
+    )
 
 
 # --- staff grants -----------------------------------------------------------------

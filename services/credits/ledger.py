@@ -370,7 +370,9 @@ async def reverse(
 
     ``owner``: the member the spend must belong to (None for staff); another
     member's spend is :class:`SpendNotFound`, as a missing one is. Credits whose
-    grant has expired or was taken back are forfeited.
+    grant has expired or was taken back are forfeited; those of a grant a
+    dispute or a full refund holds are taken by it (:func:`give_back` returns
+    them if it is won or fails).
     """
     found = await conn.fetchrow("SELECT user_id, credit_type FROM spends WHERE id = $1", spend_id)
     if found is None or (owner is not None and found["user_id"] != owner):
@@ -391,13 +393,25 @@ async def reverse(
             first_time=False,
         )
     parts = await conn.fetch(
-        """
+        f"""
         SELECT e.grant_id, -e.amount AS amount,
                g.closed_at IS NULL AND (g.expires_at IS NULL OR g.expires_at > $2) AS open,
                owed.cause, GREATEST(owed.target - COALESCE((
                    SELECT sum(c.taken - c.given_back) FROM clawbacks c
-                   WHERE c.grant_id = g.id), 0), 0) AS owed
+                   WHERE c.grant_id = g.id), 0), 0) AS owed,
+               held.cause AS held_by
         FROM entries e JOIN grants g ON g.id = e.grant_id
+        LEFT JOIN subscriptions s ON s.subscription_id = g.subscription_id
+        -- A dispute or a full refund standing that closed the grant, and
+        -- gives it back if it is won or fails: the grant is not expired.
+        -- One that takes the whole before a partial refund also standing.
+        LEFT JOIN LATERAL (
+            SELECT c.cause FROM clawbacks c JOIN clawback_causes cc ON cc.cause = c.cause
+            WHERE c.grant_id = g.id AND c.cause ~ $3 AND cc.withdrawn_at IS NULL
+            ORDER BY COALESCE(cc.paid IS NULL OR cc.refunded >= cc.paid, false) DESC,
+                     c.at DESC, c.cause DESC
+            LIMIT 1
+        ) held ON g.closed_at IS NOT NULL AND {_LIVE}
         -- A partial refund's share of the grant it could not take (spent);
         -- not a refund that failed since.
         LEFT JOIN LATERAL (
@@ -408,11 +422,22 @@ async def reverse(
             ORDER BY target DESC, c.cause LIMIT 1
         ) owed ON true
         WHERE e.spend_id = $1 AND e.kind = 'spend' ORDER BY e.id
-        """,
+        """,  # noqa: S608 - constants, no values
         spend_id,
         now,
+        _GIVEN_BACK_CAUSES,
     )
+    # Closed by a dispute or a full refund standing: the credits go back to
+    # the grant and that claw-back takes them at once, as it would have had
+    # the spend been reversed before it. It holds them as it holds the rest:
+    # given back if the dispute is won or the refund fails, kept otherwise.
+    held = [
+        (int(p["grant_id"]), int(p["amount"]), str(p["held_by"]))
+        for p in parts
+        if not p["open"] and p["held_by"] is not None
+    ]
     back = [(int(p["grant_id"]), int(p["amount"])) for p in parts if p["open"]]
+    back += [(grant_id, amount) for grant_id, amount, _ in held]
     # What a partial refund could not take back because it was spent, it
     # takes from the credits returned to that grant: the refunded share
     # never comes back.
@@ -420,7 +445,7 @@ async def reverse(
         (int(p["grant_id"]), min(int(p["amount"]), int(p["owed"])), str(p["cause"]))
         for p in parts
         if p["open"] and p["cause"] is not None and p["owed"]
-    ]
+    ] + held
     returned = sum(a for _, a in back) - sum(a for _, a, _ in owed)
     forfeited = sum(int(p["amount"]) for p in parts) - returned
     if back:
@@ -820,6 +845,14 @@ async def clawback(
 # owed to no payment and stays taken whatever happens to one.
 _GIVEN_BACK_CAUSES = r"^(refund|dispute):"
 
+# A grant (``g``, its subscription ``s``) credits can still go back to at
+# ``$2``: not expired, and not a rollover into a period after its
+# subscription ended. A grant closed, yet live, was closed by a claw-back.
+_LIVE = (
+    "(g.expires_at IS NULL OR g.expires_at > $2)"
+    " AND NOT COALESCE(g.source = 'rollover' AND s.ended_at <= g.period_start, false)"
+)
+
 
 async def give_back(
     conn: DbConnection,
@@ -856,15 +889,14 @@ async def give_back(
     for account in accounts:
         await lock_account(conn, account["user_id"], account["credit_type"])
     rows = await conn.fetch(
-        """
+        f"""
         SELECT g.id, g.user_id, g.credit_type, g.amount,
         COALESCE((SELECT sum(c.taken - c.given_back) FROM clawbacks c
                   WHERE c.grant_id = g.id AND c.cause ~ $3), 0) AS held,
-        (g.expires_at IS NULL OR g.expires_at > $2)
-          AND NOT COALESCE(g.source = 'rollover' AND s.ended_at <= g.period_start, false) AS live
+        {_LIVE} AS live
         FROM grants g LEFT JOIN subscriptions s ON s.subscription_id = g.subscription_id
         WHERE g.id = ANY($1::bigint[]) ORDER BY g.id
-        """,
+        """,  # noqa: S608 - constants, no values
         list(grant_ids),
         now,
         _GIVEN_BACK_CAUSES,
@@ -879,6 +911,13 @@ async def give_back(
             refunded, paid = share
             keep = min(held, int(row["amount"]) * max(refunded, 0) // paid)
         back = held - keep
+        if row["live"] and not keep_all:
+            # Closed by a claw-back of the whole (the live check rules out
+            # the sweep and a subscription's end): open again, as nothing
+            # standing takes the whole of it; so too when it took nothing,
+            # all being spent, and a spend reversed since or later returns
+            # to it.
+            await conn.execute("UPDATE grants SET closed_at = NULL WHERE id = $1", row["id"])
         if back <= 0:
             continue
         if not row["live"]:
@@ -902,13 +941,8 @@ async def give_back(
             at=now,
             note=note,
         )
-        # Closed by a claw-back of the whole (the live check rules out the
-        # sweep and a subscription's end): open again, as nothing standing
-        # takes the whole of it.
         await conn.execute(
-            "UPDATE grants SET remaining = remaining + $2, closed_at = NULL WHERE id = $1",
-            row["id"],
-            back,
+            "UPDATE grants SET remaining = remaining + $2 WHERE id = $1", row["id"], back
         )
         await _move_balance(conn, row["user_id"], row["credit_type"], back)
         await _attribute(conn, int(row["id"]), cause, back)

@@ -1,13 +1,15 @@
 """The ledger against a small reference model, over generated sequences of
-grants, renewals, spends (several at once), reversals, cancels, time passing
-and sweeps.
+grants, renewals, spends (several at once), reversals, cancels, time passing,
+sweeps, and disputes of the renewals' invoices, won or lost, in any order
+with the rest.
 
 After every step: each grant holds what the model says (so spends took from
-the grants the spending order names, and reversals gave back to them), the
-balance row, the sum of the entries and the sum of what the grants hold agree
-and are never negative. Spends sent together race on real connections; the
-model replays the winners in the order the database serialised them and
-checks every loser really lacked the credits.
+the grants the spending order names, and reversals gave back to them), and
+what the claw-backs hold of it; the balance row, the sum of the entries and
+the sum of what the grants hold agree and are never negative. Spends sent
+together race on real connections; the model replays the winners in the
+order the database serialised them and checks every loser really lacked the
+credits.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from services.credits.handlers import build_handlers
 from shared.billing_events import (
     DomainEvent,
     Member,
+    PaymentDisputeClosed,
+    PaymentDisputed,
+    PaymentRef,
     Period,
     Plan,
     SubscriptionCanceled,
@@ -66,6 +71,10 @@ class Lot:
     closed: bool = False
     # When its credits count from: now, but a rollover from the period boundary.
     granted_at: datetime | None = None
+    # The invoice that paid for it (a renewal's, and what it rolled over into).
+    invoice: str | None = None
+    # What a dispute took back of it (and holds until it is won).
+    held: int = 0
 
 
 @dataclass
@@ -75,10 +84,52 @@ class Model:
     spends: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     reversed: set[str] = field(default_factory=set)
     ended_at: datetime | None = None
+    # The invoices disputed, and those whose dispute was won (before or after).
+    disputed: set[str] = field(default_factory=set)
+    won: set[str] = field(default_factory=set)
 
     def add(self, **values: Any) -> None:
         values.setdefault("granted_at", self.now)
-        self.lots.append(Lot(id=len(self.lots) + 1, remaining=values["amount"], **values))
+        lot = Lot(id=len(self.lots) + 1, remaining=values["amount"], **values)
+        self.lots.append(lot)
+        if lot.invoice is not None and self.held_by_dispute(lot):
+            # A dispute applied before its renewal takes the grant as it is made.
+            self.take(lot)
+
+    def live(self, lot: Lot) -> bool:
+        return lot.expires_at is None or lot.expires_at > self.now
+
+    def held_by_dispute(self, lot: Lot) -> bool:
+        return lot.invoice in self.disputed and lot.invoice not in self.won
+
+    def take(self, lot: Lot) -> None:
+        lot.held += lot.remaining
+        lot.remaining = 0
+        lot.closed = True
+
+    def dispute(self, invoice: str) -> None:
+        if invoice in self.disputed:
+            return
+        self.disputed.add(invoice)
+        if invoice in self.won:
+            return  # its close came first: it takes nothing
+        for lot in self.lots:
+            if lot.invoice == invoice:
+                self.take(lot)
+
+    def dispute_won(self, invoice: str) -> None:
+        if invoice in self.won:
+            return
+        self.won.add(invoice)
+        if invoice not in self.disputed:
+            return
+        for lot in self.lots:
+            if lot.invoice == invoice and self.live(lot):
+                # All it holds comes back, to a grant spendable again; an
+                # expired one's is forfeited.
+                lot.remaining += lot.held
+                lot.held = 0
+                lot.closed = False
 
     def spendable(self) -> list[Lot]:
         open_lots = [
@@ -118,10 +169,14 @@ class Model:
         returned = forfeited = 0
         for lot_id, amount in self.spends[spend_id]:
             lot = self.lots[lot_id - 1]
-            if not lot.closed and (lot.expires_at is None or lot.expires_at > self.now):
+            if not lot.closed and self.live(lot):
                 lot.remaining += amount
                 returned += amount
             else:
+                if lot.closed and self.live(lot) and self.held_by_dispute(lot):
+                    # The dispute takes it, as it would have had the spend
+                    # been reversed before it: back if it is won.
+                    lot.held += amount
                 forfeited += amount
         return returned, forfeited
 
@@ -138,6 +193,7 @@ class Model:
             source="plan",
             period_start=start,
             period_end=start + MONTH,
+            invoice=f"in_{period}",
         )
 
     def sweep(self) -> None:
@@ -179,6 +235,8 @@ class Model:
                 period_start=boundary,
                 period_end=boundary + length,
                 granted_at=boundary,
+                # What a dispute of the period's invoice takes back with it.
+                invoice=first.invoice,
             )
 
 
@@ -198,6 +256,8 @@ steps = st.lists(
         st.tuples(st.just("advance"), st.sampled_from([1, 7, 20, 31])),
         st.tuples(st.just("sweep")),
         st.tuples(st.just("cancel")),
+        st.tuples(st.just("dispute"), st.integers(0, 3)),
+        st.tuples(st.just("dispute_closed"), st.integers(0, 3), st.booleans()),
     ),
     min_size=1,
     max_size=25,
@@ -255,9 +315,12 @@ async def _handle(pool: Any, clock: SettableClock, event_type: str, data: Any) -
 
 async def _check(pool: Any, model: Model) -> None:
     async with pool.acquire() as conn:
-        rows = await conn.fetch("SELECT id, remaining FROM grants ORDER BY id")
-        assert [(r["id"], r["remaining"]) for r in rows] == [
-            (lot.id, lot.remaining) for lot in model.lots
+        rows = await conn.fetch(
+            "SELECT g.id, g.remaining, COALESCE((SELECT sum(c.taken - c.given_back)"
+            " FROM clawbacks c WHERE c.grant_id = g.id), 0) AS held FROM grants g ORDER BY g.id"
+        )
+        assert [(r["id"], r["remaining"], r["held"]) for r in rows] == [
+            (lot.id, lot.remaining, lot.held) for lot in model.lots
         ]
         sums = await ledger.check_account(conn, USER, TYPE)
         if sums["balance"] is not None:
@@ -272,8 +335,8 @@ async def _run(program: list[tuple[Any, ...]]) -> None:
     member = Member(user_id=USER, customer_id="cus_p1")
     try:
         await pool.execute(
-            "TRUNCATE entries, clawbacks, spends, grants, balances, subscriptions"
-            " RESTART IDENTITY CASCADE"
+            "TRUNCATE entries, clawbacks, clawback_causes, spends, grants, balances,"
+            " subscriptions RESTART IDENTITY CASCADE"
         )
         for step in program:
             match step:
@@ -323,6 +386,39 @@ async def _run(program: list[tuple[Any, ...]]) -> None:
                     )
                     if model.ended_at is None:
                         model.ended_at = clock.now()
+                case ("dispute", period):
+                    await _handle(
+                        pool,
+                        clock,
+                        "payment.disputed",
+                        PaymentDisputed(
+                            member=member,
+                            payment=_invoice_payment(period),
+                            dispute_id=f"dp_{period}",
+                            amount=100,
+                            currency="usd",
+                            reason="fraudulent",
+                            status="needs_response",
+                        ),
+                    )
+                    model.dispute(f"in_{period}")
+                case ("dispute_closed", period, won):
+                    await _handle(
+                        pool,
+                        clock,
+                        "payment.dispute_closed",
+                        PaymentDisputeClosed(
+                            member=member,
+                            payment=_invoice_payment(period),
+                            dispute_id=f"dp_{period}",
+                            amount=100,
+                            currency="usd",
+                            reason="fraudulent",
+                            status="won" if won else "lost",
+                        ),
+                    )
+                    if won:
+                        model.dispute_won(f"in_{period}")
                 case ("spend", amounts):
                     await _spend_together(pool, clock, model, amounts)
                 case ("reverse", index):
@@ -354,6 +450,10 @@ async def _run(program: list[tuple[Any, ...]]) -> None:
             await _check(pool, model)
     finally:
         await pool.close()
+
+
+def _invoice_payment(period: int) -> PaymentRef:
+    return PaymentRef(payment_id=None, payment_intent_id=None, invoice_id=f"in_{period}")
 
 
 async def _spend_together(
@@ -416,6 +516,33 @@ async def _spend_together(
         ("advance", 31),
         ("sweep",),
         ("reverse", 1),
+    ]
+)
+# A spend reversed while a dispute holds its grant, partly and wholly spent,
+# then the dispute won; and the dispute won before it arrived.
+@example(
+    program=[
+        ("renew", 0),
+        ("spend", [4]),
+        ("spend", [6]),
+        ("dispute", 0),
+        ("reverse", 0),
+        ("dispute_closed", 0, True),
+        ("reverse", 1),
+        ("spend", [10]),
+    ]
+)
+@example(
+    program=[
+        ("dispute_closed", 1, True),
+        ("renew", 1),
+        ("dispute", 1),
+        ("spend", [3]),
+        ("dispute", 0),
+        ("renew", 0),
+        ("advance", 31),
+        ("dispute_closed", 0, True),
+        ("reverse", 0),
     ]
 )
 @settings(

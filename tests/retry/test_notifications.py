@@ -276,3 +276,63 @@ async def test_an_email_that_cannot_be_built_is_dead_lettered_and_holds_no_other
         what="the other email sent",
     )
     assert received[0]["X-Billing-Event-Id"] == fine_id
+
+
+async def test_a_refund_that_failed_after_its_email_tells_the_member_once(
+    dunning_stack: Stack, mail: MailSink, db: asyncpg.Connection
+) -> None:
+    issued, failed = str(uuid.uuid4()), str(uuid.uuid4())
+    await _publish("payment.refunded", _refund(1250), issued)
+    refund_failed = billing_events.PaymentRefundFailed(
+        member=MEMBER,
+        payment=billing_events.PaymentRef(payment_id="pay_1", payment_intent_id="pi_1"),
+        refund_id="re_1",
+        amount_refunded=1250,
+        total_refunded=0,
+        amount=5000,
+        currency="usd",
+        status="failed",
+        failure_reason="expired_or_canceled_card",
+    )
+    await _publish("payment.refund_failed", refund_failed, failed)
+    await _publish("payment.refund_failed", refund_failed, failed)  # delivered again
+
+    received = await eventually(
+        lambda: asyncio.sleep(0, mail.to("ada@example.com")),
+        until=lambda got: len(got) >= 2,
+        what="the refund's email and its failure's",
+    )
+    await asyncio.sleep(0.5)  # a second copy would have come by now
+    received = mail.to("ada@example.com")
+    assert sorted(m["Subject"] for m in received) == [
+        "Refund issued: 12.50 USD",
+        "Your refund of 12.50 USD could not be completed",
+    ]
+    [message] = [m for m in received if m["X-Billing-Event-Id"] == failed]
+    text, html = message.get_body(("plain",)), message.get_body(("html",))
+    assert text is not None and html is not None
+    assert "could not complete the refund of 12.50 USD" in text.get_content()
+    assert "please contact us" in text.get_content()
+    assert "<strong>12.50 USD</strong>" in html.get_content()
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM retry.mail WHERE event_type = 'payment.refund_failed'"
+        )
+        == 1
+    )
+
+
+def test_a_canceled_refund_reads_as_one_not_completed() -> None:
+    data = billing_events.PaymentRefundFailed(
+        member=MEMBER,
+        payment=billing_events.PaymentRef(payment_id="pay_1", payment_intent_id="pi_1"),
+        refund_id="re_2",
+        amount_refunded=1200,
+        total_refunded=0,
+        amount=1200,
+        currency="jpy",
+        status="canceled",
+    )
+    email = Renderer().render("refund_failed", {"data": data.model_dump()})
+    assert email.subject == "Your refund of 1200 JPY could not be completed"
+    assert "The refund of 1200 JPY was canceled" in email.text

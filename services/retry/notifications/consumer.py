@@ -42,6 +42,9 @@ TEMPLATES: dict[str, str] = {
     "subscription.cancellation_scheduled": "cancellation_confirmed",
     "payment.succeeded": "booking_confirmed",
     "payment.refunded": "refund_issued",
+    # Announced once per refund, and only for one payment.refunded announced
+    # (and so emailed) before: the member is told the money never came.
+    "payment.refund_failed": "refund_failed",
 }
 # Bound and read, but no email of their own: the member hears of the end of a
 # membership from subscription.canceled, whatever ended it, and of a failed

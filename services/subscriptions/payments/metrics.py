@@ -34,6 +34,16 @@ AMOUNT_REFUNDED = Counter(
     "Money refunded, in minor units of the currency.",
     ["currency"],
 )
+# A refund counted above that fails or is canceled afterwards cannot be taken
+# off that counter: it is counted here, and what was really refunded is
+#   sum by (currency) (increase(payments_refunded_minor_units_total[1d]))
+#   - sum by (currency) (increase(payments_refund_failed_minor_units_total[1d]))
+AMOUNT_REFUND_FAILED = Counter(
+    "payments_refund_failed_minor_units_total",
+    "Money of refunds counted in payments_refunded_minor_units_total that then failed or"
+    " were canceled (it stayed with the business), in minor units of the currency.",
+    ["currency"],
+)
 DISPUTES = Counter(
     "payments_disputes_total",
     "Disputes opened on charges, by kind of payment (booking, invoice).",

@@ -355,6 +355,10 @@ async def _apply_refunds(
         )
         if emitted is not None:
             count(metrics.REFUNDS_FAILED.labels(row["kind"]))
+            count(
+                metrics.AMOUNT_REFUND_FAILED.labels(now["currency"]),
+                int(refund.get("amount") or 0),
+            )
 
 
 @handlers.on("charge.refunded", model=StripeEvent)

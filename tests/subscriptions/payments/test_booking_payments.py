@@ -453,6 +453,8 @@ async def test_a_refund_that_fails_gives_the_amount_back(
     status, refund = await api.refund(pid, 2000, key="fail-1")
     assert status == 201, refund
     await api.until_status(pid, "partially_refunded")
+    refunded = metric("payments_refunded_minor_units_total", currency="usd")
+    refund_failed = metric("payments_refund_failed_minor_units_total", currency="usd")
 
     # The card network gives the money back: the refund failed after looking succeeded.
     await sandbox.control(
@@ -473,6 +475,12 @@ async def test_a_refund_that_fails_gives_the_amount_back(
     )
     assert (data["amount_refunded"], data["total_refunded"], data["amount"]) == (2000, 0, 5000)
     assert data["payment"]["payment_id"] == pid
+    # A counter never goes down: the failed amount is counted apart, and the
+    # net refunded is one minus the other.
+    assert metric("payments_refunded_minor_units_total", currency="usd") == refunded
+    assert (
+        metric("payments_refund_failed_minor_units_total", currency="usd") - refund_failed == 2000
+    )
     # What is left to refund is the whole amount again.
     status, again = await api.refund(pid, None, key="fail-2")
     assert (status, again["amount"], again["remaining"]) == (201, 5000, 0), again
@@ -603,6 +611,8 @@ async def test_a_failed_refund_gives_the_amount_back_when_events_leave_refunds_o
     del charge["refunds"]
     await deliver("charge.refunded", charge)
     await api.until_status(pid, "partially_refunded")
+    refunded = metric("payments_refunded_minor_units_total", currency="usd")
+    refund_failed = metric("payments_refund_failed_minor_units_total", currency="usd")
 
     # The card network gives the money back: the refund failed after looking succeeded.
     await sandbox.control(
@@ -621,6 +631,11 @@ async def test_a_failed_refund_gives_the_amount_back_when_events_leave_refunds_o
     assert (status, again["amount"], again["remaining"]) == (201, 5000, 0), again
     [announced] = await domain_events(db, "payment.refund_failed")
     assert announced["data"]["refund_id"] == refund["refund_id"]
+    # Its amount counted once too.
+    assert metric("payments_refunded_minor_units_total", currency="usd") == refunded
+    assert (
+        metric("payments_refund_failed_minor_units_total", currency="usd") - refund_failed == 2000
+    )
 
 
 async def test_a_payment_given_up_on_a_lost_answer_stays_released(
