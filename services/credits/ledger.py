@@ -23,7 +23,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -350,6 +350,74 @@ async def spend_answered(
         reference=reference,
         now=now,
     )
+
+
+@dataclass(frozen=True)
+class ClaimedSpend:
+    """What ``spend_claimed`` did with a new key: claimed it under
+    ``lease_token`` (first claimed at ``since``) and, within the balance, made
+    the spend and stored its answer (``spend``); ``spend`` None: nothing spent,
+    the key still held under the lease."""
+
+    lease_token: uuid.UUID
+    since: datetime
+    spend: SpendResult | None
+
+
+async def spend_claimed(
+    conn: DbConnection,
+    *,
+    user_id: str,
+    credit_type: str,
+    amount: int,
+    reference: str,
+    now: datetime,
+    spend_id: str,
+    key: tuple[str, str, str],
+    lease: timedelta,
+    status: int,
+    answer: dict[str, Any],
+) -> ClaimedSpend | None:
+    """A spend with a new Idempotency-Key: the key claimed, the spend made and
+    its answer stored, one statement and one commit (``spend_credits_claimed``,
+    migrations/0009).
+
+    ``key`` is the key's (scope, key, request fingerprint); ``answer`` as for
+    :func:`spend_answered`. None when the key was already there: nothing was
+    written. Otherwise the key is claimed, with the spend made and answered
+    when the balance covers it (no overage here). Call it outside a
+    transaction block, as :func:`spend_answered`.
+    """
+    scope, name, request_hash = key
+    row = await conn.fetchrow(
+        "SELECT * FROM spend_credits_claimed($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        user_id,
+        credit_type,
+        amount,
+        reference,
+        now,
+        spend_id,
+        scope,
+        name,
+        request_hash,
+        lease,
+        status,
+        answer,
+    )
+    if row is None or row["claimed_token"] is None:
+        return None
+    made = None
+    if row["grant_ids"] is not None:
+        made = _made(
+            row,
+            spend_id=spend_id,
+            user_id=user_id,
+            credit_type=credit_type,
+            amount=amount,
+            reference=reference,
+            now=now,
+        )
+    return ClaimedSpend(lease_token=row["claimed_token"], since=row["claimed_at"], spend=made)
 
 
 async def reverse(
