@@ -166,7 +166,12 @@ def _path_params(endpoint: Endpoint, request: web.Request) -> dict[str, str]:
     return values
 
 
+_NO_QUERY = Empty()
+
+
 def _query(endpoint: Endpoint, request: web.Request) -> BaseModel:
+    if endpoint.query is None and not request.query:
+        return _NO_QUERY  # nothing to validate: most calls, every spend
     model = endpoint.query or Empty
     query = dict(request.query)
     refuse_nul(query)
