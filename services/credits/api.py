@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -203,6 +204,10 @@ def _template(call: Call[contract.SpendRequest, Empty], spend_id: str, now: date
     ).model_dump(mode="json")
 
 
+# The token of a key recorded complete: it matches no lease.
+_NO_LEASE = uuid.UUID(int=0)
+
+
 async def _spend_claiming(
     call: Call[contract.SpendRequest, Empty], now: datetime
 ) -> contract.Spend | None:
@@ -231,10 +236,13 @@ async def _spend_claiming(
         )
     if done is None:
         raise idempotency.KeyExists()
-    call.claim = new.claimed(done.lease_token, done.since)
     if done.spend is None:
+        assert done.lease_token is not None  # held for the path beyond the balance
+        call.claim = new.claimed(done.lease_token, done.since)
         return None
-    # The answer is stored: nothing is left for the framework to complete.
+    # The key is complete, with its answer: no lease is left to release, and
+    # nothing for the framework to store.
+    call.claim = new.claimed(_NO_LEASE, done.since)
     call.committed = True
     return _answer(done.spend)
 

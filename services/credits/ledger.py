@@ -293,6 +293,9 @@ class AnswerNotStored(Exception):
 
 # SQLSTATE of spend_credits_answered when the key's lease is gone (migrations/0004).
 _LEASE_LOST = "CR409"
+# SQLSTATE of spend_credits_claimed when another request recorded the key
+# first: the spend was undone (migrations/0009).
+_CLAIMED_MEANWHILE = "CR410"
 
 
 async def spend_answered(
@@ -354,12 +357,12 @@ async def spend_answered(
 
 @dataclass(frozen=True)
 class ClaimedSpend:
-    """What ``spend_claimed`` did with a new key: claimed it under
-    ``lease_token`` (first claimed at ``since``) and, within the balance, made
-    the spend and stored its answer (``spend``); ``spend`` None: nothing spent,
-    the key still held under the lease."""
+    """What ``spend_claimed`` did with a new key, recorded at ``since``:
+    within the balance, made the spend (``spend``) and stored its answer, the
+    key complete; beyond it (``spend`` None), nothing spent and the key held
+    under ``lease_token``."""
 
-    lease_token: uuid.UUID
+    lease_token: uuid.UUID | None  # None once the key is complete
     since: datetime
     spend: SpendResult | None
 
@@ -383,28 +386,35 @@ async def spend_claimed(
     migrations/0009).
 
     ``key`` is the key's (scope, key, request fingerprint); ``answer`` as for
-    :func:`spend_answered`. None when the key was already there: nothing was
-    written. Otherwise the key is claimed, with the spend made and answered
-    when the balance covers it (no overage here). Call it outside a
-    transaction block, as :func:`spend_answered`.
+    :func:`spend_answered`. None when the key was already there, or was
+    recorded by another request meanwhile: nothing was written. Otherwise the
+    key is recorded, with the spend made and answered when the balance covers
+    it (no overage here), else claimed for the caller's slower path. Call it
+    outside a transaction block, as :func:`spend_answered`.
     """
     scope, name, request_hash = key
-    row = await conn.fetchrow(
-        "SELECT * FROM spend_credits_claimed($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        user_id,
-        credit_type,
-        amount,
-        reference,
-        now,
-        spend_id,
-        scope,
-        name,
-        request_hash,
-        lease,
-        status,
-        answer,
-    )
-    if row is None or row["claimed_token"] is None:
+    try:
+        row = await conn.fetchrow(
+            "SELECT * FROM spend_credits_claimed"
+            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            user_id,
+            credit_type,
+            amount,
+            reference,
+            now,
+            spend_id,
+            scope,
+            name,
+            request_hash,
+            lease,
+            status,
+            answer,
+        )
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == _CLAIMED_MEANWHILE:
+            return None
+        raise
+    if row is None or row["claimed_at"] is None:
         return None
     made = None
     if row["grant_ids"] is not None:

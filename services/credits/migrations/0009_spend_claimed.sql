@@ -1,19 +1,23 @@
--- A spend with a new Idempotency-Key: the key claimed, the spend made and its
--- answer stored in one statement, one commit (services/credits/ledger.py
--- `spend_claimed`). Before, the claim was a statement committed on its own
--- (shared/http/idempotency.py `claim`), then spend_credits_answered another.
+-- A spend with a new Idempotency-Key: the spend made, its answer stored and
+-- the key recorded in one statement, one commit (services/credits/ledger.py
+-- `spend_claimed`). Before, the key was claimed by a statement committed on
+-- its own (shared/http/idempotency.py `claim`), then spend_credits_answered
+-- spent and completed it.
 --
--- The key is inserted first, as `claim` inserts it: a concurrent request with
--- the same key waits on it and, once this commits, finds it answered. Three
--- outcomes, told apart by the OUT columns:
---   claimed_token NULL: the key was already there (a retry, a reuse, a key
---     still running or expired); nothing written - the caller goes through the
---     generic claim, which replays, refuses or takes over.
+-- The key is looked up first, without a lock, and written only after the
+-- spend, under the account's lock: a statement waiting for a busy account
+-- has written nothing yet. Outcomes, told apart by the OUT columns:
+--   claimed_at NULL: the key was already there (a retry, a reuse, a key
+--     still running or expired); nothing written - the caller goes through
+--     the generic claim, which replays, refuses or takes over.
 --   claimed_token set, grant_ids NULL: the balance does not cover the spend;
---     the key stays claimed under that lease token (claimed_at its `since`),
+--     the key is claimed under that lease token (claimed_at its `since`),
 --     nothing spent - the caller goes on as after `claim` (overage, or the
 --     stored refusal).
---   claimed_token set, grant_ids set: spent and answered; the key is complete.
+--   grant_ids set: spent, and the key recorded with its answer, complete.
+-- A request with the same key that recorded it between the look-up and the
+-- insert fails the statement (SQLSTATE CR410), undoing the spend: the caller
+-- then takes the generic path, which finds that request's answer.
 
 -- The stored answer of a spend: the caller's JSON with what only the spend
 -- knows filled in (balance_after, consumed), as the caller answers it.
@@ -38,24 +42,31 @@ CREATE FUNCTION spend_credits_claimed(
     OUT available bigint, OUT grant_ids bigint[], OUT takes bigint[]
 ) LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO idempotency_keys (scope, key, request_hash, lease_token, leased_until)
-        VALUES (p_scope, p_key, p_request_hash, gen_random_uuid(), now() + p_lease)
-        ON CONFLICT (scope, key) DO NOTHING
-        RETURNING lease_token, created_at INTO claimed_token, claimed_at;
-    IF claimed_token IS NULL THEN
+    -- A key already there: nothing written, no lock taken.
+    PERFORM 1 FROM idempotency_keys WHERE scope = p_scope AND key = p_key;
+    IF FOUND THEN
         RETURN;
     END IF;
     SELECT s.available, s.grant_ids, s.takes INTO available, grant_ids, takes
         FROM spend_credits(p_user_id, p_credit_type, p_amount, p_reference, p_now,
                            p_spend_id, false) AS s;
     IF grant_ids IS NULL THEN
+        INSERT INTO idempotency_keys (scope, key, request_hash, lease_token, leased_until)
+            VALUES (p_scope, p_key, p_request_hash, gen_random_uuid(), now() + p_lease)
+            ON CONFLICT (scope, key) DO NOTHING
+            RETURNING lease_token, created_at INTO claimed_token, claimed_at;
         RETURN;
     END IF;
-    UPDATE idempotency_keys SET
-        status = p_status,
-        response = spend_answer(p_answer, p_amount, available, grant_ids, takes),
-        completed_at = now(), lease_token = NULL, leased_until = NULL
-    WHERE scope = p_scope AND key = p_key;
+    INSERT INTO idempotency_keys (scope, key, request_hash, status, response, completed_at)
+        VALUES (p_scope, p_key, p_request_hash, p_status,
+                spend_answer(p_answer, p_amount, available, grant_ids, takes), now())
+        ON CONFLICT (scope, key) DO NOTHING
+        RETURNING created_at INTO claimed_at;
+    IF claimed_at IS NULL THEN
+        -- Claimed by a request with the same key since the check above (it
+        -- waited on no lock of ours): this spend is undone, the key answers.
+        RAISE EXCEPTION 'the Idempotency-Key was claimed meanwhile' USING ERRCODE = 'CR410';
+    END IF;
 END
 $$;
 
