@@ -211,12 +211,12 @@ _NO_LEASE = uuid.UUID(int=0)
 async def _spend_claiming(
     call: Call[contract.SpendRequest, Empty], now: datetime
 ) -> contract.Spend | None:
-    """The common spend, a new key within the balance: the key claimed, the
-    spend made and its answer stored in one statement, one commit
+    """The common spend, a new key within the balance: the spend made and the
+    key recorded with its answer in one statement, one commit
     (``ledger.spend_claimed``). None when the balance does not cover it: the
     key is then held (``call.claim``), nothing spent. Raises
     :class:`~shared.http.idempotency.KeyExists`, having written nothing, when
-    the key was already there."""
+    the key was already there or another request recorded it meanwhile."""
     new, body = call.new_key, call.body
     assert new is not None  # the handler refused a spend without a key
     spend_id = ledger.new_spend_id()

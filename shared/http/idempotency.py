@@ -27,8 +27,8 @@ Keys are scoped by caller: two users may use the same key.
 
 An operation whose effect is one statement may fold step 1 into it
 (``Endpoint.claims_own_key``): it receives the key as a :class:`NewKey`, and
-its statement inserts the key as :func:`claim` does, makes the effect and
-stores the answer, one commit. A key already there is :class:`KeyExists`,
+its statement makes the effect and records the key with its answer, one
+commit. A key already there is :class:`KeyExists`,
 raised having written nothing: the request then goes through :func:`claim`,
 which replays, refuses, waits out a lease or takes over as above.
 """
@@ -104,9 +104,10 @@ class Claim:
 
 @dataclass(frozen=True)
 class NewKey:
-    """A key not claimed yet, for an operation that claims it in its own
-    statement: insert it as :func:`claim` does (same fingerprint, same
-    lease), or raise :class:`KeyExists` having written nothing."""
+    """A key not claimed yet, for an operation that records it in the
+    statement of its effect - complete with the answer, or claimed with
+    ``lease`` as :func:`claim` does, with ``request_hash`` either way - or
+    raises :class:`KeyExists` having written nothing."""
 
     scope: str
     key: str

@@ -404,3 +404,53 @@ async def test_an_expired_key_spends_again_as_a_new_request(credits: Credits) ->
     assert await credits.spend("u1", 4, key="monthly") == (201, spent)
     assert (await credits.balances("u1"))["meeting_room_hours"] == 3
     await credits.consistent("u1")
+
+
+async def test_a_spend_whose_new_key_another_request_recorded_meanwhile_is_undone(
+    credits: Credits,
+) -> None:
+    # The one-statement spend (ledger.spend_claimed) looks its key up, spends,
+    # then records the key. Another request recording the same key in between
+    # (here: an open transaction, committed while the spend waits on it) wins:
+    # the spend is undone and the caller is told the key exists.
+    await credits.activate("u1", "sub_1")
+    pool = credits.stack.app("credits")[runtime.POOL]
+    async with pool.acquire() as other, pool.acquire() as conn:
+        first = other.transaction()
+        await first.start()
+        await other.execute(
+            "INSERT INTO idempotency_keys (scope, key, request_hash, lease_token, leased_until)"
+            " VALUES ('u1', 'raced', 'h', gen_random_uuid(), now() + interval '1 minute')"
+        )
+        spend = asyncio.create_task(
+            ledger.spend_claimed(
+                conn,
+                user_id="u1",
+                credit_type="meeting_room_hours",
+                amount=3,
+                reference="room",
+                now=credits.clock.now(),
+                spend_id="csp_raced",
+                key=("u1", "raced", "h"),
+                lease=timedelta(minutes=1),
+                status=201,
+                answer={"id": "csp_raced", "balance_after": 0, "consumed": []},
+            )
+        )
+        # The spend is made and waits to record the key behind the open insert.
+        for _ in range(100):
+            waiting = await credits.db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND query LIKE '%spend_credits_claimed%'"
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting == 1
+        await first.commit()
+        assert await spend is None
+    assert (
+        await credits.db.fetchval("SELECT count(*) FROM credits.spends WHERE user_id = 'u1'") == 0
+    )
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 10
+    await credits.consistent("u1")
