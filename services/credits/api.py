@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -96,8 +97,9 @@ def _insufficient(credit_type: str, amount: int, balance: int) -> ApiError:
 async def spend_credits(call: Call[contract.SpendRequest, Empty]) -> contract.Spend:
     started = time.perf_counter()
     body = call.body
+    timed = True
     try:
-        if call.claim is None:
+        if call.claim is None and call.new_key is None:
             # A spend is money: a client retry must never spend twice.
             raise bad_request(
                 "idempotency_key_required",
@@ -108,7 +110,10 @@ async def spend_credits(call: Call[contract.SpendRequest, Empty]) -> contract.Sp
             m.SPENDS_REJECTED.labels("unknown_credit_type").inc()
             raise invalid_field("credit_type", f"unknown credit type {body.credit_type!r}")
         now = _now(call)
-        made = await _spend_answered(call, now)
+        if call.claim is None:
+            made = await _spend_claiming(call, now)
+        else:  # a key that was there already, claimed the generic way
+            made = await _spend_answered(call, now)
         if made is not None:
             m.SPENT.labels(body.credit_type).inc(body.amount)
             return made
@@ -162,8 +167,12 @@ async def spend_credits(call: Call[contract.SpendRequest, Empty]) -> contract.Sp
                 call.pool, app.get(STRIPE), app[CLOCK], spend_id=made.id, limit=1
             )
         return made
+    except idempotency.KeyExists:
+        timed = False  # the request runs again, after the generic claim
+        raise
     finally:
-        m.SPEND_SECONDS.observe(time.perf_counter() - started)
+        if timed:
+            m.SPEND_SECONDS.observe(time.perf_counter() - started)
 
 
 def _answer(done: ledger.SpendResult) -> contract.Spend:
@@ -179,18 +188,12 @@ def _answer(done: ledger.SpendResult) -> contract.Spend:
     )
 
 
-async def _spend_answered(
-    call: Call[contract.SpendRequest, Empty], now: datetime
-) -> contract.Spend | None:
-    """The common spend, within the balance: the spend and its stored answer
-    in one statement, committed on its own (``ledger.spend_answered``); None,
-    having written nothing, when the balance does not cover it."""
-    held, body = call.claim, call.body
-    assert held is not None  # the handler refused a spend without a key
-    spend_id = ledger.new_spend_id()
-    # The answer but for what only the spend knows, which the database fills
-    # in from the spend it made; the answer below is built from the same values.
-    template = contract.Spend(
+def _template(call: Call[contract.SpendRequest, Empty], spend_id: str, now: datetime) -> Any:
+    """The stored answer but for what only the spend knows, which the database
+    fills in from the spend it made; the answer returned is built from the
+    same values."""
+    body = call.body
+    return contract.Spend(
         id=spend_id,
         credit_type=body.credit_type,
         amount=body.amount,
@@ -199,6 +202,61 @@ async def _spend_answered(
         balance_after=0,
         consumed=[],
     ).model_dump(mode="json")
+
+
+# The token of a key recorded complete: it matches no lease.
+_NO_LEASE = uuid.UUID(int=0)
+
+
+async def _spend_claiming(
+    call: Call[contract.SpendRequest, Empty], now: datetime
+) -> contract.Spend | None:
+    """The common spend, a new key within the balance: the spend made and the
+    key recorded with its answer in one statement, one commit
+    (``ledger.spend_claimed``). None when the balance does not cover it: the
+    key is then held (``call.claim``), nothing spent. Raises
+    :class:`~shared.http.idempotency.KeyExists`, having written nothing, when
+    the key was already there or another request recorded it meanwhile."""
+    new, body = call.new_key, call.body
+    assert new is not None  # the handler refused a spend without a key
+    spend_id = ledger.new_spend_id()
+    async with call.pool.acquire() as conn:
+        done = await ledger.spend_claimed(
+            conn,
+            user_id=call.caller.user_id,
+            credit_type=body.credit_type,
+            amount=body.amount,
+            reference=body.reference,
+            now=now,
+            spend_id=spend_id,
+            key=(new.scope, new.key, new.request_hash),
+            lease=new.lease,
+            status=call.endpoint.status,
+            answer=_template(call, spend_id, now),
+        )
+    if done is None:
+        raise idempotency.KeyExists()
+    if done.spend is None:
+        assert done.lease_token is not None  # held for the path beyond the balance
+        call.claim = new.claimed(done.lease_token, done.since)
+        return None
+    # The key is complete, with its answer: no lease is left to release, and
+    # nothing for the framework to store.
+    call.claim = new.claimed(_NO_LEASE, done.since)
+    call.committed = True
+    return _answer(done.spend)
+
+
+async def _spend_answered(
+    call: Call[contract.SpendRequest, Empty], now: datetime
+) -> contract.Spend | None:
+    """A spend under a key claimed the generic way (a takeover, an expired
+    key): the spend and its stored answer in one statement, committed on its
+    own (``ledger.spend_answered``); None, having written nothing, when the
+    balance does not cover it."""
+    held, body = call.claim, call.body
+    assert held is not None
+    spend_id = ledger.new_spend_id()
     try:
         async with call.pool.acquire() as conn:
             done = await ledger.spend_answered(
@@ -211,7 +269,7 @@ async def _spend_answered(
                 spend_id=spend_id,
                 key=(held.scope, held.key, held.token),
                 status=call.endpoint.status,
-                answer=template,
+                answer=_template(call, spend_id, now),
             )
     except ledger.AnswerNotStored as exc:
         raise idempotency.LeaseLost() from exc

@@ -200,6 +200,8 @@ SPEND_CREDITS = Endpoint(
     response=Spend,
     status=201,
     errors=(400, 422),
+    # One statement claims a new key, spends and stores the answer (api.py).
+    claims_own_key=True,
 )
 
 REVERSE_SPEND = Endpoint(

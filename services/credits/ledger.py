@@ -24,7 +24,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -304,6 +304,9 @@ class AnswerNotStored(Exception):
 
 # SQLSTATE of spend_credits_answered when the key's lease is gone (migrations/0004).
 _LEASE_LOST = "CR409"
+# SQLSTATE of spend_credits_claimed when another request recorded the key
+# first: the spend was undone (migrations/0009).
+_CLAIMED_MEANWHILE = "CR410"
 
 
 async def spend_answered(
@@ -361,6 +364,81 @@ async def spend_answered(
         reference=reference,
         now=now,
     )
+
+
+@dataclass(frozen=True)
+class ClaimedSpend:
+    """What ``spend_claimed`` did with a new key, recorded at ``since``:
+    within the balance, made the spend (``spend``) and stored its answer, the
+    key complete; beyond it (``spend`` None), nothing spent and the key held
+    under ``lease_token``."""
+
+    lease_token: uuid.UUID | None  # None once the key is complete
+    since: datetime
+    spend: SpendResult | None
+
+
+async def spend_claimed(
+    conn: DbConnection,
+    *,
+    user_id: str,
+    credit_type: str,
+    amount: int,
+    reference: str,
+    now: datetime,
+    spend_id: str,
+    key: tuple[str, str, str],
+    lease: timedelta,
+    status: int,
+    answer: dict[str, Any],
+) -> ClaimedSpend | None:
+    """A spend with a new Idempotency-Key: the key claimed, the spend made and
+    its answer stored, one statement and one commit (``spend_credits_claimed``,
+    migrations/0009).
+
+    ``key`` is the key's (scope, key, request fingerprint); ``answer`` as for
+    :func:`spend_answered`. None when the key was already there, or was
+    recorded by another request meanwhile: nothing was written. Otherwise the
+    key is recorded, with the spend made and answered when the balance covers
+    it (no overage here), else claimed for the caller's slower path. Call it
+    outside a transaction block, as :func:`spend_answered`.
+    """
+    scope, name, request_hash = key
+    try:
+        row = await conn.fetchrow(
+            "SELECT * FROM spend_credits_claimed"
+            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            user_id,
+            credit_type,
+            amount,
+            reference,
+            now,
+            spend_id,
+            scope,
+            name,
+            request_hash,
+            lease,
+            status,
+            answer,
+        )
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == _CLAIMED_MEANWHILE:
+            return None
+        raise
+    if row is None or row["claimed_at"] is None:
+        return None
+    made = None
+    if row["grant_ids"] is not None:
+        made = _made(
+            row,
+            spend_id=spend_id,
+            user_id=user_id,
+            credit_type=credit_type,
+            amount=amount,
+            reference=reference,
+            now=now,
+        )
+    return ClaimedSpend(lease_token=row["claimed_token"], since=row["claimed_at"], spend=made)
 
 
 async def reverse(

@@ -75,6 +75,10 @@ class Endpoint:
     description: str = ""
     # Anything but JSON is served by the gateway itself (the docs page).
     media_type: str = "application/json"
+    # The handler claims a new Idempotency-Key itself, in the statement of its
+    # effect (one commit instead of two), through ``Call.new_key``; a key
+    # already there goes through the generic claim (shared/api/service.py).
+    claims_own_key: bool = False
 
     def __post_init__(self) -> None:
         named = set(_PATH_PARAM.findall(self.path))

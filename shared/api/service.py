@@ -8,8 +8,11 @@ against the endpoint's models, answering 400 (unreadable) or 422 (invalid,
 naming each field) in the one error shape. State-changing calls with an
 ``Idempotency-Key`` run through ``shared/http/idempotency.py``; the handler
 makes its database effect with :meth:`Call.commit`, which stores the answer in
-the same transaction. The answer is the endpoint's response model, serialised
-the way the OpenAPI document describes it.
+the same transaction. An endpoint declared ``claims_own_key`` gets a new key
+as ``Call.new_key`` and claims it in its effect's own statement; a key already
+there (:class:`~shared.http.idempotency.KeyExists`) goes through the generic
+claim, then the handler runs again holding ``Call.claim``. The answer is the
+endpoint's response model, serialised the way the OpenAPI document describes it.
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ class Call(Generic[B, Q]):
     pool: asyncpg.Pool[Any]
     service: str
     claim: idempotency.Claim | None = None
+    # A key to claim in the effect's statement (Endpoint.claims_own_key); the
+    # handler sets ``claim`` once its statement claimed it.
+    new_key: idempotency.NewKey | None = None
     committed: bool = False
     _stripe_keys: dict[str, str] = field(default_factory=dict)
 
@@ -91,6 +97,8 @@ class Call(Generic[B, Q]):
         """
         if self.claim is not None:
             return self.claim.derived_key(self.service, purpose)
+        if self.new_key is not None:
+            raise RuntimeError("a Stripe key is derived from a claimed Idempotency-Key")
         if purpose not in self._stripe_keys:
             self._stripe_keys[purpose] = f"{self.service}-{uuid.uuid4().hex}"
         return self._stripe_keys[purpose]
@@ -100,6 +108,8 @@ class Call(Generic[B, Q]):
         stores the answer under the request's ``Idempotency-Key``."""
         if self.committed:
             raise RuntimeError("a request commits its effect once")
+        if self.new_key is not None and self.claim is None:
+            raise RuntimeError("an effect commits under a claimed Idempotency-Key")
         async with db.transaction(self.pool) as conn:
             result = await effect(conn)
             if self.claim is not None:
@@ -156,7 +166,12 @@ def _path_params(endpoint: Endpoint, request: web.Request) -> dict[str, str]:
     return values
 
 
+_NO_QUERY = Empty()
+
+
 def _query(endpoint: Endpoint, request: web.Request) -> BaseModel:
+    if endpoint.query is None and not request.query:
+        return _NO_QUERY  # nothing to validate: most calls, every spend
     model = endpoint.query or Empty
     query = dict(request.query)
     refuse_nul(query)
@@ -259,13 +274,29 @@ class ServiceRoutes:
     async def _idempotent(
         self, call: Call[Any, Any], handler: Handler, key: str, canonical: bytes
     ) -> web.StreamResponse:
+        request_hash = idempotency.fingerprint(call.request.method, call.request.path, canonical)
+        refused: ApiError | None = None
+        if call.endpoint.claims_own_key:
+            call.new_key = idempotency.NewKey(
+                call.caller.user_id, key, request_hash, self._idempotency.lease
+            )
+            try:
+                return await _settle(call, handler)
+            except idempotency.KeyExists:
+                pass  # nothing written: the generic claim below
+            except ApiError as exc:
+                if call.claim is not None or exc.status not in idempotency.STORED_ERROR_STATUSES:
+                    raise
+                # Refused before claiming (validation): stored under the key below,
+                # as if the key had been claimed first.
+                refused = exc
+            finally:
+                call.new_key = None
         held = await idempotency.claim(
             call.pool,
             scope=call.caller.user_id,
             key=key,
-            request_fingerprint=idempotency.fingerprint(
-                call.request.method, call.request.path, canonical
-            ),
+            request_fingerprint=request_hash,
             ttl=self._idempotency.ttl,
             lease=self._idempotency.lease,
         )
@@ -280,22 +311,36 @@ class ServiceRoutes:
                 held.response, status=held.status, headers={"Idempotent-Replayed": "true"}
             )
         call.claim = held
-        try:
-            result = await _run(handler, call)
-        except ApiError as exc:
+        if refused is not None:
+            await _complete_alone(call, held, refused.status, refused.payload())
+            raise refused
+        return await _settle(call, handler)
+
+
+async def _settle(call: Call[Any, Any], handler: Handler) -> web.StreamResponse:
+    """Run the handler of a call with a key, and store or release the key it holds
+    (``call.claim``) by how the handler ended."""
+    try:
+        result = await _run(handler, call)
+    except ApiError as exc:
+        if call.claim is not None:
             if exc.status in idempotency.STORED_ERROR_STATUSES and not isinstance(
                 exc, idempotency.LeaseLost
             ):
-                await _complete_alone(call, held, exc.status, exc.payload())
+                await _complete_alone(call, call.claim, exc.status, exc.payload())
             else:
-                await idempotency.release(call.pool, held)
-            raise
-        except BaseException:
-            await idempotency.release(call.pool, held)
-            raise
-        if not call.committed:
-            await _complete_alone(call, held, call.endpoint.status, _dump(result))
-        return _respond(call.endpoint, result)
+                await idempotency.release(call.pool, call.claim)
+        raise
+    except BaseException:
+        if call.claim is not None:
+            await idempotency.release(call.pool, call.claim)
+        raise
+    if call.claim is None:
+        # A handler claiming its own key answered without claiming it.
+        raise RuntimeError(f"{call.endpoint.operation_id} answered without claiming its key")
+    if not call.committed:
+        await _complete_alone(call, call.claim, call.endpoint.status, _dump(result))
+    return _respond(call.endpoint, result)
 
 
 async def _run(handler: Handler, call: Call[Any, Any]) -> BaseModel | None:

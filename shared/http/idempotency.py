@@ -24,6 +24,13 @@ the lease so the client may retry at once (the same request: the key stays
 bound to it until it expires). Keys expire after
 ``idempotency_key_ttl_seconds`` (24 h, as Stripe's) and are then forgotten.
 Keys are scoped by caller: two users may use the same key.
+
+An operation whose effect is one statement may fold step 1 into it
+(``Endpoint.claims_own_key``): it receives the key as a :class:`NewKey`, and
+its statement makes the effect and records the key with its answer, one
+commit. A key already there is :class:`KeyExists`,
+raised having written nothing: the request then goes through :func:`claim`,
+which replays, refuses, waits out a lease or takes over as above.
 """
 
 from __future__ import annotations
@@ -93,6 +100,27 @@ class Claim:
             f"{namespace}\0{self.scope}\0{self.key}\0{life}\0{purpose}".encode()
         )
         return f"{namespace}-{digest.hexdigest()[:48]}"
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A key not claimed yet, for an operation that records it in the
+    statement of its effect - complete with the answer, or claimed with
+    ``lease`` as :func:`claim` does, with ``request_hash`` either way - or
+    raises :class:`KeyExists` having written nothing."""
+
+    scope: str
+    key: str
+    request_hash: str
+    lease: timedelta
+
+    def claimed(self, token: uuid.UUID, since: datetime) -> Claim:
+        """The claim the operation's statement made."""
+        return Claim(self.scope, self.key, token, since)
+
+
+class KeyExists(Exception):
+    """The key of a :class:`NewKey` was already there: nothing was written."""
 
 
 class LeaseLost(ApiError):

@@ -3,15 +3,18 @@ reversal to the same grants, and members kept to their own records."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import uuid
 from datetime import timedelta
 
+import orjson
 import pytest
 
 from services.credits import ledger
 from shared import runtime
+from shared.http import idempotency
 from tests.credits.conftest import MONTH, START, Credits
 from tests.support.billing_events import member_headers
 
@@ -306,4 +309,148 @@ async def test_a_spend_whose_key_was_taken_over_is_undone_and_one_holding_it_sto
         "consumed": [{"grant_id": g, "amount": a} for g, a in done.consumed],
     }
     assert (await credits.balances("u1"))["meeting_room_hours"] == 7
+    await credits.consistent("u1")
+
+
+async def test_a_new_key_is_claimed_and_answered_in_the_spends_own_commit(
+    credits: Credits,
+) -> None:
+    await credits.activate("u1", "sub_1")
+    status, spent = await credits.spend("u1", 3, key="one-commit")
+    assert status == 201, spent
+    stored = await credits.db.fetchrow(
+        "SELECT status, response, lease_token, created_at, completed_at"
+        " FROM credits.idempotency_keys WHERE scope = 'u1' AND key = 'one-commit'"
+    )
+    assert stored is not None
+    assert (stored["status"], stored["lease_token"]) == (201, None)
+    assert orjson.loads(stored["response"]) == spent
+    # now() is the transaction's start: one transaction claimed and completed it.
+    assert stored["created_at"] == stored["completed_at"]
+
+
+async def test_concurrent_requests_with_one_key_spend_once(credits: Credits) -> None:
+    await credits.activate("u1", "sub_1")
+    answers = await asyncio.gather(*(credits.spend("u1", 3, key="double-click") for _ in range(20)))
+    assert {s for s, _ in answers} <= {201, 409}, answers
+    made = [body for status, body in answers if status == 201]
+    assert made and all(body == made[0] for body in made)
+    assert (
+        await credits.db.fetchval("SELECT count(*) FROM credits.spends WHERE user_id = 'u1'") == 1
+    )
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 7
+    await credits.consistent("u1")
+
+
+async def test_a_refusal_before_the_spend_is_stored_under_its_key(credits: Credits) -> None:
+    await credits.activate("u1", "sub_1")
+    status, refused = await credits.spend("u1", 1, credit_type="parking_spots", key="typo")
+    assert (status, refused["error"]["details"][0]["field"]) == (422, "credit_type")
+    # The key is bound to the refused request: the same one replays its refusal,
+    # another one is a reuse.
+    assert await credits.spend("u1", 1, credit_type="parking_spots", key="typo") == (422, refused)
+    status, body = await credits.spend("u1", 1, key="typo")
+    assert (status, body["error"]["code"]) == (422, "idempotency_key_reused")
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 10
+
+
+def _spend_fingerprint(amount: int) -> str:
+    body = {"credit_type": "meeting_room_hours", "amount": amount, "reference": "booking-1"}
+    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return idempotency.fingerprint("POST", "/internal/credits/spend", canonical)
+
+
+async def test_a_key_whose_holder_died_is_taken_over_once_its_lease_ran_out(
+    credits: Credits,
+) -> None:
+    await credits.activate("u1", "sub_1")
+    since = await credits.db.fetchval(
+        "INSERT INTO credits.idempotency_keys (scope, key, request_hash, lease_token, leased_until)"
+        " VALUES ('u1', 'held', $1, gen_random_uuid(), now() + interval '1 minute')"
+        " RETURNING created_at",
+        _spend_fingerprint(3),
+    )
+    status, body = await credits.spend("u1", 3, key="held")
+    assert (status, body["error"]["code"]) == (409, "idempotency_in_progress")
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 10
+    await credits.db.execute(
+        "UPDATE credits.idempotency_keys SET leased_until = now() - interval '1 second'"
+        " WHERE scope = 'u1' AND key = 'held'"
+    )
+    status, spent = await credits.spend("u1", 3, key="held")
+    assert status == 201, spent
+    assert await credits.spend("u1", 3, key="held") == (201, spent)
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 7
+    # A takeover keeps the key's lifetime.
+    assert (
+        await credits.db.fetchval(
+            "SELECT created_at FROM credits.idempotency_keys WHERE scope = 'u1' AND key = 'held'"
+        )
+        == since
+    )
+    await credits.consistent("u1")
+
+
+async def test_an_expired_key_spends_again_as_a_new_request(credits: Credits) -> None:
+    await credits.activate("u1", "sub_1")
+    assert (await credits.spend("u1", 3, key="monthly"))[0] == 201
+    await credits.db.execute(
+        "UPDATE credits.idempotency_keys SET created_at = created_at - interval '25 hours'"
+        " WHERE scope = 'u1' AND key = 'monthly'"
+    )
+    status, spent = await credits.spend("u1", 4, key="monthly")
+    assert status == 201, spent
+    assert spent["balance_after"] == 3
+    assert await credits.spend("u1", 4, key="monthly") == (201, spent)
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 3
+    await credits.consistent("u1")
+
+
+async def test_a_spend_whose_new_key_another_request_recorded_meanwhile_is_undone(
+    credits: Credits,
+) -> None:
+    # The one-statement spend (ledger.spend_claimed) looks its key up, spends,
+    # then records the key. Another request recording the same key in between
+    # (here: an open transaction, committed while the spend waits on it) wins:
+    # the spend is undone and the caller is told the key exists.
+    await credits.activate("u1", "sub_1")
+    pool = credits.stack.app("credits")[runtime.POOL]
+    async with pool.acquire() as other, pool.acquire() as conn:
+        first = other.transaction()
+        await first.start()
+        await other.execute(
+            "INSERT INTO idempotency_keys (scope, key, request_hash, lease_token, leased_until)"
+            " VALUES ('u1', 'raced', 'h', gen_random_uuid(), now() + interval '1 minute')"
+        )
+        spend = asyncio.create_task(
+            ledger.spend_claimed(
+                conn,
+                user_id="u1",
+                credit_type="meeting_room_hours",
+                amount=3,
+                reference="room",
+                now=credits.clock.now(),
+                spend_id="csp_raced",
+                key=("u1", "raced", "h"),
+                lease=timedelta(minutes=1),
+                status=201,
+                answer={"id": "csp_raced", "balance_after": 0, "consumed": []},
+            )
+        )
+        # The spend is made and waits to record the key behind the open insert.
+        for _ in range(100):
+            waiting = await credits.db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND query LIKE '%spend_credits_claimed%'"
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting == 1
+        await first.commit()
+        assert await spend is None
+    assert (
+        await credits.db.fetchval("SELECT count(*) FROM credits.spends WHERE user_id = 'u1'") == 0
+    )
+    assert (await credits.balances("u1"))["meeting_room_hours"] == 10
     await credits.consistent("u1")
