@@ -12,6 +12,10 @@ Rules every function here keeps (the tests prove them):
   interleave nor deadlock, and a spend never sees a half-applied change.
 * The database refuses a negative balance or ``remaining`` (CHECK constraints):
   a bug here fails a transaction, it never overdraws.
+* A grant that holds something is ``NOT depleted`` (a column Postgres computes
+  from ``remaining``, migrations/0011): queries for such grants say so, the
+  predicate the spending order's and the sweep's indexes answer. No index
+  names ``remaining``, so a spend's update of it stays on its page (HOT).
 
 Spending order: lower ``priority`` first, then the soonest ``expires_at``
 (never-expiring last), then the oldest grant (earliest ``granted_at``, then
@@ -221,7 +225,7 @@ async def grant(conn: DbConnection, new: NewGrant, now: datetime) -> int | None:
 
 _SPENDABLE = f"""
 SELECT id, remaining FROM grants
-WHERE user_id = $1 AND credit_type = $2 AND remaining > 0 AND closed_at IS NULL
+WHERE user_id = $1 AND credit_type = $2 AND NOT depleted AND closed_at IS NULL
   AND (expires_at IS NULL OR expires_at > $3)
 ORDER BY {SPENDING_ORDER}
 """  # noqa: S608 - a constant, no values
@@ -611,7 +615,7 @@ async def expire_account(
         f"""
         SELECT g.*, s.ended_at FROM grants g
         LEFT JOIN subscriptions s ON s.subscription_id = g.subscription_id
-        WHERE g.user_id = $1 AND g.credit_type = $2 AND g.remaining > 0
+        WHERE g.user_id = $1 AND g.credit_type = $2 AND NOT g.depleted
           AND g.expires_at <= $3
         ORDER BY g.expires_at, {SPENDING_ORDER}
         """,  # noqa: S608 - a constant, no values
@@ -711,7 +715,7 @@ async def end_rollovers(
         credit_type = account["credit_type"]
         rows = await conn.fetch(
             "SELECT id, remaining, period_start, granted_at FROM grants"
-            " WHERE subscription_id = $1 AND source = 'rollover' AND remaining > 0"
+            " WHERE subscription_id = $1 AND source = 'rollover' AND NOT depleted"
             "   AND period_start >= $2 AND user_id = $3 AND credit_type = $4 ORDER BY id",
             subscription_id,
             ended_at,
@@ -747,7 +751,7 @@ async def accounts_to_sweep(conn: DbConnection, now: datetime, limit: int) -> li
         WHERE EXISTS (
             SELECT 1 FROM grants g
             WHERE g.user_id = b.user_id AND g.credit_type = b.credit_type
-              AND g.remaining > 0 AND g.expires_at <= $1
+              AND NOT g.depleted AND g.expires_at <= $1
         )
         LIMIT $2
         FOR UPDATE SKIP LOCKED
@@ -1085,7 +1089,7 @@ async def spendable_by_expiry(
     rows = await conn.fetch(
         """
         SELECT credit_type, expires_at, sum(remaining) AS amount FROM grants
-        WHERE user_id = $1 AND remaining > 0 AND closed_at IS NULL
+        WHERE user_id = $1 AND NOT depleted AND closed_at IS NULL
           AND (expires_at IS NULL OR expires_at > $2)
         GROUP BY credit_type, expires_at
         ORDER BY credit_type, expires_at NULLS LAST

@@ -454,3 +454,51 @@ async def test_a_spend_whose_new_key_another_request_recorded_meanwhile_is_undon
     )
     assert (await credits.balances("u1"))["meeting_room_hours"] == 10
     await credits.consistent("u1")
+
+
+async def test_a_spend_updates_its_grant_in_place_until_the_grant_is_emptied(
+    credits: Credits,
+) -> None:
+    # A spend changes only `remaining`, which no index of grants names (the
+    # spending order's and the sweep's indexes hold the grants not
+    # `depleted`): its update is HOT, adding no index entry, as long as the
+    # grant keeps something. Emptying it is the one update that is not.
+    grant_id = await _admin_grant(credits, "u1", 10)
+    pool = credits.stack.app("credits")[runtime.POOL]
+    updates = (
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables"
+        " WHERE schemaname = 'credits' AND relname = 'grants'"
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        for amount in (3, 3, 3):
+            await ledger.spend(
+                conn,
+                user_id="u1",
+                credit_type="meeting_room_hours",
+                amount=amount,
+                reference="room",
+                now=credits.clock.now(),
+            )
+        assert tuple(await conn.fetchrow(updates)) == (3, 3)
+        emptied = await ledger.spend(
+            conn,
+            user_id="u1",
+            credit_type="meeting_room_hours",
+            amount=1,
+            reference="room",
+            now=credits.clock.now(),
+        )
+        assert emptied.consumed == [(grant_id, 1)]
+        assert tuple(await conn.fetchrow(updates)) == (4, 3)
+        assert await conn.fetchval("SELECT depleted FROM grants WHERE id = $1", grant_id)
+    status, reversed_ = await credits.request(
+        "POST", f"/v1/credits/spends/{emptied.id}/reverse", "u1", json={}
+    )
+    assert status == 200, reversed_
+    assert not await credits.db.fetchval(
+        "SELECT depleted FROM credits.grants WHERE id = $1", grant_id
+    )
+    status, spent = await credits.spend("u1", 1)
+    assert status == 201, spent
+    assert [(c["grant_id"], c["amount"]) for c in spent["consumed"]] == [(grant_id, 1)]
+    await credits.consistent("u1")
