@@ -23,11 +23,13 @@ the trial holds its trial credits.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
+from prometheus_client import Counter
 
 from services.credits import ledger
 from services.credits import metrics as m
@@ -562,17 +564,12 @@ async def _trial_learned(
             note="taken back: the period is a trial",
             now=ctx.clock.now(),
         )
-        for item in done:
-            if item.taken:
-                count(m.TRIAL_TAKEN_BACK.labels(item.credit_type), item.taken)
-            log.info(
-                "credits_trial_excess_taken_back",
-                subscription_id=subscription_id,
-                grant_id=item.grant_id,
-                credit_type=item.credit_type,
-                taken=item.taken,
-                already_spent=item.already_spent,
-            )
+        _report_taken(
+            done,
+            m.TRIAL_TAKEN_BACK,
+            "credits_trial_excess_taken_back",
+            subscription_id=subscription_id,
+        )
 
 
 # The grants a payment paid for: a subscription invoice's period grants (with
@@ -702,17 +699,7 @@ async def _claw_back(
         now=ctx.clock.now(),
         share=share,
     )
-    for item in done:
-        if item.taken:
-            count(m.CLAWED_BACK.labels(item.credit_type), item.taken)
-        log.info(
-            "credits_clawed_back",
-            cause=cause,
-            grant_id=item.grant_id,
-            credit_type=item.credit_type,
-            taken=item.taken,
-            already_spent=item.already_spent,
-        )
+    _report_taken(done, m.CLAWED_BACK, "credits_clawed_back", cause=cause)
 
 
 async def _give_back(
@@ -787,3 +774,20 @@ async def _claw_back_late(
     for row in causes:
         # Once per grant and cause: what was already taken is not taken again.
         await _claw_back(ctx, row["invoice_id"], row["payment_intent_id"], row["cause"])
+
+
+def _report_taken(
+    done: Sequence[ledger.Clawback], counter: Counter, event: str, **context: Any
+) -> None:
+    """Count and log what a claw-back or a trial's take-back took of each grant."""
+    for item in done:
+        if item.taken:
+            count(counter.labels(item.credit_type), item.taken)
+        log.info(
+            event,
+            **context,
+            grant_id=item.grant_id,
+            credit_type=item.credit_type,
+            taken=item.taken,
+            already_spent=item.already_spent,
+        )

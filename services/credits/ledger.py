@@ -765,12 +765,8 @@ async def accounts_to_sweep(conn: DbConnection, now: datetime, limit: int) -> li
 # --- claw-back ---------------------------------------------------------------------------
 
 
-async def _lock_grants(conn: DbConnection, grant_ids: Sequence[int]) -> list[asyncpg.Record]:
-    """Lock the accounts of ``grant_ids`` (in one order) and read the grants,
-    each with what was spent of it and what claw-backs took, in the order of
-    ``grant_ids``."""
-    if not grant_ids:
-        return []
+async def _lock_accounts_of(conn: DbConnection, grant_ids: Sequence[int]) -> None:
+    """Lock the accounts ``grant_ids`` belong to, in one order (no deadlock)."""
     accounts = await conn.fetch(
         "SELECT DISTINCT user_id, credit_type FROM grants WHERE id = ANY($1::bigint[])"
         " ORDER BY user_id, credit_type",
@@ -778,6 +774,15 @@ async def _lock_grants(conn: DbConnection, grant_ids: Sequence[int]) -> list[asy
     )
     for account in accounts:
         await lock_account(conn, account["user_id"], account["credit_type"])
+
+
+async def _lock_grants(conn: DbConnection, grant_ids: Sequence[int]) -> list[asyncpg.Record]:
+    """Lock the accounts of ``grant_ids`` (in one order) and read the grants,
+    each with what was spent of it and what claw-backs took, in the order of
+    ``grant_ids``."""
+    if not grant_ids:
+        return []
+    await _lock_accounts_of(conn, grant_ids)
     rows: list[asyncpg.Record] = await conn.fetch(
         """
         SELECT g.*, COALESCE((
@@ -963,13 +968,7 @@ async def give_back(
     """
     if not grant_ids:
         return []
-    accounts = await conn.fetch(
-        "SELECT DISTINCT user_id, credit_type FROM grants WHERE id = ANY($1::bigint[])"
-        " ORDER BY user_id, credit_type",
-        list(grant_ids),
-    )
-    for account in accounts:
-        await lock_account(conn, account["user_id"], account["credit_type"])
+    await _lock_accounts_of(conn, grant_ids)
     rows = await conn.fetch(
         f"""
         SELECT g.id, g.user_id, g.credit_type, g.amount,
